@@ -1,0 +1,22 @@
+//! One module per subcommand.
+
+pub mod advertise;
+pub mod discover;
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// The machine's short host name.
+pub fn system_hostname() -> String {
+    let name = gethostname::gethostname().to_string_lossy().into_owned();
+    name.split('.').next().unwrap_or_default().to_string()
+}

@@ -1,0 +1,95 @@
+//! `virtgate`: one binary for the whole gateway. Subcommands map to the crates of the data path:
+//! `advertise` and `discover` (discovery), later `broker`, `proxy` and `up`.
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod config;
+mod logging;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{LogFormat, Override};
+
+#[derive(Parser)]
+#[command(
+    name = "virtgate",
+    version,
+    about = "Front door for fleets of libvirt virtualization hosts"
+)]
+struct Cli {
+    /// TOML configuration file (default: /etc/virtgate/virtgate.toml when it exists).
+    #[arg(long, global = true, env = "VIRTGATE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log filter, RUST_LOG syntax (e.g. "debug" or "info,virtgate_discovery=debug").
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_filter: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Announce this machine as a libvirt host on the LAN (mDNS/DNS-SD) until stopped.
+    Advertise(cmd::advertise::Args),
+    /// List (or, with --watch, follow) the libvirt hosts announced on the LAN.
+    Discover(cmd::discover::Args),
+    /// Print the effective configuration as TOML (secrets redacted).
+    Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("virtgate: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut overrides = Vec::new();
+    if let Some(format) = cli.log_format {
+        let name = match format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        overrides.push(Override::new("log.format", name));
+    }
+    if let Some(filter) = &cli.log_filter {
+        overrides.push(Override::new("log.filter", filter.as_str()));
+    }
+    match &cli.command {
+        Command::Advertise(args) => overrides.extend(args.overrides()),
+        Command::Discover(args) => overrides.extend(args.overrides()),
+        Command::Config => {}
+    }
+    let loaded = config::load(cli.config.as_deref(), overrides)?;
+    if let Command::Config = cli.command {
+        if let Some(file) = &loaded.file {
+            println!("# read from {}", file.display());
+        }
+        print!("{}", config::to_redacted_toml(&loaded.config)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    logging::init(&loaded.config.log)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("virtgate")
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Advertise(args) => cmd::advertise::run(&loaded.config, args).await,
+            Command::Discover(args) => cmd::discover::run(&loaded.config, args).await,
+            Command::Config => unreachable!("handled before the runtime starts"),
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

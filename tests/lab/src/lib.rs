@@ -21,6 +21,7 @@ pub mod netns;
 pub mod pki;
 pub mod process;
 
-pub use process::{require_root_and_tools, LabProcess};
+pub use nix::sys::signal::Signal;
+pub use process::{require_python3_modules, require_root_and_tools, tool_path, LabProcess};
 /// Re-exported so tests can build certificate validity windows without their own `time` dep.
 pub use time;

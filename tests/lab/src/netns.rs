@@ -73,8 +73,7 @@ pub fn list_namespaces() -> Result<Vec<String>> {
 
 fn valid_label(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
@@ -157,7 +156,10 @@ impl Node {
         if !ip_n_ok(ns, &["link", "show", "dev", name]) {
             ip_n(ns, &["link", "add", name, "type", "bridge"])?;
         }
-        ip_n(ns, &["link", "set", name, "type", "bridge", "stp_state", "0"])?;
+        ip_n(
+            ns,
+            &["link", "set", name, "type", "bridge", "stp_state", "0"],
+        )?;
         if !ip_n_ok(ns, &["link", "show", "dev", &port]) {
             ip_n(
                 ns,
@@ -247,7 +249,8 @@ impl Lab {
                 .map(|(n, i)| Node::new(prefix, n, *i))
                 .collect(),
         };
-        lab.create().with_context(|| format!("bring up lab {prefix}"))?;
+        lab.create()
+            .with_context(|| format!("bring up lab {prefix}"))?;
         Ok(lab)
     }
 
@@ -368,7 +371,11 @@ impl Lab {
                 errors.push(format!("{e:#}"));
             }
         }
-        ensure!(errors.is_empty(), "lab {prefix} teardown: {}", errors.join("; "));
+        ensure!(
+            errors.is_empty(),
+            "lab {prefix} teardown: {}",
+            errors.join("; ")
+        );
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -150,7 +151,8 @@ pub struct LabProcess {
     label: String,
     child: Child,
     exit: Option<ExitStatus>,
-    lines: Receiver<(Instant, String)>,
+    // Behind a mutex so a LabProcess (and daemons holding one) can be shared across threads.
+    lines: Mutex<Receiver<(Instant, String)>>,
     stderr_path: PathBuf,
     _stderr_dir: Option<tempfile::TempDir>,
 }
@@ -208,10 +210,14 @@ impl LabProcess {
             label,
             child,
             exit: None,
-            lines: rx,
+            lines: Mutex::new(rx),
             stderr_path: stderr_path.to_path_buf(),
             _stderr_dir: None,
         })
+    }
+
+    fn receiver(&self) -> std::sync::MutexGuard<'_, Receiver<(Instant, String)>> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The child's PID (with `ip netns exec`, `unshare` or `sh -c 'exec …'` wrappers this is the
@@ -227,7 +233,7 @@ impl LabProcess {
 
     /// Next stdout line, or `None` after `timeout` or once stdout is closed and drained.
     pub fn recv_line_timeout(&self, timeout: Duration) -> Option<(Instant, String)> {
-        self.lines.recv_timeout(timeout).ok()
+        self.receiver().recv_timeout(timeout).ok()
     }
 
     /// Collects stdout lines until one satisfies `stop` (included) or `deadline` passes.
@@ -237,9 +243,10 @@ impl LabProcess {
         mut stop: impl FnMut(&str) -> bool,
     ) -> Vec<(Instant, String)> {
         let mut seen = Vec::new();
+        let lines = self.receiver();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
+            match lines.recv_timeout(left) {
                 Ok((at, line)) => {
                     let done = stop(&line);
                     seen.push((at, line));

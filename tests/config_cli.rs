@@ -1,0 +1,107 @@
+//! Configuration layering and errors, through the real binary (`virtgate config`).
+
+use std::process::{Command, Output};
+
+const VIRTGATE: &str = env!("CARGO_BIN_EXE_virtgate");
+
+fn config(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(VIRTGATE);
+    cmd.args(args).arg("config").env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("VIRTGATE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    cmd.output().expect("run virtgate config")
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn port_of(text: &str) -> i64 {
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let value: toml::Value = toml::from_str(&body).expect("virtgate config prints TOML");
+    value["advertise"]["port"].as_integer().unwrap()
+}
+
+#[test]
+fn defaults_then_file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("virtgate.toml");
+    std::fs::write(&file, "[advertise]\nport = 1001\n").unwrap();
+    let file = file.to_str().unwrap();
+
+    assert_eq!(
+        port_of(&stdout(&config(&[], &[]))),
+        16514,
+        "built-in default"
+    );
+    assert_eq!(
+        port_of(&stdout(&config(&["--config", file], &[]))),
+        1001,
+        "file beats default"
+    );
+    let env = [("VIRTGATE_ADVERTISE__PORT", "1002")];
+    assert_eq!(
+        port_of(&stdout(&config(&["--config", file], &env))),
+        1002,
+        "environment beats file"
+    );
+}
+
+#[test]
+fn flags_beat_the_environment() {
+    let out = config(
+        &["--log-format", "json"],
+        &[("VIRTGATE_LOG__FORMAT", "text")],
+    );
+    assert!(stdout(&out).contains("format = \"json\""));
+}
+
+#[test]
+fn an_unknown_key_is_an_error_naming_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.toml");
+    std::fs::write(&file, "[discovery]\nverify_intervall = \"5s\"\n").unwrap();
+
+    let out = config(&["--config", file.to_str().unwrap()], &[]);
+
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("discovery.verify_intervall"), "{err}");
+    assert!(err.contains("typo.toml"), "{err}");
+}
+
+#[test]
+fn a_bad_value_from_the_environment_names_the_key_and_the_variable() {
+    let out = config(&[], &[("VIRTGATE_ADVERTISE__PORT", "not-a-port")]);
+
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("advertise.port") && err.contains("VIRTGATE_"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_config_file_is_an_error_saying_what_to_do() {
+    let out = config(&["--config", "/nonexistent/virtgate.toml"], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("/nonexistent/virtgate.toml") && err.contains("--config"),
+        "{err}"
+    );
+}

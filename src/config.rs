@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use virtgate_broker::BrokerConfig;
 use virtgate_discovery::{AdvertiseConfig, DiscoveryConfig};
 
 /// Read when `--config` is not given and the file exists.
@@ -18,6 +19,7 @@ pub struct Config {
     pub log: LogConfig,
     pub discovery: DiscoveryConfig,
     pub advertise: AdvertiseConfig,
+    pub broker: BrokerConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

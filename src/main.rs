@@ -1,5 +1,5 @@
 //! `virtgate`: one binary for the whole gateway. Subcommands map to the crates of the data path:
-//! `advertise` and `discover` (discovery), later `broker`, `proxy` and `up`.
+//! `advertise` and `discover` (discovery), `broker`, `hosts`, `certs` (broker), `up` (all in one).
 #![forbid(unsafe_code)]
 
 mod cmd;
@@ -39,6 +39,14 @@ enum Command {
     Advertise(cmd::advertise::Args),
     /// List (or, with --watch, follow) the libvirt hosts announced on the LAN.
     Discover(cmd::discover::Args),
+    /// Run everything in one process (today: the broker with LAN discovery); the main job.
+    Up(cmd::broker::Args),
+    /// Run the broker: host and certificate inventory, HTTP API, /metrics.
+    Broker(cmd::broker::Args),
+    /// List inventoried hosts; approve or forget one.
+    Hosts(cmd::inventory::HostsArgs),
+    /// List the certificates hosts present, soonest expiry first.
+    Certs(cmd::inventory::CertsArgs),
     /// Print the effective configuration as TOML (secrets redacted).
     Config,
 }
@@ -69,7 +77,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Advertise(args) => overrides.extend(args.overrides()),
         Command::Discover(args) => overrides.extend(args.overrides()),
-        Command::Config => {}
+        Command::Up(args) | Command::Broker(args) => overrides.extend(args.overrides()),
+        Command::Hosts(_) | Command::Certs(_) | Command::Config => {}
     }
     let loaded = config::load(cli.config.as_deref(), overrides)?;
     if let Command::Config = cli.command {
@@ -88,6 +97,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         match cli.command {
             Command::Advertise(args) => cmd::advertise::run(&loaded.config, args).await,
             Command::Discover(args) => cmd::discover::run(&loaded.config, args).await,
+            Command::Up(_) => cmd::broker::run(&loaded.config, true).await,
+            Command::Broker(_) => cmd::broker::run(&loaded.config, false).await,
+            Command::Hosts(args) => cmd::inventory::hosts(&loaded.config, args).await,
+            Command::Certs(args) => cmd::inventory::certs(&loaded.config, args).await,
             Command::Config => unreachable!("handled before the runtime starts"),
         }
     })?;

@@ -110,44 +110,19 @@ fn table(hosts: &[HostAdvert]) -> String {
     if hosts.is_empty() {
         return "no libvirt hosts announced on the LAN (is mDNS allowed through the firewall? UDP 5353)\n".into();
     }
-    let header = ["INSTANCE", "HOST", "PORT", "ADDRESSES", "TXT"];
-    let rows: Vec<[String; 5]> = hosts
-        .iter()
-        .map(|h| {
-            [
-                h.instance.clone(),
-                h.short_hostname().to_string(),
-                h.port.to_string(),
-                join_addresses(h),
-                h.txt
-                    .iter()
-                    .map(|(k, v)| format!("{k}={v}"))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+    let mut table = super::table::Table::new(&["INSTANCE", "HOST", "PORT", "ADDRESSES", "TXT"]);
+    for h in hosts {
+        table.row(vec![
+            h.instance.clone(),
+            h.short_hostname().to_string(),
+            h.port.to_string(),
+            join_addresses(h),
+            h.txt
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ]);
     }
-    let mut out = String::new();
-    let mut line = |cells: &[&str]| {
-        let last = cells.len() - 1;
-        for (i, cell) in cells.iter().enumerate() {
-            if i == last {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
-            }
-        }
-        out.push('\n');
-    };
-    line(&header);
-    for row in &rows {
-        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
-    }
-    out
+    table.render()
 }

@@ -1,7 +1,11 @@
 //! One module per subcommand.
 
 pub mod advertise;
+pub mod api_client;
+pub mod broker;
 pub mod discover;
+pub mod inventory;
+pub mod table;
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() -> anyhow::Result<()> {
@@ -19,4 +23,11 @@ pub async fn shutdown_signal() -> anyhow::Result<()> {
 pub fn system_hostname() -> String {
     let name = gethostname::gethostname().to_string_lossy().into_owned();
     name.split('.').next().unwrap_or_default().to_string()
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
 }

@@ -440,30 +440,9 @@ impl Avahi {
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
         let mut p = LabProcess::spawn_logging_to(cmd, &log)?;
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            let established = |s: &str| s.contains("Established under name");
-            if established(&p.stderr_text()) {
-                return Ok(p);
-            }
-            if let Some((_, line)) = p.recv_line_timeout(Duration::from_millis(50)) {
-                if established(&line) {
-                    return Ok(p);
-                }
-            }
-            if let Some(status) = p.try_exit_status() {
-                bail!(
-                    "avahi-publish {name:?} exited ({status}): {}",
-                    p.stderr_text().trim()
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "avahi-publish {name:?} not established within {STARTUP_TIMEOUT:?}: {}",
-                    p.stderr_text().trim()
-                );
-            }
-        }
+        p.wait_for_stderr("Established under name", STARTUP_TIMEOUT)
+            .with_context(|| format!("avahi-publish {name:?} in {}", self.ns))?;
+        Ok(p)
     }
 }
 

@@ -36,6 +36,8 @@ pub const LIBVIRTD_TOOLS: &[&str] = &[
 /// Name that the private `/etc/hosts` resolves to both 127.0.0.1 and ::1; libvirtd takes one
 /// `listen_addr`, and this is how it ends up listening on both families.
 const DUAL_STACK_NAME: &str = "virtgate-lab-lo";
+const LOG_FILE: &str = "libvirtd.log";
+const STDERR_FILE: &str = "libvirtd.stderr";
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Bound on every virsh / python run, so a wedged daemon fails a test instead of hanging it.
@@ -57,6 +59,10 @@ pub mod env {
     pub const SASL_USER: &str = "VIRTGATE_LAB_SASL_USER";
     /// First SASL user's password (only with SASL).
     pub const SASL_PASSWORD: &str = "VIRTGATE_LAB_SASL_PASSWORD";
+    /// Auth file with the first SASL user's credentials (only with SASL). Not exported as
+    /// `LIBVIRT_AUTH_FILE`: with that set, libvirt takes credentials from the file and never
+    /// calls an `openAuth` callback, which would hide what a script passes.
+    pub const AUTH_FILE: &str = "VIRTGATE_LAB_AUTH_FILE";
 }
 
 /// How to run the daemon.
@@ -120,7 +126,7 @@ impl std::fmt::Debug for Libvirtd {
     }
 }
 
-/// A port free on both 127.0.0.1 and [::1] right now (`None` for [::1] if IPv6 is unusable).
+/// A port free right now on 127.0.0.1 and, when `ipv6`, also on `[::1]`.
 fn free_port(ipv6: bool) -> Result<u16> {
     for _ in 0..100 {
         let v4 = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
@@ -150,7 +156,7 @@ fn quote_conf(s: &str) -> String {
 
 impl Libvirtd {
     /// Creates the scratch dir and PKI, starts the daemon and waits (≤ 10 s) until it listens
-    /// on 127.0.0.1 and, when possible, [::1]. On failure the error carries the log tail.
+    /// on 127.0.0.1 and, when possible, `[::1]`. On failure the error carries the log tail.
     pub fn start(opts: LibvirtdOptions) -> Result<Libvirtd> {
         require_root_and_tools(LIBVIRTD_TOOLS);
         let dir = tempfile::Builder::new()
@@ -201,9 +207,10 @@ impl Libvirtd {
         let mut last_err = None;
         for _ in 0..3 {
             daemon.port = free_port(ipv6)?;
+            let seen = daemon.log_sizes();
             match daemon.spawn_and_wait() {
                 Ok(()) => return Ok(daemon),
-                Err(e) if is_bind_error(&daemon.log_text()) => last_err = Some(e),
+                Err(e) if is_bind_error(&daemon.log_since(seen)) => last_err = Some(e),
                 Err(e) => return Err(e),
             }
         }
@@ -238,7 +245,7 @@ impl Libvirtd {
             cert = p("pki/servercert.pem"),
             ca = p("pki/cacert.pem"),
             run = p("run"),
-            log = d.join("libvirtd.log").display(),
+            log = d.join(LOG_FILE).display(),
         );
         if let Some(list) = &self.opts.tls_allowed_dn_list {
             let items: Vec<String> = list.iter().map(|s| quote_conf(s)).collect();
@@ -250,12 +257,15 @@ impl Libvirtd {
     fn spawn_and_wait(&mut self) -> Result<()> {
         let d = self.dir.path();
         self.write_config()?;
+        // In its own mount namespace, libvirtd sees our /etc/hosts (the dual-stack name) and a
+        // tmpfs on /run, which keeps the /run/libvirt/common/system.token it writes even with no
+        // drivers private to this daemon.
         let mut cmd = if self.ipv6 {
             let mut c = Command::new(tool("unshare"));
             c.args(["-m", "--propagation", "private", "--"])
                 .arg(tool("sh"))
                 .arg("-c")
-                .arg("mount --bind \"$0\" /etc/hosts && exec \"$@\"")
+                .arg("mount --bind \"$0\" /etc/hosts && mount -t tmpfs tmpfs /run && exec \"$@\"")
                 .arg(d.join("hosts"))
                 .arg(tool("libvirtd"));
             c
@@ -275,7 +285,7 @@ impl Libvirtd {
             cmd.env("SASL_CONF_PATH", d.join("sasl2"));
         }
         let label = describe(&cmd);
-        let mut process = LabProcess::spawn_logging_to(cmd, &d.join("libvirtd.stderr"))?;
+        let mut process = LabProcess::spawn_logging_to(cmd, &d.join(STDERR_FILE))?;
 
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -287,7 +297,7 @@ impl Libvirtd {
                     tail(&self.log_text(), 30)
                 );
             }
-            if self.listening()? {
+            if self.listening(process.pid())? {
                 self.process = Some(process);
                 return Ok(());
             }
@@ -305,15 +315,19 @@ impl Libvirtd {
         }
     }
 
-    /// Whether the TLS port is listening on every address it should.
-    fn listening(&self) -> Result<bool> {
+    /// Whether process `pid` listens on the TLS port on every address it should. The PID
+    /// matters: if another process took the port, it is listening but our daemon is not.
+    fn listening(&self, pid: u32) -> Result<bool> {
         let out = run(Command::new(tool("ss"))
-            .args(["-Hltn"])
+            .args(["-Hltnp"])
             .arg(format!("sport = :{}", self.port)))?;
         let text = String::from_utf8_lossy(&out.stdout);
-        let v4 = text.contains(&format!("127.0.0.1:{}", self.port));
-        let v6 = text.contains(&format!("[::1]:{}", self.port));
-        Ok(v4 && (v6 || !self.ipv6))
+        let ours = |addr: &str| {
+            text.lines().any(|l| {
+                l.contains(&format!("{addr}:{}", self.port)) && l.contains(&format!("pid={pid},"))
+            })
+        };
+        Ok(ours("127.0.0.1") && (!self.ipv6 || ours("[::1]")))
     }
 
     fn stop_process(&mut self) {
@@ -345,11 +359,11 @@ impl Libvirtd {
         // exit can still block the bind briefly.
         let mut attempt = 0;
         loop {
+            let seen = self.log_sizes();
             match self.spawn_and_wait() {
                 Ok(()) => return Ok(()),
-                Err(e) if attempt < 5 && is_bind_error(&self.log_text()) => {
+                Err(_) if attempt < 5 && is_bind_error(&self.log_since(seen)) => {
                     attempt += 1;
-                    let _ = e;
                     thread::sleep(Duration::from_millis(200));
                 }
                 Err(e) => return Err(e),
@@ -357,12 +371,12 @@ impl Libvirtd {
         }
     }
 
-    /// The TLS port (same on 127.0.0.1 and [::1]).
+    /// The TLS port (same on 127.0.0.1 and `[::1]`).
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// Whether the daemon also listens on [::1].
+    /// Whether the daemon also listens on `[::1]`.
     pub fn has_ipv6(&self) -> bool {
         self.ipv6
     }
@@ -434,7 +448,7 @@ impl Libvirtd {
         self.uri("127.0.0.1")
     }
 
-    /// [`Libvirtd::uri`] for [::1].
+    /// [`Libvirtd::uri`] for `[::1]`.
     pub fn uri_v6(&self) -> String {
         self.uri("::1")
     }
@@ -484,9 +498,14 @@ impl Libvirtd {
 
     /// Runs `script` with Debian's `/usr/bin/python3` (the one python3-libvirt is installed
     /// for). The script finds the URIs, port, pkipath and SASL credentials in the variables of
-    /// [`env`]; `LIBVIRT_AUTH_FILE` is set when SASL is on (note `libvirt.open()` cannot do
-    /// SCRAM; use `openAuth`). Returns the output whatever the status.
+    /// [`env`](mod@env); `LIBVIRT_AUTH_FILE` is removed (`libvirt.open()` cannot do SCRAM anyway: use
+    /// `openAuth`). Returns the output whatever the status.
     pub fn python(&self, script: &str) -> Result<Output> {
+        self.python_with_env(script, &[])
+    }
+
+    /// [`Libvirtd::python`] with extra environment variables for the script.
+    pub fn python_with_env(&self, script: &str, vars: &[(&str, &str)]) -> Result<Output> {
         let mut cmd = Command::new(tool("timeout"));
         cmd.args([CLIENT_TIMEOUT_SECS, "/usr/bin/python3", "-c", script])
             .stdin(Stdio::null())
@@ -503,29 +522,44 @@ impl Libvirtd {
             .env(env::PORT, self.port.to_string())
             .env(env::PKI_DIR, self.client_pki_dir())
             .env_remove("LIBVIRT_DEFAULT_URI");
-        match (self.auth_file(), self.opts.sasl_users.first()) {
-            (Some(f), Some((user, pass))) => {
-                cmd.env("LIBVIRT_AUTH_FILE", f)
-                    .env(env::SASL_USER, user)
-                    .env(env::SASL_PASSWORD, pass);
-            }
-            _ => {
-                cmd.env_remove("LIBVIRT_AUTH_FILE");
-            }
+        cmd.env_remove("LIBVIRT_AUTH_FILE");
+        if let (Some(f), Some((user, pass))) = (self.auth_file(), self.opts.sasl_users.first()) {
+            cmd.env(env::AUTH_FILE, f)
+                .env(env::SASL_USER, user)
+                .env(env::SASL_PASSWORD, pass);
         }
+        cmd.envs(vars.iter().copied());
         cmd.output()
             .with_context(|| format!("spawn `{}`", describe(&cmd)))
     }
 
-    /// The daemon's log file plus anything it wrote to stderr.
+    /// The daemon's log file plus anything it wrote to stderr (across restarts).
     pub fn log_text(&self) -> String {
-        let read = |name: &str| {
+        self.log_since((0, 0))
+    }
+
+    fn log_sizes(&self) -> (u64, u64) {
+        let size = |name: &str| {
+            fs::metadata(self.dir.path().join(name))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        };
+        (size(LOG_FILE), size(STDERR_FILE))
+    }
+
+    /// Log and stderr text written after the byte offsets `since` (from [`Self::log_sizes`]),
+    /// so a retry decision looks only at the latest attempt.
+    fn log_since(&self, since: (u64, u64)) -> String {
+        let read = |name: &str, from: u64| {
             fs::read(self.dir.path().join(name))
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .map(|b| {
+                    let from = usize::try_from(from).unwrap_or(usize::MAX).min(b.len());
+                    String::from_utf8_lossy(&b[from..]).into_owned()
+                })
                 .unwrap_or_default()
         };
-        let mut s = read("libvirtd.log");
-        let stderr = read("libvirtd.stderr");
+        let mut s = read(LOG_FILE, since.0);
+        let stderr = read(STDERR_FILE, since.1);
         if !stderr.trim().is_empty() {
             s.push_str("\n--- stderr ---\n");
             s.push_str(&stderr);

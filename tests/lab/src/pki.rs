@@ -32,8 +32,8 @@ pub enum KeyAlgorithm {
     EcdsaP256,
     /// ECDSA P-384 with SHA-384.
     EcdsaP384,
-    /// Ed25519.
-    Ed25519,
+    // No Ed25519: GnuTLS 3.7 (libvirt's TLS library on Debian 12) cannot parse the PKCS#8 v2
+    // key that ring writes ("ASN1 parser: Error in DER parsing"), so libvirtd would not start.
 }
 
 impl KeyAlgorithm {
@@ -41,7 +41,6 @@ impl KeyAlgorithm {
         let alg = match self {
             KeyAlgorithm::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
             KeyAlgorithm::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
-            KeyAlgorithm::Ed25519 => &rcgen::PKCS_ED25519,
         };
         KeyPair::generate_for(alg).context("generate key pair")
     }

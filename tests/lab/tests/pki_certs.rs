@@ -62,7 +62,10 @@ fn server_certificates_carry_what_libvirt_checks() {
     assert!(text.contains("DNSname: localhost"), "{text}");
     assert!(text.contains("IPAddress: 127.0.0.1"), "{text}");
     assert!(text.contains("IPAddress: ::1"), "{text}");
-    assert!(text.contains("Subject: CN=localhost,O=virtgate-test"), "{text}");
+    assert!(
+        text.contains("Subject: CN=localhost,O=virtgate-test"),
+        "{text}"
+    );
     assert!(text.contains("EC/ECDSA"), "{text}");
     // gnutls's key ID is the SHA-256 of the SubjectPublicKeyInfo DER: the pin we expose.
     assert!(
@@ -74,7 +77,9 @@ fn server_certificates_carry_what_libvirt_checks() {
     assert!(ok, "{out}");
 
     let ds_only = ca
-        .issue_server(&ServerCertSpec::localhost().with_key_usage(KeyUsageProfile::DigitalSignatureOnly))
+        .issue_server(
+            &ServerCertSpec::localhost().with_key_usage(KeyUsageProfile::DigitalSignatureOnly),
+        )
         .unwrap();
     let text = info(&ds_only, dir.path());
     assert!(text.contains("Digital signature.") && !text.contains("Key encipherment."));
@@ -86,7 +91,9 @@ fn special_server_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("test CA").unwrap();
 
-    let cn_only = ca.issue_server(&ServerCertSpec::cn_only("legacy-host")).unwrap();
+    let cn_only = ca
+        .issue_server(&ServerCertSpec::cn_only("legacy-host"))
+        .unwrap();
     let text = info(&cn_only, dir.path());
     assert!(!text.contains("Subject Alternative Name"), "{text}");
     assert!(text.contains("CN=legacy-host"), "{text}");
@@ -124,7 +131,10 @@ fn client_certificates_files_and_bundles() {
         .issue_client(&ClientCertSpec::new("C=GB,O=virtgate-test,CN=alice"))
         .unwrap();
     let text = info(&alice, dir.path());
-    assert!(text.contains("Subject: CN=alice,O=virtgate-test,C=GB"), "{text}");
+    assert!(
+        text.contains("Subject: CN=alice,O=virtgate-test,C=GB"),
+        "{text}"
+    );
     assert!(text.contains("TLS WWW Client."), "{text}");
     assert!(text.contains("Key encipherment."), "{text}");
 

@@ -1,0 +1,91 @@
+//! The `[broker]` configuration section.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What happens the first time a host presents a key that no configured CA vouches for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirstSight {
+    /// The host stays `pending` until an operator approves its key (`virtgate hosts approve`).
+    Approve,
+    /// Trust on first use: the first key seen is pinned automatically (development only).
+    Tofu,
+}
+
+/// A host outside the LAN (or not announcing itself), listed in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticHost {
+    /// The name clients use for this host; also checked against the certificate's SANs.
+    pub name: String,
+    /// Addresses to probe. Empty: the name is resolved with the system resolver at each probe.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+fn default_port() -> u16 {
+    virtgate_discovery::DEFAULT_LIBVIRT_TLS_PORT
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Where the SQLite inventory and the admin token live.
+    pub data_dir: PathBuf,
+    /// HTTP API and `/metrics`.
+    pub listen: SocketAddr,
+    /// Browse the LAN for `_libvirt._tcp` hosts (mDNS). Static hosts are probed either way.
+    pub discovery: bool,
+    /// Hosts listed here are inventoried whether or not they announce themselves.
+    pub hosts: Vec<StaticHost>,
+    /// How often every host is probed again.
+    #[serde(with = "humantime_serde")]
+    pub probe_interval: Duration,
+    /// Connect + TLS handshake budget per address.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
+    /// Probes (hosts) in flight at once.
+    pub probe_concurrency: usize,
+    /// `expiring_soon` below this much validity left.
+    #[serde(with = "humantime_serde")]
+    pub warning_window: Duration,
+    /// `expiring_critical` below this much validity left.
+    #[serde(with = "humantime_serde")]
+    pub critical_window: Duration,
+    pub first_sight: FirstSight,
+    /// PEM files of CAs whose certificates (with the host name covered) make a host `trusted_ca`.
+    pub trusted_ca_files: Vec<PathBuf>,
+    /// Client identity presented while probing (the proxy's backend identity), PEM.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    /// Hosts not seen for this long are forgotten, with their certificates and series.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("virtgate-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 16580)),
+            discovery: true,
+            hosts: Vec::new(),
+            probe_interval: Duration::from_secs(600),
+            probe_timeout: Duration::from_secs(5),
+            probe_concurrency: 32,
+            warning_window: Duration::from_secs(30 * 86400),
+            critical_window: Duration::from_secs(7 * 86400),
+            first_sight: FirstSight::Approve,
+            trusted_ca_files: Vec::new(),
+            client_cert_file: None,
+            client_key_file: None,
+            retention: Duration::from_secs(14 * 86400),
+        }
+    }
+}

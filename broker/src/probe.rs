@@ -1,0 +1,133 @@
+//! One TLS handshake to one address: what certificate chain does the host present?
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::ClientConfig;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// Why a probe failed; the label of `virtgate_probe_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeErrorReason {
+    Timeout,
+    Refused,
+    Unreachable,
+    Tls,
+    NoCertificate,
+    Other,
+}
+
+impl ProbeErrorReason {
+    pub const ALL: [ProbeErrorReason; 6] = [
+        Self::Timeout,
+        Self::Refused,
+        Self::Unreachable,
+        Self::Tls,
+        Self::NoCertificate,
+        Self::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Refused => "refused",
+            Self::Unreachable => "unreachable",
+            Self::Tls => "tls",
+            Self::NoCertificate => "no_certificate",
+            Self::Other => "other",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeError {
+    pub reason: ProbeErrorReason,
+    pub message: String,
+}
+
+pub struct Presented {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub tls_version: String,
+}
+
+pub struct ProbeResult {
+    pub address: IpAddr,
+    pub duration: Duration,
+    pub outcome: Result<Presented, ProbeError>,
+}
+
+/// Connects to `address:port`, completes a TLS handshake and returns the presented chain.
+/// Nothing is sent after the handshake; the connection is closed at once.
+pub async fn probe(
+    config: Arc<ClientConfig>,
+    address: IpAddr,
+    port: u16,
+    timeout: Duration,
+) -> ProbeResult {
+    let started = Instant::now();
+    let outcome = match tokio::time::timeout(timeout, handshake(config, address, port)).await {
+        Ok(result) => result,
+        Err(_) => Err(ProbeError {
+            reason: ProbeErrorReason::Timeout,
+            message: format!(
+                "no TLS handshake with {} within {timeout:?}",
+                SocketAddr::new(address, port)
+            ),
+        }),
+    };
+    ProbeResult {
+        address,
+        duration: started.elapsed(),
+        outcome,
+    }
+}
+
+async fn handshake(
+    config: Arc<ClientConfig>,
+    address: IpAddr,
+    port: u16,
+) -> Result<Presented, ProbeError> {
+    let target = SocketAddr::new(address, port);
+    let tcp = TcpStream::connect(target).await.map_err(|e| {
+        let reason = match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => ProbeErrorReason::Refused,
+            std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::NetworkUnreachable => {
+                ProbeErrorReason::Unreachable
+            }
+            _ => ProbeErrorReason::Other,
+        };
+        ProbeError {
+            reason,
+            message: format!("cannot connect to {target}: {e}"),
+        }
+    })?;
+    let _ = tcp.set_nodelay(true);
+    let tls = TlsConnector::from(config)
+        .connect(ServerName::IpAddress(address.into()), tcp)
+        .await
+        .map_err(|e| ProbeError {
+            reason: ProbeErrorReason::Tls,
+            message: format!("TLS handshake with {target} failed: {e}"),
+        })?;
+    let (_, session) = tls.get_ref();
+    let chain: Vec<CertificateDer<'static>> = session
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    if chain.is_empty() {
+        return Err(ProbeError {
+            reason: ProbeErrorReason::NoCertificate,
+            message: format!("{target} presented no certificate"),
+        });
+    }
+    let tls_version = session
+        .protocol_version()
+        .map(|v| format!("{v:?}"))
+        .unwrap_or_default();
+    Ok(Presented { chain, tls_version })
+}

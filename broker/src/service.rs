@@ -1,0 +1,351 @@
+//! The running broker: background services around the inventory (Pingora-style): the HTTP API,
+//! the probe scheduler, the discovery consumer and the retention sweeper.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+use virtgate_discovery::{Browser, DiscoveryConfig};
+
+use crate::api::{self, ApiState};
+use crate::cert::Windows;
+use crate::config::BrokerConfig;
+use crate::inventory::{now_unix, Inventory, Policy};
+use crate::metrics::Metrics;
+use crate::probe::{probe, ProbeError, ProbeErrorReason, ProbeResult};
+use crate::store::Store;
+use crate::tls::{self, TrustAnchors};
+use crate::BrokerError;
+
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub const DATABASE_FILE: &str = "inventory.sqlite";
+
+/// A broker running in this process.
+pub struct RunningBroker {
+    pub inventory: Arc<Inventory>,
+    pub metrics: Arc<Metrics>,
+    /// Where the HTTP API listens (useful with port 0).
+    pub api_addr: SocketAddr,
+    pub admin_token_path: PathBuf,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl RunningBroker {
+    /// Stops every background service and waits for them.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Creates the data directory (0700) if needed.
+pub fn prepare_data_dir(dir: &Path) -> Result<(), BrokerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| BrokerError::DataDir {
+                path: dir.display().to_string(),
+                source: e,
+            })?;
+    } else if let Ok(meta) = std::fs::metadata(dir) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            warn!(path = %dir.display(), "data directory is readable by others; consider chmod 700");
+        }
+    }
+    Ok(())
+}
+
+/// Reads the admin token, generating it (0600) at first start.
+pub fn load_or_create_token(path: &Path) -> Result<String, BrokerError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |e| BrokerError::Token {
+        path: path.display().to_string(),
+        source: e,
+    };
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).map_err(|e| io(std::io::Error::other(e.to_string())))?;
+    let token = hex::encode(raw);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(format!("{token}\n").as_bytes())
+        .map_err(io)?;
+    info!(path = %path.display(), "generated the admin token (mode 0600)");
+    Ok(token)
+}
+
+pub async fn start(
+    config: &BrokerConfig,
+    discovery: &DiscoveryConfig,
+) -> Result<RunningBroker, BrokerError> {
+    prepare_data_dir(&config.data_dir)?;
+    let token_path = config.data_dir.join(ADMIN_TOKEN_FILE);
+    let admin_token = load_or_create_token(&token_path)?;
+    let store = Store::open(&config.data_dir.join(DATABASE_FILE))?;
+    let anchors = TrustAnchors::from_files(&config.trusted_ca_files)?;
+    let client_identity = match (&config.client_cert_file, &config.client_key_file) {
+        (Some(cert), Some(key)) => Some((tls::read_certs(cert)?, tls::read_key(key)?)),
+        (None, None) => None,
+        _ => {
+            return Err(BrokerError::Config(
+                "set both broker.client_cert_file and broker.client_key_file, or neither".into(),
+            ))
+        }
+    };
+    let tls_config = tls::probe_client_config(client_identity)?;
+    let policy = Policy {
+        windows: Windows {
+            warning: config.warning_window,
+            critical: config.critical_window,
+        },
+        first_sight: config.first_sight,
+        anchors,
+    };
+    let inventory = Arc::new(Inventory::open(store, policy)?);
+    let metrics = Arc::new(Metrics::new());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| BrokerError::Listen {
+            addr: config.listen,
+            source: e,
+        })?;
+    let api_addr = listener.local_addr().map_err(|e| BrokerError::Listen {
+        addr: config.listen,
+        source: e,
+    })?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (probe_tx, probe_rx) = mpsc::unbounded_channel::<String>();
+    let mut tasks = JoinSet::new();
+
+    for host in &config.hosts {
+        if let Some(name) = inventory.upsert_static(host)? {
+            let _ = probe_tx.send(name);
+        }
+    }
+
+    let state = Arc::new(ApiState {
+        inventory: inventory.clone(),
+        metrics: metrics.clone(),
+        admin_token,
+        token_path: token_path.display().to_string(),
+    });
+    tasks.spawn(api::serve(listener, state, shutdown_rx.clone()));
+    tasks.spawn(
+        ProbeScheduler {
+            inventory: inventory.clone(),
+            metrics: metrics.clone(),
+            tls: tls_config,
+            interval: config.probe_interval,
+            timeout: config.probe_timeout,
+            limit: Arc::new(Semaphore::new(config.probe_concurrency.max(1))),
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
+        }
+        .run(probe_rx, shutdown_rx.clone()),
+    );
+    if config.discovery {
+        let browser = {
+            let discovery = discovery.clone();
+            tokio::task::spawn_blocking(move || Browser::start(&discovery))
+                .await
+                .map_err(|e| BrokerError::Config(e.to_string()))??
+        };
+        tasks.spawn(consume_discovery(
+            browser,
+            inventory.clone(),
+            metrics.clone(),
+            probe_tx.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
+    tasks.spawn(sweep_retention(
+        inventory.clone(),
+        config.retention,
+        shutdown_rx.clone(),
+    ));
+    info!(api = %api_addr, data_dir = %config.data_dir.display(), discovery = config.discovery, static_hosts = config.hosts.len(), "broker started");
+    Ok(RunningBroker {
+        inventory,
+        metrics,
+        api_addr,
+        admin_token_path: token_path,
+        shutdown,
+        tasks,
+    })
+}
+
+async fn consume_discovery(
+    mut browser: Browser,
+    inventory: Arc<Inventory>,
+    metrics: Arc<Metrics>,
+    probe_tx: mpsc::UnboundedSender<String>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            event = browser.next_event() => {
+                let Some(event) = event else { break };
+                metrics.discovery_events.with_label_values(&[event.kind()]).inc();
+                match inventory.discovered(&event) {
+                    Ok(Some(name)) => { let _ = probe_tx.send(name); }
+                    Ok(None) => {}
+                    Err(e) => warn!(error = %e, "could not record a discovery event"),
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || browser.shutdown()).await;
+}
+
+async fn sweep_retention(
+    inventory: Arc<Inventory>,
+    retention: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                for name in inventory.unseen_longer_than(now_unix(), retention) {
+                    let why = format!("not seen for more than {}", humantime::format_duration(retention));
+                    if let Err(e) = inventory.forget(&name, &why, "expired_retention") {
+                        warn!(host = %name, error = %e, "could not expire host");
+                    }
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+struct ProbeScheduler {
+    inventory: Arc<Inventory>,
+    metrics: Arc<Metrics>,
+    tls: Arc<ClientConfig>,
+    interval: Duration,
+    timeout: Duration,
+    limit: Arc<Semaphore>,
+    in_flight: Arc<Mutex<HashSet<String>>>,
+}
+
+impl ProbeScheduler {
+    async fn run(
+        self,
+        mut requests: mpsc::UnboundedReceiver<String>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let this = Arc::new(self);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut running = JoinSet::new();
+        loop {
+            tokio::select! {
+                Some(name) = requests.recv() => this.clone().spawn(name, &mut running),
+                _ = tick.tick() => {
+                    for name in this.inventory.due_for_probe(now_unix(), this.interval) {
+                        this.clone().spawn(name, &mut running);
+                    }
+                }
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        running.abort_all();
+    }
+
+    fn spawn(self: Arc<Self>, name: String, running: &mut JoinSet<()>) {
+        if !self
+            .in_flight
+            .lock()
+            .expect("probe set poisoned")
+            .insert(name.clone())
+        {
+            return;
+        }
+        running.spawn(async move {
+            let permit = self.limit.clone().acquire_owned().await;
+            self.probe_host(&name).await;
+            drop(permit);
+            self.in_flight
+                .lock()
+                .expect("probe set poisoned")
+                .remove(&name);
+        });
+    }
+
+    async fn probe_host(&self, name: &str) {
+        let Some(host) = self.inventory.host(name) else {
+            return;
+        };
+        let addresses = if host.addresses.is_empty() {
+            resolve(name, host.port).await
+        } else {
+            Ok(host.addresses.clone())
+        };
+        let results: Vec<ProbeResult> = match addresses {
+            Ok(addresses) => {
+                let probes = addresses
+                    .into_iter()
+                    .map(|a| probe(self.tls.clone(), a, host.port, self.timeout));
+                futures_util::future::join_all(probes).await
+            }
+            Err(e) => vec![ProbeResult {
+                address: IpAddr::from([0, 0, 0, 0]),
+                duration: Duration::ZERO,
+                outcome: Err(e),
+            }],
+        };
+        for r in &results {
+            self.metrics
+                .probe_duration
+                .observe(r.duration.as_secs_f64());
+            if let Err(e) = &r.outcome {
+                self.metrics
+                    .probe_errors
+                    .with_label_values(&[e.reason.as_str()])
+                    .inc();
+            }
+        }
+        if let Err(e) = self.inventory.record_probe(name, results) {
+            warn!(host = name, error = %e, "could not record probe result");
+        }
+    }
+}
+
+async fn resolve(name: &str, port: u16) -> Result<Vec<IpAddr>, ProbeError> {
+    match tokio::net::lookup_host((name, port)).await {
+        Ok(addrs) => {
+            let mut v: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
+            v.sort_by_key(|ip| (ip.is_ipv6(), *ip));
+            v.dedup();
+            Ok(v)
+        }
+        Err(e) => Err(ProbeError {
+            reason: ProbeErrorReason::Unreachable,
+            message: format!(
+                "cannot resolve {name}: {e}; list its addresses under [[broker.hosts]]"
+            ),
+        }),
+    }
+}

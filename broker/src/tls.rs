@@ -1,0 +1,232 @@
+//! TLS for probing: capture whatever chain a host presents, and judge it against configured CAs
+//! separately, so an untrusted or broken certificate is still inventoried instead of hidden
+//! behind a handshake failure.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore,
+    SignatureScheme,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} holds no {what} in PEM form")]
+    Empty { path: String, what: &'static str },
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let data = std::fs::read(path).map_err(|source| TlsSetupError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsSetupError::Empty {
+            path: path.display().to_string(),
+            what: "certificate",
+        });
+    }
+    Ok(certs)
+}
+
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
+    let data = std::fs::read(path).map_err(|source| TlsSetupError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(|e| TlsSetupError::Invalid {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .ok_or(TlsSetupError::Empty {
+            path: path.display().to_string(),
+            what: "private key",
+        })
+}
+
+/// The CAs an operator trusts for hosts. Empty means "no CA configured": hosts are then trusted
+/// only through approved pins.
+#[derive(Clone)]
+pub struct TrustAnchors {
+    verifier: Option<Arc<WebPkiServerVerifier>>,
+}
+
+/// How a presented chain relates to the configured CAs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainVerdict {
+    /// Chains to a configured CA, is valid now, and covers the host name.
+    Trusted,
+    /// Chains to a configured CA but fails for another reason (expired, name not covered, …).
+    TrustedIssuerOnly(String),
+    /// Does not chain to any configured CA.
+    Untrusted(String),
+    /// No CA configured.
+    NoAnchors,
+}
+
+impl TrustAnchors {
+    pub fn none() -> Self {
+        Self { verifier: None }
+    }
+
+    pub fn from_files(files: &[impl AsRef<Path>]) -> Result<Self, TlsSetupError> {
+        if files.is_empty() {
+            return Ok(Self::none());
+        }
+        let mut roots = RootCertStore::empty();
+        for file in files {
+            let path = file.as_ref();
+            for cert in read_certs(path)? {
+                roots.add(cert).map_err(|e| TlsSetupError::Invalid {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
+        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| TlsSetupError::Invalid {
+                path: "trusted_ca_files".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            verifier: Some(verifier),
+        })
+    }
+
+    pub fn is_configured(&self) -> bool {
+        self.verifier.is_some()
+    }
+
+    pub fn verify(
+        &self,
+        chain: &[CertificateDer<'static>],
+        host_name: &str,
+        now: UnixTime,
+    ) -> ChainVerdict {
+        let Some(verifier) = &self.verifier else {
+            return ChainVerdict::NoAnchors;
+        };
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return ChainVerdict::Untrusted("no certificate presented".into());
+        };
+        let name = match ServerName::try_from(host_name.to_string()) {
+            Ok(n) => n,
+            Err(_) => {
+                return ChainVerdict::Untrusted(format!("{host_name:?} is not a valid server name"))
+            }
+        };
+        match verifier.verify_server_cert(leaf, intermediates, &name, &[], now) {
+            Ok(_) => ChainVerdict::Trusted,
+            Err(TlsError::InvalidCertificate(
+                e @ (CertificateError::UnknownIssuer
+                | CertificateError::BadSignature
+                | CertificateError::BadEncoding
+                | CertificateError::InvalidPurpose),
+            )) => ChainVerdict::Untrusted(format!("{e:?}")),
+            Err(e) => ChainVerdict::TrustedIssuerOnly(e.to_string()),
+        }
+    }
+}
+
+/// Accepts any server certificate so the chain can be recorded, but still checks that the
+/// server proves possession of the presented key (handshake signatures are verified).
+#[derive(Debug)]
+struct CaptureAnyCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for CaptureAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The probe's client configuration: capture any chain, present the client identity if given
+/// (libvirtd requests a client certificate but does not require one for the handshake).
+pub fn probe_client_config(
+    client_identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError::Invalid {
+            path: "tls".into(),
+            reason: e.to_string(),
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(CaptureAnyCertificate { provider }));
+    let config = match client_identity {
+        Some((chain, key)) => {
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| TlsSetupError::Invalid {
+                    path: "client_cert_file".into(),
+                    reason: e.to_string(),
+                })?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}

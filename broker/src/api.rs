@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use serde_json::json;
@@ -54,6 +54,7 @@ pub async fn serve(
             .service(tower::service_fn(move |req| handle(state.clone(), req)));
         tokio::spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
             if let Err(e) = conn.await {
@@ -251,7 +252,7 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
                 }
             }
         }
-        (_, ["healthz" | "readyz" | "metrics"]) | (_, ["v1", ..]) => error(
+        (_, segments) if is_known_path(segments) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed; see docs/openapi.yaml",
         ),
@@ -260,6 +261,16 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
             "no such endpoint; see docs/openapi.yaml",
         ),
     }
+}
+
+fn is_known_path(segments: &[&str]) -> bool {
+    matches!(
+        segments,
+        ["healthz" | "readyz" | "metrics"]
+            | ["v1", "hosts" | "certificates" | "events" | "watch"]
+            | ["v1", "hosts", _]
+            | ["v1", "hosts", _, "approve" | "forget"]
+    )
 }
 
 /// Long-poll: answers as soon as the inventory revision exceeds `since`, or after `timeout`

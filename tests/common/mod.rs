@@ -1,0 +1,199 @@
+//! Helpers shared by the end-to-end tests of the root package.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use virtgate_testlab::LabProcess;
+
+pub const VIRTGATE: &str = env!("CARGO_BIN_EXE_virtgate");
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `virtgate broker` on loopback with its own data directory and config file.
+pub struct Broker {
+    pub process: LabProcess,
+    pub addr: SocketAddr,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+impl Broker {
+    /// Writes `config_toml` (the `[broker]` section's `data_dir`, `listen` and `discovery =
+    /// false` are added) and starts the broker in the root namespace: no mDNS daemon is created.
+    pub fn start(dir: &Path, extra_toml: &str) -> Broker {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let data_dir = dir.join("data");
+        let config = dir.join("virtgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[broker]\ndata_dir = {:?}\nlisten = \"{addr}\"\ndiscovery = false\n{extra_toml}\n",
+                data_dir.display().to_string()
+            ),
+        )
+        .unwrap();
+        Self::spawn(addr, config, data_dir)
+    }
+
+    fn spawn(addr: SocketAddr, config: PathBuf, data_dir: PathBuf) -> Broker {
+        let mut cmd = Command::new(VIRTGATE);
+        cmd.args(["--config", config.to_str().unwrap(), "broker"])
+            .env("RUST_LOG", "info");
+        let process = LabProcess::spawn(cmd).expect("start virtgate broker");
+        let broker = Broker {
+            process,
+            addr,
+            config,
+            data_dir,
+        };
+        broker.wait_ready();
+        broker
+    }
+
+    /// Starts the same broker again (same config and data) after it was stopped.
+    pub fn restart(self) -> Broker {
+        let Broker {
+            mut process,
+            addr,
+            config,
+            data_dir,
+        } = self;
+        process.stop(Duration::from_secs(5));
+        Self::spawn(addr, config, data_dir)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if http(self.addr, "GET", "/readyz", None, None).is_ok_and(|(s, _)| s == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("broker not ready; stderr:\n{}", self.process.stderr_text());
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http(self.addr, "GET", path, None, None).expect("broker answers")
+    }
+
+    pub fn get_json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).expect("JSON body")
+    }
+
+    pub fn post(&self, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+        http(self.addr, "POST", path, token, Some(body)).expect("broker answers")
+    }
+
+    pub fn metrics(&self) -> String {
+        self.get("/metrics").1
+    }
+
+    /// Polls `GET /v1/hosts/{name}` until `pred` holds; returns the host document.
+    pub fn wait_host(&self, name: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            let (status, body) = self.get(&format!("/v1/hosts/{name}"));
+            if status == 200 {
+                last = serde_json::from_str::<Value>(&body).unwrap()["host"].clone();
+                if pred(&last) {
+                    return last;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "host {name}: condition not met within {timeout:?}; last: {last:#}\nbroker stderr:\n{}",
+            self.process.stderr_text()
+        );
+    }
+
+    /// Runs a client subcommand (`hosts`, `certs`) against this broker.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(VIRTGATE)
+            .args(["--config", self.config.to_str().unwrap()])
+            .args(args)
+            .args(["--broker", &self.url()])
+            .output()
+            .expect("run virtgate")
+    }
+}
+
+/// A minimal HTTP/1.1 request (`Connection: close`) so the tests need no HTTP client library.
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(70)))?;
+    let body = body.unwrap_or("");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    // hyper sends full bodies with Content-Length, never chunked, so the rest is the body.
+    Ok((status, body))
+}
+
+/// The value of the first sample of `metric` whose labels include every `key="value"` given.
+pub fn sample(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (name_labels, value) = line.rsplit_once(' ')?;
+            let (name, rest) = name_labels.split_once('{').unwrap_or((name_labels, ""));
+            if name != metric {
+                return None;
+            }
+            labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+                .then(|| value.parse().ok())?
+        })
+}

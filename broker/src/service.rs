@@ -1,7 +1,7 @@
 //! The running broker: background services around the inventory (Pingora-style): the HTTP API,
 //! the probe scheduler, the discovery consumer and the retention sweeper.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -160,7 +160,7 @@ pub async fn start(
             interval: config.probe_interval,
             timeout: config.probe_timeout,
             limit: Arc::new(Semaphore::new(config.probe_concurrency.max(1))),
-            in_flight: Arc::new(Mutex::new(HashSet::new())),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
         }
         .run(probe_rx, shutdown_rx.clone()),
     );
@@ -247,7 +247,9 @@ struct ProbeScheduler {
     interval: Duration,
     timeout: Duration,
     limit: Arc<Semaphore>,
-    in_flight: Arc<Mutex<HashSet<String>>>,
+    /// Hosts being probed, and whether another request came in meanwhile (addresses changed):
+    /// such requests are coalesced into one follow-up probe instead of being dropped.
+    in_flight: Arc<Mutex<HashMap<String, bool>>>,
 }
 
 impl ProbeScheduler {
@@ -275,22 +277,27 @@ impl ProbeScheduler {
     }
 
     fn spawn(self: Arc<Self>, name: String, running: &mut JoinSet<()>) {
-        if !self
-            .in_flight
-            .lock()
-            .expect("probe set poisoned")
-            .insert(name.clone())
         {
-            return;
+            let mut in_flight = self.in_flight.lock().expect("probe set poisoned");
+            if let Some(again) = in_flight.get_mut(&name) {
+                *again = true;
+                return;
+            }
+            in_flight.insert(name.clone(), false);
         }
         running.spawn(async move {
-            let permit = self.limit.clone().acquire_owned().await;
-            self.probe_host(&name).await;
-            drop(permit);
-            self.in_flight
-                .lock()
-                .expect("probe set poisoned")
-                .remove(&name);
+            loop {
+                let permit = self.limit.clone().acquire_owned().await;
+                self.probe_host(&name).await;
+                drop(permit);
+                let mut in_flight = self.in_flight.lock().expect("probe set poisoned");
+                if in_flight.get(&name) == Some(&true) {
+                    in_flight.insert(name.clone(), false);
+                    continue;
+                }
+                in_flight.remove(&name);
+                break;
+            }
         });
     }
 

@@ -14,6 +14,7 @@ fi
 PACKAGES=(
     libvirt-daemon libvirt-clients python3-libvirt gnutls-bin sasl2-bin
     libsasl2-modules libsasl2-modules-db avahi-daemon avahi-utils dbus iproute2 util-linux
+    prometheus
 )
 
 # Package maintainer scripts of libvirt-daemon, sasl2-bin and avahi-daemon would start their

@@ -542,7 +542,7 @@ impl Inventory {
                 &mut out,
             );
         }
-        out.sort_by(|a, b| a.kind.cmp(&b.kind));
+        out.sort_by_key(|f| f.kind);
         out
     }
 

@@ -444,3 +444,49 @@ fn every_endpoint_in_the_openapi_file_is_served() {
         }
     }
 }
+
+#[test]
+fn probes_present_the_configured_client_identity_which_libvirtd_accepts() {
+    let with_identity = libvirtd_with(ServerCertSpec::localhost());
+    let without_identity = libvirtd_with(ServerCertSpec::localhost());
+    let pki = with_identity.client_pki_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        dir.path(),
+        &format!(
+            "client_cert_file = {:?}\nclient_key_file = {:?}\n{}",
+            pki.join("clientcert.pem").display().to_string(),
+            pki.join("clientkey.pem").display().to_string(),
+            static_host("localhost", with_identity.port()),
+        ),
+    );
+    broker.wait_host("localhost", Duration::from_secs(15), probed);
+    let other_dir = tempfile::tempdir().unwrap();
+    let anonymous = Broker::start(
+        other_dir.path(),
+        &static_host("localhost", without_identity.port()),
+    );
+    anonymous.wait_host("localhost", Duration::from_secs(15), probed);
+    std::thread::sleep(Duration::from_millis(300)); // let libvirtd write its log
+
+    let refused = "Failed to verify peer's certificate";
+    assert!(
+        without_identity.log_text().contains(refused),
+        "an anonymous probe is refused after the handshake"
+    );
+    assert!(
+        !with_identity.log_text().contains(refused),
+        "the client identity was accepted:\n{}",
+        with_identity.log_text()
+    );
+    let metrics = broker.metrics();
+    assert!(
+        sample(
+            &metrics,
+            "virtgate_cert_not_after_timestamp_seconds",
+            &[("host", "virtgate"), ("role", "proxy_client")]
+        )
+        .is_some(),
+        "the client identity's expiry is exported"
+    );
+}

@@ -667,3 +667,99 @@ fn join(addresses: &[std::net::IpAddr]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtgate_discovery::HostAdvert;
+
+    fn inventory(dir: &std::path::Path) -> Inventory {
+        let policy = Policy {
+            windows: Windows {
+                warning: Duration::from_secs(30 * 86400),
+                critical: Duration::from_secs(7 * 86400),
+            },
+            first_sight: FirstSight::Approve,
+            anchors: TrustAnchors::none(),
+        };
+        Inventory::open(Store::open(&dir.join("i.sqlite")).unwrap(), policy).unwrap()
+    }
+
+    fn advert(host: &str, addresses: &[&str]) -> HostAdvert {
+        HostAdvert {
+            instance: format!("Virtualization Host {host}"),
+            fullname: format!("Virtualization Host {host}._libvirt._tcp.local."),
+            hostname: format!("{host}.local."),
+            port: 16514,
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+            txt: Default::default(),
+        }
+    }
+
+    #[test]
+    fn discovery_events_create_update_and_mark_hosts_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        assert_eq!(
+            inv.discovered(&DiscoveryEvent::Appeared(advert("h1", &["10.0.0.1"])))
+                .unwrap()
+                .as_deref(),
+            Some("h1")
+        );
+        let again = inv
+            .discovered(&DiscoveryEvent::Updated(advert(
+                "h1",
+                &["10.0.0.1", "fd00::1"],
+            )))
+            .unwrap();
+        assert_eq!(again.as_deref(), Some("h1"), "new addresses need a probe");
+        let same = inv
+            .discovered(&DiscoveryEvent::Updated(advert(
+                "h1",
+                &["10.0.0.1", "fd00::1"],
+            )))
+            .unwrap();
+        assert_eq!(same, None, "nothing changed, no probe");
+        inv.discovered(&DiscoveryEvent::Removed {
+            instance: "Virtualization Host h1".into(),
+            fullname: "Virtualization Host h1._libvirt._tcp.local.".into(),
+        })
+        .unwrap();
+        let host = inv.host("h1").unwrap();
+        assert_eq!(host.state, HostState::Absent);
+        assert_eq!(host.addresses.len(), 2);
+        let kinds: Vec<String> = inv
+            .events(Some("h1"), 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, vec!["appeared", "removed"]);
+        assert!(
+            inv.due_for_probe(now_unix(), Duration::ZERO).is_empty(),
+            "absent hosts are not probed"
+        );
+    }
+
+    #[test]
+    fn only_discovered_hosts_expire_after_the_retention_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        inv.discovered(&DiscoveryEvent::Appeared(advert("lan", &["10.0.0.1"])))
+            .unwrap();
+        inv.upsert_static(&StaticHost {
+            name: "far".into(),
+            addresses: vec![],
+            port: 16514,
+        })
+        .unwrap();
+        let later = now_unix() + 15 * 86400;
+        assert_eq!(
+            inv.unseen_longer_than(later, Duration::from_secs(14 * 86400)),
+            vec!["lan".to_string()]
+        );
+        assert!(inv
+            .unseen_longer_than(now_unix(), Duration::from_secs(14 * 86400))
+            .is_empty());
+    }
+}

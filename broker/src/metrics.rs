@@ -8,7 +8,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::cert::FindingKind;
+use crate::cert::{CertInfo, FindingKind};
 use crate::inventory::Inventory;
 use crate::model::HostState;
 use crate::probe::ProbeErrorReason;
@@ -35,6 +35,7 @@ pub struct Metrics {
     pub probe_errors: IntCounterVec,
     pub discovery_events: IntCounterVec,
     rendered_revision: Mutex<u64>,
+    own: Mutex<Vec<(String, CertInfo)>>,
 }
 
 impl Metrics {
@@ -140,7 +141,18 @@ impl Metrics {
             probe_errors,
             discovery_events,
             rendered_revision: Mutex::new(0),
+            own: Mutex::new(Vec::new()),
         }
+    }
+
+    /// virtgate's own certificates (role `proxy_server`, `proxy_client` or `ca`), exported with
+    /// `host="virtgate"` so their expiry is watched like any host's.
+    pub fn set_own_certificates(&self, certs: Vec<(String, CertInfo)>) {
+        *self.own.lock().expect("metrics lock poisoned") = certs;
+        *self
+            .rendered_revision
+            .lock()
+            .expect("metrics lock poisoned") = 0;
     }
 
     fn refresh(&self, inventory: &Inventory) {
@@ -209,6 +221,23 @@ impl Metrics {
                         .set(n as i64);
                 }
             }
+        }
+        for (role, cert) in self.own.lock().expect("metrics lock poisoned").iter() {
+            let labels = [
+                "virtgate",
+                "",
+                role.as_str(),
+                &cert.subject_cn,
+                &cert.issuer_cn,
+                &cert.serial,
+                &cert.sha256,
+            ];
+            self.cert_not_after
+                .with_label_values(&labels)
+                .set(cert.not_after as f64);
+            self.cert_not_before
+                .with_label_values(&labels)
+                .set(cert.not_before as f64);
         }
         *rendered = revision;
     }

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use virtgate_discovery::{Browser, DiscoveryConfig};
 
 use crate::api::{self, ApiState};
-use crate::cert::Windows;
+use crate::cert::{parse_certificate, CertInfo, Windows};
 use crate::config::BrokerConfig;
 use crate::inventory::{now_unix, Inventory, Policy};
 use crate::metrics::Metrics;
@@ -124,6 +124,7 @@ pub async fn start(
     };
     let inventory = Arc::new(Inventory::open(store, policy)?);
     let metrics = Arc::new(Metrics::new());
+    metrics.set_own_certificates(own_certificates(config)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| BrokerError::Listen {
@@ -193,6 +194,33 @@ pub async fn start(
         shutdown,
         tasks,
     })
+}
+
+/// The certificates virtgate itself holds: the probe/backend client identity and the trusted CAs.
+fn own_certificates(config: &BrokerConfig) -> Result<Vec<(String, CertInfo)>, BrokerError> {
+    let mut out = Vec::new();
+    let mut add = |role: &str, path: &Path| -> Result<(), BrokerError> {
+        for (i, der) in tls::read_certs(path)?.iter().enumerate() {
+            let info = parse_certificate(der, i)
+                .map_err(|e| BrokerError::Config(format!("{}: {e}", path.display())))?;
+            out.push((
+                if i == 0 {
+                    role.to_string()
+                } else {
+                    "ca".to_string()
+                },
+                info,
+            ));
+        }
+        Ok(())
+    };
+    if let Some(cert) = &config.client_cert_file {
+        add("proxy_client", cert)?;
+    }
+    for ca in &config.trusted_ca_files {
+        add("ca", ca)?;
+    }
+    Ok(out)
 }
 
 async fn consume_discovery(

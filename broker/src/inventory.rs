@@ -252,14 +252,19 @@ impl Inventory {
     }
 
     /// Hosts whose last probe is older than `interval` (or never probed), absent ones excepted.
+    /// A host with a failing address is retried sooner: 5 s, 10 s, 20 s, … up to `interval`.
     pub fn due_for_probe(&self, now: i64, interval: Duration) -> Vec<String> {
+        let interval = interval.as_secs() as i64;
         self.lock()
             .hosts
             .values()
             .filter(|h| h.state != HostState::Absent)
             .filter(|h| {
-                h.last_probe
-                    .is_none_or(|t| now - t >= interval.as_secs() as i64)
+                let wait = match h.failed_probes {
+                    0 => interval,
+                    n => (5i64 << (n - 1).min(16)).min(interval),
+                };
+                h.last_probe.is_none_or(|t| now - t >= wait)
             })
             .map(|h| h.name.clone())
             .collect()
@@ -333,6 +338,13 @@ impl Inventory {
             .collect();
 
         let reachable = host.endpoints.iter().any(|e| e.error.is_none());
+        let any_failed =
+            host.endpoints.is_empty() || host.endpoints.iter().any(|e| e.error.is_some());
+        host.failed_probes = if any_failed {
+            previous.failed_probes.saturating_add(1)
+        } else {
+            0
+        };
         host.state = if reachable {
             HostState::Up
         } else {
@@ -739,6 +751,48 @@ mod tests {
             inv.due_for_probe(now_unix(), Duration::ZERO).is_empty(),
             "absent hosts are not probed"
         );
+    }
+
+    #[test]
+    fn failing_hosts_are_retried_with_backoff_and_healthy_ones_at_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        inv.upsert_static(&StaticHost {
+            name: "h".into(),
+            addresses: vec!["127.0.0.1".parse().unwrap()],
+            port: 1,
+        })
+        .unwrap();
+        let refused = || ProbeResult {
+            address: "127.0.0.1".parse().unwrap(),
+            duration: Duration::from_millis(1),
+            outcome: Err(crate::probe::ProbeError {
+                reason: ProbeErrorReason::Refused,
+                message: "refused".into(),
+            }),
+        };
+        let interval = Duration::from_secs(600);
+        inv.record_probe("h", vec![refused()]).unwrap();
+        let t = inv.host("h").unwrap().last_probe.unwrap();
+        assert!(inv.due_for_probe(t + 4, interval).is_empty());
+        assert_eq!(
+            inv.due_for_probe(t + 5, interval),
+            vec!["h".to_string()],
+            "first retry after 5 s"
+        );
+        inv.record_probe("h", vec![refused()]).unwrap();
+        let t = inv.host("h").unwrap().last_probe.unwrap();
+        assert!(inv.due_for_probe(t + 9, interval).is_empty());
+        assert_eq!(inv.due_for_probe(t + 10, interval).len(), 1, "then 10 s");
+        for _ in 0..20 {
+            inv.record_probe("h", vec![refused()]).unwrap();
+        }
+        let t = inv.host("h").unwrap().last_probe.unwrap();
+        assert!(
+            inv.due_for_probe(t + 599, interval).is_empty(),
+            "never slower than the interval"
+        );
+        assert_eq!(inv.due_for_probe(t + 600, interval).len(), 1);
     }
 
     #[test]

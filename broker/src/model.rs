@@ -124,6 +124,9 @@ pub struct Host {
     pub last_seen: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_probe: Option<i64>,
+    /// Consecutive probes in which some address failed; drives the retry backoff.
+    #[serde(default)]
+    pub failed_probes: u32,
     #[serde(default)]
     pub endpoints: Vec<Endpoint>,
     #[serde(default)]
@@ -153,6 +156,7 @@ impl Host {
             first_seen: now,
             last_seen: now,
             last_probe: None,
+            failed_probes: 0,
             endpoints: Vec::new(),
             findings: Vec::new(),
         }

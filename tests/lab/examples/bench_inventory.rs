@@ -171,6 +171,33 @@ fn main() {
         );
     }
     eprintln!();
+    let hosts = inventory(&virtgate, broker);
+    let mut shapes: std::collections::BTreeMap<String, usize> = Default::default();
+    for h in &hosts {
+        let endpoints = h["endpoints"].as_array().cloned().unwrap_or_default();
+        let errors: Vec<String> = endpoints
+            .iter()
+            .filter_map(|e| e["error_reason"].as_str().map(str::to_string))
+            .collect();
+        let key = format!(
+            "addresses={} endpoints={} errors={:?} state={}",
+            h["addresses"].as_array().map(|a| a.len()).unwrap_or(0),
+            endpoints.len(),
+            errors,
+            h["state"].as_str().unwrap_or("?")
+        );
+        *shapes.entry(key).or_default() += 1;
+    }
+    for (shape, count) in &shapes {
+        eprintln!("  {count:>5} hosts: {shape}");
+    }
+    if let Some(h) = hosts.iter().find(|h| {
+        h["endpoints"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| !e["error"].is_null()))
+    }) {
+        eprintln!("  example error: {}", h["endpoints"]);
+    }
     let rss = proc_status(pid, "VmRSS:");
     let hwm = proc_status(pid, "VmHWM:");
     let cpu = cpu_seconds(pid) - cpu_idle;

@@ -47,6 +47,8 @@ enum Command {
     Hosts(cmd::inventory::HostsArgs),
     /// List the certificates hosts present, soonest expiry first.
     Certs(cmd::inventory::CertsArgs),
+    /// Certificates for virtgate and libvirt: a CA, server and client certificates, checks.
+    Pki(cmd::pki::Args),
     /// Print the effective configuration as TOML (secrets redacted).
     Config,
 }
@@ -78,7 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Advertise(args) => overrides.extend(args.overrides()),
         Command::Discover(args) => overrides.extend(args.overrides()),
         Command::Up(args) | Command::Broker(args) => overrides.extend(args.overrides()),
-        Command::Hosts(_) | Command::Certs(_) | Command::Config => {}
+        Command::Hosts(_) | Command::Certs(_) | Command::Pki(_) | Command::Config => {}
     }
     let loaded = config::load(cli.config.as_deref(), overrides)?;
     if let Command::Config = cli.command {
@@ -101,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Broker(_) => cmd::broker::run(&loaded.config, false).await,
             Command::Hosts(args) => cmd::inventory::hosts(&loaded.config, args).await,
             Command::Certs(args) => cmd::inventory::certs(&loaded.config, args).await,
+            Command::Pki(args) => cmd::pki::run(&loaded.config, args).await,
             Command::Config => unreachable!("handled before the runtime starts"),
         }
     })?;

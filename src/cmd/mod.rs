@@ -5,6 +5,7 @@ pub mod api_client;
 pub mod broker;
 pub mod discover;
 pub mod inventory;
+pub mod pki;
 pub mod table;
 
 /// Resolves on SIGINT or SIGTERM.

@@ -8,6 +8,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 use virtgate_broker::BrokerConfig;
 use virtgate_discovery::{AdvertiseConfig, DiscoveryConfig};
+use virtgate_proxy::ProxyConfig;
 
 /// Read when `--config` is not given and the file exists.
 pub const SYSTEM_CONFIG_FILE: &str = "/etc/virtgate/virtgate.toml";
@@ -20,6 +21,7 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     pub advertise: AdvertiseConfig,
     pub broker: BrokerConfig,
+    pub proxy: ProxyConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

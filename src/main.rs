@@ -39,10 +39,12 @@ enum Command {
     Advertise(cmd::advertise::Args),
     /// List (or, with --watch, follow) the libvirt hosts announced on the LAN.
     Discover(cmd::discover::Args),
-    /// Run everything in one process (today: the broker with LAN discovery); the main job.
+    /// Run everything in one process: broker, LAN discovery and the TLS gateway; the main job.
     Up(cmd::broker::Args),
     /// Run the broker: host and certificate inventory, HTTP API, /metrics.
     Broker(cmd::broker::Args),
+    /// Run the TLS gateway alone, following a broker's inventory (--broker URL).
+    Proxy(cmd::proxy::Args),
     /// List inventoried hosts; approve or forget one.
     Hosts(cmd::inventory::HostsArgs),
     /// List the certificates hosts present, soonest expiry first.
@@ -80,7 +82,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Advertise(args) => overrides.extend(args.overrides()),
         Command::Discover(args) => overrides.extend(args.overrides()),
         Command::Up(args) | Command::Broker(args) => overrides.extend(args.overrides()),
-        Command::Hosts(_) | Command::Certs(_) | Command::Pki(_) | Command::Config => {}
+        Command::Hosts(_)
+        | Command::Certs(_)
+        | Command::Pki(_)
+        | Command::Proxy(_)
+        | Command::Config => {}
     }
     let loaded = config::load(cli.config.as_deref(), overrides)?;
     if let Command::Config = cli.command {
@@ -99,8 +105,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         match cli.command {
             Command::Advertise(args) => cmd::advertise::run(&loaded.config, args).await,
             Command::Discover(args) => cmd::discover::run(&loaded.config, args).await,
-            Command::Up(_) => cmd::broker::run(&loaded.config, true).await,
-            Command::Broker(_) => cmd::broker::run(&loaded.config, false).await,
+            Command::Up(_) => cmd::broker::run_up(&loaded.config).await,
+            Command::Broker(_) => cmd::broker::run_broker(&loaded.config).await,
+            Command::Proxy(args) => cmd::proxy::run(&loaded.config, args).await,
             Command::Hosts(args) => cmd::inventory::hosts(&loaded.config, args).await,
             Command::Certs(args) => cmd::inventory::certs(&loaded.config, args).await,
             Command::Pki(args) => cmd::pki::run(&loaded.config, args).await,

@@ -242,6 +242,12 @@ impl Metrics {
         *rendered = revision;
     }
 
+    /// The registry, so other parts of the process (the proxy in `virtgate up`) export through
+    /// the same `/metrics`.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The text exposition format (0.0.4).
     pub fn render(&self, inventory: &Inventory) -> String {
         self.refresh(inventory);

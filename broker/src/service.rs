@@ -95,9 +95,16 @@ pub fn load_or_create_token(path: &Path) -> Result<String, BrokerError> {
     Ok(token)
 }
 
-pub async fn start(
+pub async fn start(config: &BrokerConfig, discovery: &DiscoveryConfig) -> Result<RunningBroker, BrokerError> {
+    start_with(config, discovery, Vec::new()).await
+}
+
+/// Like [`start`], with more of virtgate's own certificates (role, PEM file) whose expiry the
+/// metrics should show (the proxy's, in `virtgate up`).
+pub async fn start_with(
     config: &BrokerConfig,
     discovery: &DiscoveryConfig,
+    extra_own_certificates: Vec<(String, PathBuf)>,
 ) -> Result<RunningBroker, BrokerError> {
     prepare_data_dir(&config.data_dir)?;
     let token_path = config.data_dir.join(ADMIN_TOKEN_FILE);
@@ -124,7 +131,7 @@ pub async fn start(
     };
     let inventory = Arc::new(Inventory::open(store, policy)?);
     let metrics = Arc::new(Metrics::new());
-    metrics.set_own_certificates(own_certificates(config)?);
+    metrics.set_own_certificates(own_certificates(config, &extra_own_certificates)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| BrokerError::Listen {
@@ -197,7 +204,7 @@ pub async fn start(
 }
 
 /// The certificates virtgate itself holds: the probe/backend client identity and the trusted CAs.
-fn own_certificates(config: &BrokerConfig) -> Result<Vec<(String, CertInfo)>, BrokerError> {
+fn own_certificates(config: &BrokerConfig, extra: &[(String, PathBuf)]) -> Result<Vec<(String, CertInfo)>, BrokerError> {
     let mut out = Vec::new();
     let mut add = |role: &str, path: &Path| -> Result<(), BrokerError> {
         for (i, der) in tls::read_certs(path)?.iter().enumerate() {
@@ -214,11 +221,17 @@ fn own_certificates(config: &BrokerConfig) -> Result<Vec<(String, CertInfo)>, Br
         }
         Ok(())
     };
+    let mut seen = std::collections::HashSet::new();
+    let mut files: Vec<(&str, &Path)> = Vec::new();
     if let Some(cert) = &config.client_cert_file {
-        add("proxy_client", cert)?;
+        files.push(("proxy_client", cert));
     }
-    for ca in &config.trusted_ca_files {
-        add("ca", ca)?;
+    files.extend(extra.iter().map(|(role, path)| (role.as_str(), path.as_path())));
+    files.extend(config.trusted_ca_files.iter().map(|ca| ("ca", ca.as_path())));
+    for (role, path) in files {
+        if seen.insert(path.to_path_buf()) {
+            add(role, path)?;
+        }
     }
     Ok(out)
 }

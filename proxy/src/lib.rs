@@ -1,8 +1,115 @@
 //! The proxy: the TLS front door that relays libvirt RPC from authenticated clients to hosts.
 //!
-//! Owns: client TLS termination and authentication, the libvirt RPC handshake subset it answers
-//! itself (AUTH_LIST, CONNECT_OPEN routing), per-identity policy, backend mTLS and the relay.
-//! Must not: decide host trust on its own (the broker's inventory does), or log secrets.
-//!
-//! Status: not built yet — issue 4 fills this crate.
+//! Owns: client TLS termination and authentication (certificate, DN allow-list), the part of the
+//! libvirt RPC protocol the gateway answers itself before CONNECT_OPEN (AUTH_LIST, keepalive
+//! feature, PINGs), routing CONNECT_OPEN by the host named in the URI, per-identity policy
+//! (deny / read-only / read-write), backend mTLS with host keys checked against the broker's
+//! pins, the frame relay and its metrics.
+//! Must not: decide host trust itself (the broker's inventory does), contact any host before the
+//! client is authenticated and authorised for it, or log secrets.
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod directory;
+pub mod frame;
+pub mod metrics;
+pub mod policy;
+pub mod procedures;
+mod relay;
+pub mod route;
+mod server;
+mod session;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+pub use config::{HostListener, ProxyConfig};
+pub use directory::{HostDirectory, HostTarget, InventoryDirectory, WatchedDirectory};
+pub use metrics::ProxyMetrics;
+pub use policy::{Mode, Rule};
+pub use tls::{TlsFiles, TlsMaterial};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Tls(#[from] tls::ProxyTlsError),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+    #[error("cannot listen on {addr}: {source}; choose another proxy.listen address or stop what uses it")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("proxy configuration: {0}")]
+    Config(String),
+}
+
+/// A proxy running in this process.
+pub struct RunningProxy {
+    /// Bound client-facing addresses (useful with port 0), then host listeners.
+    pub addresses: Vec<SocketAddr>,
+    tls: watch::Sender<Arc<TlsMaterial>>,
+    files: TlsFiles,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+impl RunningProxy {
+    /// Re-reads every certificate, key and CA file and swaps them in atomically; connections
+    /// already open keep the material they started with.
+    pub fn reload_tls(&self) -> Result<(), ProxyError> {
+        let material = TlsMaterial::load(&self.files)?;
+        self.tls.send_replace(Arc::new(material));
+        Ok(())
+    }
+
+    pub fn tls_material(&self) -> Arc<TlsMaterial> {
+        self.tls.borrow().clone()
+    }
+
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts the listeners. `files` locates the TLS material; `directory` resolves host names.
+pub async fn start(
+    config: &ProxyConfig,
+    files: TlsFiles,
+    directory: Arc<dyn HostDirectory>,
+    registry: &prometheus::Registry,
+) -> Result<RunningProxy, ProxyError> {
+    if config.rules.is_empty() {
+        tracing::warn!("proxy.rules is empty: every client will be denied (default deny); add [[proxy.rules]]");
+    }
+    let material = Arc::new(TlsMaterial::load(&files)?);
+    let (tls_tx, tls_rx) = watch::channel(material);
+    let metrics = ProxyMetrics::register(registry)?;
+    let shared = Arc::new(session::Shared {
+        config: config.clone(),
+        policy: policy::Policy::new(&config.rules)?,
+        allowed_dn: policy::DnAllowList::new(&config.allowed_dn)?,
+        directory,
+        tls: tls_rx,
+        metrics,
+    });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut addresses = Vec::new();
+    let listeners = config
+        .listen
+        .iter()
+        .map(|a| (*a, None))
+        .chain(config.host_listeners.iter().map(|h| (h.listen, Some(h.host.to_ascii_lowercase()))));
+    for (addr, host) in listeners {
+        let listener = server::bind(addr).map_err(|source| ProxyError::Listen { addr, source })?;
+        addresses.push(listener.local_addr().map_err(|source| ProxyError::Listen { addr, source })?);
+        tasks.spawn(server::accept_loop(listener, host, shared.clone(), limit.clone(), shutdown_rx.clone()));
+    }
+    Ok(RunningProxy { addresses, tls: tls_tx, files, shutdown, tasks })
+}

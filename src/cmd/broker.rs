@@ -2,14 +2,16 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::Context;
+use virtgate_proxy::InventoryDirectory;
 
 use crate::config::{Config, Override};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Data directory (SQLite inventory, admin token).
+    /// Data directory (SQLite inventory, admin token, development PKI).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// HTTP API and /metrics address.
@@ -30,32 +32,79 @@ impl Args {
     }
 }
 
-/// Runs the broker until SIGINT/SIGTERM. `up` also prints where everything is.
-pub async fn run(config: &Config, announce: bool) -> anyhow::Result<()> {
+/// `virtgate broker`: the inventory alone.
+pub async fn run_broker(config: &Config) -> anyhow::Result<()> {
     let broker = virtgate_broker::start(&config.broker, &config.discovery)
         .await
         .context("cannot start the broker")?;
-    if announce {
-        let api = broker.api_addr;
-        println!("virtgate is up");
-        println!("  inventory API   http://{api}/v1/hosts");
-        println!("  metrics         http://{api}/metrics");
-        println!("  data directory  {}", config.broker.data_dir.display());
-        println!(
-            "  admin token     {} (mode 0600)",
-            broker.admin_token_path.display()
-        );
-        println!(
-            "  LAN discovery   {}",
-            if config.broker.discovery {
-                "on (mDNS _libvirt._tcp)"
-            } else {
-                "off"
-            }
-        );
-        println!("  try             virtgate hosts   |   virtgate certs --expiring 30d");
-    }
     super::shutdown_signal().await?;
+    broker.shutdown().await;
+    Ok(())
+}
+
+/// `virtgate up`: broker and proxy in one process, one `/metrics`.
+pub async fn run_up(config: &Config) -> anyhow::Result<()> {
+    let mut config = config.clone();
+    let bootstrap = super::dev_pki::prepare_up(&mut config)?;
+    let files = if config.proxy.enabled {
+        Some(super::proxy::tls_files(&config)?)
+    } else {
+        None
+    };
+    let mut own = Vec::new();
+    if let Some(f) = &files {
+        own.push(("proxy_server".to_string(), f.server_cert.clone()));
+        own.push(("proxy_client".to_string(), f.backend_cert.clone()));
+        own.extend(f.client_cas.iter().map(|ca| ("ca".to_string(), ca.clone())));
+    }
+    let broker = virtgate_broker::start_with(&config.broker, &config.discovery, own)
+        .await
+        .context("cannot start the broker")?;
+    let proxy = match files {
+        Some(files) => Some(
+            virtgate_proxy::start(
+                &config.proxy,
+                files,
+                Arc::new(InventoryDirectory(broker.inventory.clone())),
+                broker.metrics.registry(),
+            )
+            .await
+            .context("cannot start the proxy")?,
+        ),
+        None => None,
+    };
+    let api = broker.api_addr;
+    println!("virtgate is up");
+    println!("  inventory API   http://{api}/v1/hosts");
+    println!("  metrics         http://{api}/metrics");
+    println!("  data directory  {}", config.broker.data_dir.display());
+    println!(
+        "  admin token     {} (mode 0600)",
+        broker.admin_token_path.display()
+    );
+    println!(
+        "  LAN discovery   {}",
+        if config.broker.discovery {
+            "on (mDNS _libvirt._tcp)"
+        } else {
+            "off"
+        }
+    );
+    if let Some(p) = &proxy {
+        let listen: Vec<String> = p.addresses.iter().map(|a| a.to_string()).collect();
+        println!("  gateway (TLS)   {}", listen.join(", "));
+    }
+    if let Some(b) = &bootstrap {
+        b.print_usage(&config);
+    }
+    println!("  try             virtgate hosts   |   virtgate certs --expiring 30d");
+    match &proxy {
+        Some(p) => super::proxy::wait_with_reload(p).await?,
+        None => super::shutdown_signal().await?,
+    }
+    if let Some(p) = proxy {
+        p.shutdown().await;
+    }
     broker.shutdown().await;
     Ok(())
 }

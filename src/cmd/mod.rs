@@ -3,9 +3,11 @@
 pub mod advertise;
 pub mod api_client;
 pub mod broker;
+pub mod dev_pki;
 pub mod discover;
 pub mod inventory;
 pub mod pki;
+pub mod proxy;
 pub mod table;
 
 /// Resolves on SIGINT or SIGTERM.

@@ -1,8 +1,255 @@
-//! `virtgate pki`: placeholder, filled in by the PKI work.
+//! `virtgate pki`: a certificate authority, libvirt server and client certificates, and checks
+//! of existing certificate files. The work is done by `virtgate-pki`; this module parses flags
+//! and tells the operator what was written where and how to use it.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use virtgate_pki as pki;
+
+use crate::config::Config;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    #[command(subcommand)]
+    command: PkiCommand,
+}
 
-pub async fn run(_config: &crate::config::Config, _args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("virtgate pki is not built yet")
+#[derive(clap::Subcommand)]
+enum PkiCommand {
+    /// Create a certificate authority: cacert.pem and cakey.pem (0600).
+    Init(InitArgs),
+    /// Issue a certificate signed by the CA, in libvirt's file layout.
+    #[command(subcommand)]
+    Issue(IssueCommand),
+    /// Check a libvirt certificate directory or a PEM file; exits non-zero on problems.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// Directory for the CA (default: <broker.data_dir>/pki/ca).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Subject CN of the CA (default: "virtgate CA" and a short key id).
+    #[arg(long, value_name = "NAME")]
+    cn: Option<String>,
+    /// Validity in days.
+    #[arg(long, value_name = "N", default_value_t = pki::CA_DAYS)]
+    days: u32,
+}
+
+#[derive(clap::Subcommand)]
+enum IssueCommand {
+    /// A server certificate: servercert.pem, serverkey.pem, cacert.pem (libvirtd's files).
+    Server(ServerArgs),
+    /// A client certificate: cacert.pem, clientcert.pem, clientkey.pem (a ?pkipath= directory).
+    Client(ClientArgs),
+}
+
+#[derive(clap::Args)]
+struct IssueArgs {
+    /// Validity in days (never beyond the CA's own expiry).
+    #[arg(long, value_name = "N", default_value_t = pki::LEAF_DAYS)]
+    days: u32,
+    /// CA directory (default: <broker.data_dir>/pki/ca, the CA `virtgate up` creates).
+    #[arg(long, value_name = "DIR")]
+    ca: Option<PathBuf>,
+    /// Output directory; created with mode 0700 if missing.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Replace a certificate and key already in --out (renewal).
+    #[arg(long)]
+    force: bool,
+    /// Also trust the CA certificates in FILE (repeatable): they are added to cacert.pem, for
+    /// peers whose certificates come from another CA.
+    #[arg(long, value_name = "FILE")]
+    also_trust: Vec<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// The host name (subject CN); always also put into the SANs.
+    #[arg(long, value_name = "NAME")]
+    name: String,
+    /// Another DNS name clients use, e.g. the short name (repeatable).
+    #[arg(long = "dns", value_name = "NAME")]
+    dns: Vec<String>,
+    /// An IP address clients use (repeatable).
+    #[arg(long = "ip", value_name = "IP")]
+    ips: Vec<IpAddr>,
+    #[command(flatten)]
+    issue: IssueArgs,
+}
+
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Subject DN, e.g. 'C=GB,O=Example,CN=alice' (C, ST, L, O, OU, CN; CN required).
+    #[arg(long, value_name = "DN")]
+    dn: String,
+    #[command(flatten)]
+    issue: IssueArgs,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// A directory (libvirt server files, client pkipath, CA) or a single PEM file.
+    #[arg(value_name = "DIR|FILE")]
+    path: PathBuf,
+    /// A name or address clients put in their URIs; the server certificate's SANs must cover
+    /// it (repeatable).
+    #[arg(long = "hostname", value_name = "NAME")]
+    hostnames: Vec<String>,
+}
+
+pub async fn run(config: &Config, args: Args) -> Result<()> {
+    let default_ca = config.broker.data_dir.join(pki::DEV_PKI_DIR).join("ca");
+    match args.command {
+        PkiCommand::Init(a) => init(a, &default_ca),
+        PkiCommand::Issue(IssueCommand::Server(a)) => issue_server(a, &default_ca),
+        PkiCommand::Issue(IssueCommand::Client(a)) => issue_client(a, &default_ca),
+        PkiCommand::Check(a) => check(a),
+    }
+}
+
+/// Absolute, so the paths printed can be pasted into libvirtd.conf and URIs from anywhere.
+fn shown(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+fn init(args: InitArgs, default_dir: &Path) -> Result<()> {
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| default_dir.to_path_buf());
+    let options = pki::CaOptions {
+        common_name: args.cn,
+        days: args.days,
+        ..pki::CaOptions::default()
+    };
+    let ca = pki::Ca::init_with(&dir, &options)?;
+    let files = ca.files();
+    println!("created a CA: {}", ca.subject());
+    println!(
+        "  {}  CA certificate, valid until {}; copy it to every machine that must trust this CA",
+        shown(&files.cert),
+        pki::format_time(ca.not_after())
+    );
+    println!(
+        "  {}  private key (mode 0600); keep it on this machine",
+        shown(&files.key)
+    );
+    let ca_flag = if args.dir.is_some() {
+        format!(" --ca {}", shown(&dir))
+    } else {
+        String::new()
+    };
+    println!("next:");
+    println!("  virtgate pki issue server{ca_flag} --name HOST --dns SHORT --ip ADDR --out DIR");
+    println!("  virtgate pki issue client{ca_flag} --dn 'O=ORG,CN=NAME' --out DIR");
+    Ok(())
+}
+
+fn load_ca(dir: Option<&Path>, default_dir: &Path) -> Result<pki::Ca> {
+    Ok(pki::Ca::load(dir.unwrap_or(default_dir))?)
+}
+
+fn output(args: &IssueArgs) -> Result<pki::Output> {
+    Ok(pki::Output {
+        dir: args.out.clone(),
+        replace: args.force,
+        also_trust_pem: pki::read_trust_files(&args.also_trust)?,
+    })
+}
+
+fn issue_server(args: ServerArgs, default_ca: &Path) -> Result<()> {
+    let ca = load_ca(args.issue.ca.as_deref(), default_ca)?;
+    let request = pki::ServerRequest {
+        name: args.name,
+        dns: args.dns,
+        ips: args.ips,
+        days: args.issue.days,
+    };
+    let bundle = pki::issue_server(&ca, &request, &output(&args.issue)?)
+        .with_context(|| format!("cannot issue a server certificate for {}", request.name))?;
+    let issued = &bundle.issued;
+    let files = &bundle.files;
+    let sans = issued
+        .dns_names
+        .iter()
+        .map(|d| format!("DNS:{d}"))
+        .chain(issued.ip_addresses.iter().map(|i| format!("IP:{i}")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    println!(
+        "issued a server certificate for {} from {}",
+        issued.subject,
+        ca.subject()
+    );
+    println!("  SANs         {sans}");
+    println!("  valid until  {}", pki::format_time(issued.not_after));
+    println!("wrote libvirt's server files:");
+    println!("  {}  certificate", shown(&files.cert));
+    println!("  {}  private key (mode 0600)", shown(&files.key));
+    println!("  {}  CA certificate", shown(&files.ca_cert));
+    println!("in libvirtd.conf:");
+    println!("  cert_file = \"{}\"", shown(&files.cert));
+    println!("  key_file = \"{}\"", shown(&files.key));
+    println!("  ca_file = \"{}\"", shown(&files.ca_cert));
+    println!("clients must use one of the SANs as the host in their URIs");
+    Ok(())
+}
+
+fn issue_client(args: ClientArgs, default_ca: &Path) -> Result<()> {
+    let ca = load_ca(args.issue.ca.as_deref(), default_ca)?;
+    let request = pki::ClientRequest {
+        dn: args.dn,
+        days: args.issue.days,
+    };
+    let bundle = pki::issue_client(&ca, &request, &output(&args.issue)?)
+        .with_context(|| format!("cannot issue a client certificate for {}", request.dn))?;
+    let issued = &bundle.issued;
+    let files = &bundle.files;
+    let dir = shown(&files.dir);
+    println!(
+        "issued a client certificate for {} from {}",
+        issued.subject,
+        ca.subject()
+    );
+    println!("  valid until  {}", pki::format_time(issued.not_after));
+    println!("wrote a libvirt client bundle (pkipath layout):");
+    println!("  {}  CA certificate", shown(&files.ca_cert));
+    println!("  {}  certificate", shown(&files.cert));
+    println!("  {}  private key (mode 0600)", shown(&files.key));
+    println!("connect with:");
+    println!("  virsh -c 'qemu+tls://HOST/system?pkipath={dir}' list --all");
+    println!(
+        "libvirtd on HOST must trust {} (its ca_file) and, with tls_allowed_dn_list, allow \"{}\"",
+        ca.subject(),
+        issued.subject.replace(", ", ",")
+    );
+    Ok(())
+}
+
+fn check(args: CheckArgs) -> Result<()> {
+    let options = pki::CheckOptions {
+        hostnames: args.hostnames,
+        ..pki::CheckOptions::default()
+    };
+    let report = pki::check(&args.path, &options)?;
+    println!("{report}");
+    let problems = report.problems().count();
+    if problems > 0 {
+        bail!(
+            "{problems} problem{} in {}; fix {} as described above and run the check again",
+            if problems == 1 { "" } else { "s" },
+            args.path.display(),
+            if problems == 1 { "it" } else { "them" }
+        );
+    }
+    Ok(())
 }

@@ -1,6 +1,9 @@
 //! Helpers shared by the end-to-end tests of the root package.
 #![allow(dead_code)]
 
+pub mod gateway;
+pub mod tap;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,62 @@
+//! Listeners and the accept loop (Pingora's L4 service shape: each accepted stream is handed to
+//! `session::serve` with a shutdown signal).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tracing::{info, warn};
+
+use crate::session::{serve, Shared};
+
+/// Binds one listener; IPv6 sockets are IPv6-only so `0.0.0.0:P` and `[::]:P` can coexist.
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    bound_host: Option<String>,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let local = listener.local_addr().ok();
+    info!(listen = ?local, host = bound_host.as_deref().unwrap_or("(from URI)"), "proxy listening");
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            shared.metrics.connections_total.with_label_values(&["refused_capacity"]).inc();
+            warn!(%peer, "refused: proxy.max_connections reached");
+            drop(stream);
+            continue;
+        };
+        let shared = shared.clone();
+        let host = bound_host.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            serve(shared, stream, peer, host, shutdown).await;
+            drop(permit);
+        });
+    }
+}

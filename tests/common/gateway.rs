@@ -1,0 +1,173 @@
+//! `virtgate up` as a gateway in front of a real libvirtd, with client identities to test with.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use virtgate_testlab::libvirtd::Libvirtd;
+use virtgate_testlab::pki::{ClientCertSpec, ServerCertSpec};
+use virtgate_testlab::LabProcess;
+
+use super::{free_port, http, VIRTGATE};
+
+pub struct Gateway {
+    pub process: LabProcess,
+    pub port: u16,
+    pub api: std::net::SocketAddr,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+}
+
+/// Where each client identity's libvirt pkipath directory is.
+pub struct Identity {
+    pub pki: PathBuf,
+}
+
+pub fn identity(libvirtd: &Libvirtd, name: &str, dn: &str) -> Identity {
+    Identity {
+        pki: libvirtd
+            .issue_client_pki_dir(name, &ClientCertSpec::new(dn))
+            .unwrap(),
+    }
+}
+
+impl Gateway {
+    /// Starts `virtgate up` with the host table and rules given as TOML. The gateway's server
+    /// certificate and its backend identity come from `libvirtd`'s CA, so the host trusts the
+    /// gateway and the clients (whose pkipath cacert.pem is that CA) trust the gateway.
+    pub fn start(dir: &Path, libvirtd: &Libvirtd, hosts_and_rules: &str) -> Gateway {
+        let port = free_port();
+        let api: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let server = libvirtd
+            .ca()
+            .issue_server(&ServerCertSpec::localhost())
+            .unwrap();
+        let (server_cert, server_key) = (dir.join("gw-cert.pem"), dir.join("gw-key.pem"));
+        std::fs::write(&server_cert, &server.cert_pem).unwrap();
+        std::fs::write(&server_key, &server.key_pem).unwrap();
+        let backend = libvirtd
+            .issue_client_pki_dir(
+                "gateway",
+                &ClientCertSpec::new("O=virtgate-test,CN=gateway"),
+            )
+            .unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, libvirtd.ca().cert_pem()).unwrap();
+        let data_dir = dir.join("data");
+        let config = dir.join("virtgate.toml");
+        let s = |p: &Path| format!("{:?}", p.display().to_string());
+        std::fs::write(
+            &config,
+            format!(
+                "[broker]\ndata_dir = {}\nlisten = \"{api}\"\ndiscovery = false\nprobe_interval = \"1s\"\n\
+                 [proxy]\nlisten = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]\nserver_cert_file = {}\nserver_key_file = {}\n\
+                 client_ca_files = [{}]\nbackend_cert_file = {}\nbackend_key_file = {}\n{hosts_and_rules}\n",
+                s(&data_dir),
+                s(&server_cert),
+                s(&server_key),
+                s(&ca),
+                s(&backend.join("clientcert.pem")),
+                s(&backend.join("clientkey.pem")),
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(VIRTGATE);
+        cmd.args(["--config", config.to_str().unwrap(), "up"])
+            .env("RUST_LOG", "info");
+        let process = LabProcess::spawn(cmd).unwrap();
+        let gw = Gateway {
+            process,
+            port,
+            api,
+            data_dir,
+            config,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !http(gw.api, "GET", "/readyz", None, None).is_ok_and(|(s, _)| s == 200) {
+            assert!(
+                Instant::now() < deadline,
+                "gateway not ready:\n{}",
+                gw.process.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        gw
+    }
+
+    /// Waits until the inventory shows `host` in `trust`.
+    pub fn wait_trust(&self, host: &str, trust: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, body) =
+                http(self.api, "GET", &format!("/v1/hosts/{host}"), None, None).unwrap();
+            if status == 200 && body.contains(&format!("\"trust\": \"{trust}\"")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host} not {trust}: {body}\n{}",
+                self.process.stderr_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Approves whatever key `host` presents now.
+    pub fn approve(&self, host: &str) {
+        let out = Command::new(VIRTGATE)
+            .args([
+                "--config",
+                self.config.to_str().unwrap(),
+                "hosts",
+                "approve",
+                host,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "approve {host}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `test+tls://ADDR:PORT/default?name=test://HOST/default&pkipath=…` through the gateway.
+    pub fn uri(&self, addr: &str, host: &str, who: &Identity) -> String {
+        format!(
+            "test+tls://{addr}:{}/default?name=test://{host}/default&pkipath={}",
+            self.port,
+            who.pki.display()
+        )
+    }
+
+    pub fn metrics(&self) -> String {
+        http(self.api, "GET", "/metrics", None, None).unwrap().1
+    }
+}
+
+pub fn virsh(uri: &str, args: &[&str]) -> Output {
+    Command::new("/usr/bin/virsh")
+        .arg("-c")
+        .arg(uri)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs a python3-libvirt script; the URI is in the environment variable `URI`.
+pub fn python(uri: &str, script: &str) -> Output {
+    Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .env("URI", uri)
+        .output()
+        .unwrap()
+}

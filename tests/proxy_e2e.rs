@@ -1,0 +1,407 @@
+//! The gateway with the real clients (virsh, python3-libvirt) and a real libvirtd over TLS.
+
+mod common;
+
+use std::time::Duration;
+
+use common::gateway::{identity, python, text, virsh, Gateway};
+use common::sample;
+use common::tap::Tap;
+use virtgate_testlab::libvirtd::{Libvirtd, LibvirtdOptions};
+
+const RULES: &str = r#"
+[[proxy.rules]]
+identity = "*CN=alice"
+hosts = ["*"]
+mode = "rw"
+[[proxy.rules]]
+identity = "*CN=bob"
+hosts = ["h1", "h6"]
+mode = "ro"
+"#;
+
+fn host(name: &str, addresses: &[&str], port: u16) -> String {
+    let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[[broker.hosts]]\nname = \"{name}\"\naddresses = [{}]\nport = {port}\n",
+        list.join(", ")
+    )
+}
+
+/// virsh output without the line that changes by itself (the test driver's CPU time is the clock).
+fn stable(out: &[u8]) -> String {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter(|l| !l.starts_with("CPU time:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn libvirtd() -> Libvirtd {
+    Libvirtd::start(LibvirtdOptions::default()).unwrap()
+}
+
+const PY_SUMMARY: &str = r#"
+import libvirt, os
+libvirt.registerErrorHandler(lambda *a: None, None)
+c = libvirt.open(os.environ["URI"])
+print(c.getLibVersion(), c.getVersion(), c.getHostname(), sorted(d.name() for d in c.listAllDomains()))
+c.close()
+"#;
+
+const PY_OPEN_ERROR: &str = r#"
+import libvirt, os
+libvirt.registerErrorHandler(lambda *a: None, None)
+try:
+    libvirt.open(os.environ["URI"])
+    print("opened")
+except libvirt.libvirtError as e:
+    print(e.get_error_code(), e.get_error_message())
+"#;
+
+#[test]
+fn virsh_and_python_get_the_same_results_through_the_gateway_as_directly() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!("{}{RULES}", host("h1", &["127.0.0.1"], libvirtd.port())),
+    );
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let via = gw.uri("127.0.0.1", "h1", &alice);
+
+    for args in [
+        &["list", "--all"][..],
+        &["dominfo", "test"],
+        &["version"],
+        &["hostname"],
+    ] {
+        let direct = libvirtd.virsh(args).unwrap();
+        let through = virsh(&via, args);
+        assert!(
+            through.status.success(),
+            "virsh {args:?} via the gateway: {}",
+            text(&through)
+        );
+        assert_eq!(
+            stable(&through.stdout),
+            stable(&direct.stdout),
+            "virsh {args:?}"
+        );
+    }
+    assert!(String::from_utf8_lossy(&virsh(&via, &["list", "--all"]).stdout).contains("test"));
+
+    // test:///default resets when its last connection closes: change and check in one session.
+    let session = virsh(
+        &via,
+        &["suspend test; domstate test; resume test; domstate test"],
+    );
+    assert!(session.status.success(), "{}", text(&session));
+    let states: Vec<String> = String::from_utf8_lossy(&session.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| *l == "paused" || *l == "running")
+        .map(str::to_string)
+        .collect();
+    assert_eq!(states, vec!["paused", "running"], "{}", text(&session));
+
+    // A stream (screenshot): same bytes as directly.
+    let (a, b) = (dir.path().join("direct.img"), dir.path().join("via.img"));
+    let direct = libvirtd
+        .virsh(&["screenshot", "test", a.to_str().unwrap()])
+        .unwrap();
+    let through = virsh(&via, &["screenshot", "test", b.to_str().unwrap()]);
+    assert!(
+        direct.status.success() && through.status.success(),
+        "{}\n{}",
+        text(&direct),
+        text(&through)
+    );
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "screenshot stream relayed byte for byte"
+    );
+
+    let direct = python(&libvirtd.uri("127.0.0.1"), PY_SUMMARY);
+    let through = python(&via, PY_SUMMARY);
+    assert!(through.status.success(), "{}", text(&through));
+    assert_eq!(
+        String::from_utf8_lossy(&through.stdout),
+        String::from_utf8_lossy(&direct.stdout)
+    );
+
+    let metrics = gw.metrics();
+    assert!(
+        sample(
+            &metrics,
+            "virtgate_proxy_rpc_calls_total",
+            &[("host", "h1"), ("procedure", "DOMAIN_SUSPEND")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "virtgate_proxy_rpc_calls_total",
+            &[("host", "h1"), ("procedure", "CONNECT_GET_LIB_VERSION")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "virtgate_proxy_bytes_total",
+            &[("host", "h1"), ("direction", "to_client")]
+        )
+        .unwrap()
+            > 1000.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "virtgate_proxy_connections_total",
+            &[("result", "closed")]
+        )
+        .unwrap()
+            >= 8.0
+    );
+    assert!(metrics.contains("virtgate_proxy_rpc_duration_seconds_count{host=\"h1\"}"));
+    assert!(sample(
+        &metrics,
+        "virtgate_cert_not_after_timestamp_seconds",
+        &[("role", "proxy_server")]
+    )
+    .is_some());
+}
+
+#[test]
+fn lifecycle_events_reach_a_virsh_event_loop_through_the_gateway() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!("{}{RULES}", host("h1", &["127.0.0.1"], libvirtd.port())),
+    );
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let via = gw.uri("127.0.0.1", "h1", &alice);
+    let mut cmd = std::process::Command::new("/usr/bin/virsh");
+    cmd.args(["-c", &via, "event", "--all", "--loop"]);
+    let events = virtgate_testlab::LabProcess::spawn(cmd).unwrap();
+    std::thread::sleep(Duration::from_millis(1500)); // registration round trip
+
+    assert!(libvirtd
+        .virsh(&["suspend", "test"])
+        .unwrap()
+        .status
+        .success());
+    let (_, line) = events
+        .wait_for_line(Duration::from_secs(10), |l| {
+            l.contains("lifecycle") && l.contains("Suspended")
+        })
+        .expect("suspend event relayed");
+    assert!(line.contains("'test'"), "{line}");
+    assert!(libvirtd
+        .virsh(&["resume", "test"])
+        .unwrap()
+        .status
+        .success());
+    events
+        .wait_for_line(Duration::from_secs(10), |l| {
+            l.contains("lifecycle") && l.contains("Resumed")
+        })
+        .expect("resume event relayed");
+}
+
+#[test]
+fn read_only_identities_cannot_write_and_others_are_denied_with_a_message() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!("{}{RULES}", host("h1", &["127.0.0.1"], libvirtd.port())),
+    );
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+    let bob = identity(&libvirtd, "bob", "C=GB,O=virtgate-test,CN=bob");
+    let carol = identity(&libvirtd, "carol", "C=GB,O=virtgate-test,CN=carol");
+
+    let listed = virsh(&gw.uri("127.0.0.1", "h1", &bob), &["list", "--all"]);
+    assert!(listed.status.success(), "ro may read: {}", text(&listed));
+    let write = virsh(
+        &gw.uri("127.0.0.1", "h1", &bob),
+        &["suspend test; domstate test"],
+    );
+    assert!(
+        text(&write).contains("read only access prevents virDomainSuspend"),
+        "{}",
+        text(&write)
+    );
+    assert!(
+        String::from_utf8_lossy(&write.stdout).contains("running"),
+        "still running: {}",
+        text(&write)
+    );
+
+    let denied = virsh(&gw.uri("127.0.0.1", "h1", &carol), &["list"]);
+    assert!(!denied.status.success());
+    assert!(
+        text(&denied).contains("virtgate: access to host h1 denied for CN=carol"),
+        "{}",
+        text(&denied)
+    );
+    let py = python(&gw.uri("127.0.0.1", "h1", &carol), PY_OPEN_ERROR);
+    assert!(
+        String::from_utf8_lossy(&py.stdout)
+            .contains("virtgate: access to host h1 denied for CN=carol"),
+        "{}",
+        text(&py)
+    );
+    assert!(
+        sample(
+            &gw.metrics(),
+            "virtgate_proxy_auth_failures_total",
+            &[("stage", "policy"), ("reason", "denied")]
+        )
+        .unwrap()
+            >= 2.0
+    );
+}
+
+#[test]
+fn unknown_pending_unreachable_and_hostless_connections_get_clear_errors() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let dead = common::free_port();
+    let hosts = format!(
+        "{}{}{}",
+        host("h1", &["127.0.0.1"], libvirtd.port()),
+        host("h2", &["127.0.0.1"], libvirtd.port()),
+        host("hdown", &["127.0.0.1"], dead)
+    );
+    let gw = Gateway::start(dir.path(), &libvirtd, &format!("{hosts}{RULES}"));
+    gw.wait_trust("h2", "pending");
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+
+    let unknown = virsh(&gw.uri("127.0.0.1", "h9", &alice), &["list"]);
+    assert!(
+        text(&unknown).contains("virtgate: unknown host h9"),
+        "{}",
+        text(&unknown)
+    );
+    let pending = virsh(&gw.uri("127.0.0.1", "h2", &alice), &["list"]);
+    assert!(
+        text(&pending).contains("virtgate: host h2 is not trusted yet")
+            && text(&pending).contains("virtgate hosts approve h2"),
+        "{}",
+        text(&pending)
+    );
+    let down = virsh(&gw.uri("127.0.0.1", "hdown", &alice), &["list"]);
+    assert!(
+        text(&down).contains("virtgate: host hdown is unreachable"),
+        "{}",
+        text(&down)
+    );
+    let hostless = format!(
+        "test+tls://127.0.0.1:{}/default?pkipath={}",
+        gw.port,
+        alice.pki.display()
+    );
+    let hostless = virsh(&hostless, &["list"]);
+    assert!(
+        text(&hostless).contains("?name=DRIVER://HOST/PATH"),
+        "{}",
+        text(&hostless)
+    );
+    for out in [&unknown, &pending, &down, &hostless] {
+        assert!(!out.status.success());
+    }
+}
+
+#[test]
+fn clients_without_a_trusted_certificate_never_cause_a_host_connection() {
+    let libvirtd = libvirtd();
+    let tap = Tap::start(
+        "127.0.0.1:0",
+        format!("127.0.0.1:{}", libvirtd.port()).parse().unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!("{}{RULES}", host("h1", &["127.0.0.1"], tap.addr.port())),
+    );
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+    std::thread::sleep(Duration::from_millis(300));
+    let before = tap.accepted();
+    let other_ca = Libvirtd::start(LibvirtdOptions::default()).unwrap();
+    let mallory = identity(&other_ca, "mallory", "C=GB,O=virtgate-test,CN=alice");
+
+    let no_cert = python(
+        &format!("127.0.0.1:{}", gw.port),
+        r#"
+import os, socket, ssl
+host, port = os.environ["URI"].split(":")
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+try:
+    s = ctx.wrap_socket(socket.create_connection((host, int(port))))
+    print("read", s.recv(1))
+except Exception as e:
+    print("refused", type(e).__name__)
+"#,
+    );
+    let foreign = virsh(
+        &format!(
+            "test+tls://127.0.0.1:{}/default?name=test://h1/default&pkipath={}&no_sanity=1",
+            gw.port,
+            mallory.pki.display()
+        ),
+        &["list"],
+    );
+
+    assert!(
+        !String::from_utf8_lossy(&no_cert.stdout).contains("read b'\\x01'"),
+        "no 0x01 without a certificate: {}",
+        text(&no_cert)
+    );
+    assert!(
+        !foreign.status.success(),
+        "a certificate from another CA is refused: {}",
+        text(&foreign)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // Only the broker's periodic probes (1 s interval) may have reached the host: none of them
+    // comes from these clients, so compare against the probe count.
+    let probes = gw.metrics();
+    let after = tap.accepted();
+    let probe_count =
+        sample(&probes, "virtgate_probe_duration_seconds_count", &[]).unwrap_or(0.0) as usize;
+    assert!(
+        after - before <= probe_count,
+        "host connections {before}→{after} exceed the broker's probes ({probe_count})"
+    );
+    assert!(sample(
+        &probes,
+        "virtgate_proxy_auth_failures_total",
+        &[("stage", "tls")]
+    )
+    .is_some());
+    let refused: f64 = probes
+        .lines()
+        .filter(|l| {
+            l.starts_with("virtgate_proxy_auth_failures_total{") && l.contains("stage=\"tls\"")
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(refused >= 2.0, "both refusals counted:\n{probes}");
+}

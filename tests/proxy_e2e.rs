@@ -405,3 +405,247 @@ except Exception as e:
         .sum();
     assert!(refused >= 2.0, "both refusals counted:\n{probes}");
 }
+
+#[test]
+fn a_host_presenting_a_key_other_than_its_pin_is_refused_with_a_clear_error() {
+    let mut libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!("{}{RULES}", host("h1", &["127.0.0.1"], libvirtd.port())),
+    );
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let via = gw.uri("127.0.0.1", "h1", &alice);
+    assert!(virsh(&via, &["list"]).status.success());
+
+    libvirtd
+        .restart_with_server_cert(virtgate_testlab::pki::ServerCertSpec::localhost())
+        .unwrap();
+    // Whether the gateway's own handshake catches the new key first or the broker's re-probe
+    // marks the host `changed` first, the client is refused and told why.
+    let refused = virsh(&via, &["list"]);
+    assert!(!refused.status.success());
+    let why = text(&refused);
+    assert!(
+        why.contains("is not its approved pin") || why.contains("differs from its approved pin"),
+        "{why}"
+    );
+    gw.wait_trust("h1", "changed");
+    let refused = virsh(&via, &["list"]);
+    assert!(
+        text(&refused)
+            .contains("virtgate: host h1 presents a key that differs from its approved pin"),
+        "{}",
+        text(&refused)
+    );
+
+    gw.approve("h1");
+    assert!(
+        virsh(&via, &["list"]).status.success(),
+        "re-approved host is reachable again"
+    );
+}
+
+#[test]
+fn works_with_the_client_on_ipv6_loopback_and_the_host_on_ipv6_loopback() {
+    let libvirtd = libvirtd();
+    assert!(libvirtd.has_ipv6(), "the lab libvirtd listens on ::1");
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!("{}{RULES}", host("h6", &["::1"], libvirtd.port())),
+    );
+    gw.wait_trust("h6", "pending");
+    gw.approve("h6");
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+
+    let via_v6 = gw.uri("[::1]", "h6", &alice);
+    let listed = virsh(&via_v6, &["list", "--all"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("test"));
+    let py = python(&via_v6, PY_SUMMARY);
+    assert!(py.status.success(), "{}", text(&py));
+    let via_v4 = gw.uri("127.0.0.1", "h6", &alice);
+    assert!(
+        virsh(&via_v4, &["list"]).status.success(),
+        "IPv4 client to an IPv6-only host"
+    );
+}
+
+#[test]
+fn a_keepalive_enabled_virsh_session_stays_up_while_idle_for_60s() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!("{}{RULES}", host("h1", &["127.0.0.1"], libvirtd.port())),
+    );
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let via = gw.uri("127.0.0.1", "h1", &alice);
+    // virsh enables keepalive (5 s interval, 6 misses); libvirtd pings the client every 5 s once
+    // it asked for the keepalive feature. Idle for 60 s, then use the same connection again.
+    let script = format!(
+        "(echo 'list --all'; sleep 62; echo 'list --all'; echo quit) | /usr/bin/virsh -c '{via}'"
+    );
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.matches(" test ").count(),
+        2,
+        "both listings succeeded on one connection: {}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("error"), "{}", text(&out));
+    let metrics = gw.metrics();
+    assert!(
+        sample(
+            &metrics,
+            "virtgate_proxy_rpc_calls_total",
+            &[("procedure", "CONNECT_LIST_ALL_DOMAINS")]
+        )
+        .unwrap()
+            >= 2.0
+    );
+}
+
+#[test]
+fn a_host_that_goes_away_mid_call_gives_the_client_an_error_not_a_hang() {
+    let libvirtd = libvirtd();
+    let tap = Tap::start(
+        "127.0.0.1:0",
+        format!("127.0.0.1:{}", libvirtd.port()).parse().unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!("{}{RULES}", host("h1", &["127.0.0.1"], tap.addr.port())),
+    );
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let script = r#"
+import libvirt, os, sys, time
+libvirt.registerErrorHandler(lambda *a: None, None)
+c = libvirt.open(os.environ["URI"])
+print("open", c.getLibVersion(), flush=True)
+sys.stdin.readline()
+t = time.monotonic()
+try:
+    c.getHostname()
+    print("answered")
+except libvirt.libvirtError as e:
+    print("error after %.1fs: %s" % (time.monotonic() - t, e.get_error_message()))
+"#;
+    let mut cmd = std::process::Command::new("/usr/bin/python3");
+    cmd.arg("-c")
+        .arg(script)
+        .env("URI", gw.uri("127.0.0.1", "h1", &alice))
+        .stdin(std::process::Stdio::piped());
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.starts_with("open"), "{line}");
+
+    tap.swallow(); // the next call reaches nobody…
+    use std::io::Write;
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    tap.cut_all(); // …and then the host's connection dies.
+
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert!(
+        rest.contains("virtgate: host h1 closed the connection while this call was in progress"),
+        "{rest}"
+    );
+}
+
+#[test]
+fn garbage_and_oversized_frames_are_cut_off_and_the_gateway_stays_up() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!("{}{RULES}", host("h1", &["127.0.0.1"], libvirtd.port())),
+    );
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let raw = r#"
+import os, socket, ssl, struct
+pki = os.environ["PKI"]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False
+ctx.load_verify_locations(pki + "/cacert.pem")
+ctx.load_cert_chain(pki + "/clientcert.pem", pki + "/clientkey.pem")
+for payload in [struct.pack(">I", 2) + b"xx", struct.pack(">I", 33554437) + b"\0" * 24, struct.pack(">I", 1 << 20) + b"\0" * 24]:
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(os.environ["PORT"]))))
+    assert s.recv(1) == b"\x01"
+    s.sendall(payload)
+    s.settimeout(5)
+    try:
+        data = s.recv(100)
+        print("closed" if data == b"" else "data")
+    except (ConnectionResetError, ssl.SSLError):
+        print("closed")
+"#;
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(raw)
+        .env("PKI", &alice.pki)
+        .env("PORT", gw.port.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        vec!["closed"; 3],
+        "{}",
+        text(&out)
+    );
+
+    let metrics = gw.metrics();
+    for reason in [
+        "length_too_small",
+        "length_too_large",
+        "too_large_before_open",
+    ] {
+        assert_eq!(
+            sample(
+                &metrics,
+                "virtgate_proxy_protocol_errors_total",
+                &[("side", "client"), ("reason", reason)]
+            ),
+            Some(1.0),
+            "{reason}"
+        );
+    }
+    assert!(
+        virsh(&gw.uri("127.0.0.1", "h1", &alice), &["list"])
+            .status
+            .success(),
+        "still serving"
+    );
+}

@@ -649,3 +649,101 @@ for payload in [struct.pack(">I", 2) + b"xx", struct.pack(">I", 33554437) + b"\0
         "still serving"
     );
 }
+
+#[test]
+fn a_separate_proxy_follows_the_brokers_inventory_over_the_watch_api() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    // Reuse the gateway's config file, but run its two halves as separate processes.
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!("{}{RULES}", host("h1", &["127.0.0.1"], libvirtd.port())),
+    );
+    gw.wait_trust("h1", "pending");
+    let config = gw.config.clone();
+    let api = gw.api;
+    drop(gw);
+    let mut broker_cmd = std::process::Command::new(common::VIRTGATE);
+    broker_cmd.args(["--config", config.to_str().unwrap(), "broker"]);
+    let broker = virtgate_testlab::LabProcess::spawn(broker_cmd).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !common::http(api, "GET", "/readyz", None, None).is_ok_and(|(s, _)| s == 200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            broker.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = common::free_port();
+    let metrics_port = common::free_port();
+    let mut proxy_cmd = std::process::Command::new(common::VIRTGATE);
+    proxy_cmd
+        .args(["--config", config.to_str().unwrap(), "proxy"])
+        .env("VIRTGATE_PROXY__LISTEN", format!("[\"127.0.0.1:{port}\"]"))
+        .env(
+            "VIRTGATE_PROXY__METRICS_LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        );
+    let mut proxy = virtgate_testlab::LabProcess::spawn(proxy_cmd).unwrap();
+    proxy
+        .wait_for_stderr("proxy started", Duration::from_secs(10))
+        .unwrap();
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let via = format!(
+        "test+tls://127.0.0.1:{port}/default?name=test://h1/default&pkipath={}",
+        alice.pki.display()
+    );
+
+    let pending = virsh(&via, &["list"]);
+    assert!(
+        text(&pending).contains("is not trusted yet"),
+        "{}",
+        text(&pending)
+    );
+    let out = std::process::Command::new(common::VIRTGATE)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "hosts",
+            "approve",
+            "h1",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // The proxy learns of the approval through the long-poll, without restarting.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = virsh(&via, &["list", "--all"]);
+        if listed.status.success() {
+            assert!(String::from_utf8_lossy(&listed.stdout).contains("test"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "approval never reached the proxy: {}",
+            text(&listed)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = common::http(
+        format!("127.0.0.1:{metrics_port}").parse().unwrap(),
+        "GET",
+        "/metrics",
+        None,
+        None,
+    )
+    .unwrap()
+    .1;
+    assert!(
+        sample(
+            &metrics,
+            "virtgate_proxy_rpc_calls_total",
+            &[("host", "h1"), ("procedure", "CONNECT_LIST_ALL_DOMAINS")]
+        )
+        .is_some(),
+        "{metrics}"
+    );
+}

@@ -179,9 +179,11 @@ impl Scratch {
 /// would never make (expired, CN-only).
 fn sign_with(ca_dir: &Path, params: CertificateParams) -> (String, String) {
     let ca_key = KeyPair::from_pem(&fs::read_to_string(ca_dir.join("cakey.pem")).unwrap()).unwrap();
-    let issuer =
-        Issuer::from_ca_cert_pem(&fs::read_to_string(ca_dir.join("cacert.pem")).unwrap(), ca_key)
-            .unwrap();
+    let issuer = Issuer::from_ca_cert_pem(
+        &fs::read_to_string(ca_dir.join("cacert.pem")).unwrap(),
+        ca_key,
+    )
+    .unwrap();
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &issuer).unwrap();
     (cert.pem(), key.serialize_pem())
@@ -236,7 +238,10 @@ fn init_refuses_to_replace_an_existing_ca_and_says_what_to_do() {
     let err = fails(&["pki", "init", "--dir", s(&scratch.ca())]);
 
     assert!(err.contains("already exists"), "{err}");
-    assert!(err.contains("--ca") && err.contains("another directory"), "{err}");
+    assert!(
+        err.contains("--ca") && err.contains("another directory"),
+        "{err}"
+    );
     assert_eq!(fs::read(scratch.ca().join("cakey.pem")).unwrap(), before);
 }
 
@@ -268,7 +273,9 @@ fn a_server_certificate_covers_its_cn_every_dns_name_and_every_address() {
     let out = scratch.issue_server(
         "srv",
         "gw.example.com",
-        &["--dns", "gw", "--dns", "gw.lab", "--ip", "10.0.0.1", "--ip", "fd00::1"],
+        &[
+            "--dns", "gw", "--dns", "gw.lab", "--ip", "10.0.0.1", "--ip", "fd00::1",
+        ],
     );
 
     let der = der(&out.join("servercert.pem"));
@@ -306,9 +313,20 @@ fn issuing_into_a_used_directory_needs_force_and_force_renews_the_key() {
     let key = fs::read(out.join("serverkey.pem")).unwrap();
 
     let err = fails(&[
-        "pki", "issue", "server", "--ca", s(&scratch.ca()), "--name", "h1", "--out", s(&out),
+        "pki",
+        "issue",
+        "server",
+        "--ca",
+        s(&scratch.ca()),
+        "--name",
+        "h1",
+        "--out",
+        s(&out),
     ]);
-    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
     assert_eq!(fs::read(out.join("serverkey.pem")).unwrap(), key);
 
     scratch.issue_server("srv", "h1", &["--force"]);
@@ -365,7 +383,14 @@ fn the_client_bundle_is_announced_with_its_libvirt_uri_parameter() {
     let scratch = Scratch::with_ca();
     let out = scratch.path("bob");
     let printed = ok(&[
-        "pki", "issue", "client", "--ca", s(&scratch.ca()), "--dn", "O=Example,CN=bob", "--out",
+        "pki",
+        "issue",
+        "client",
+        "--ca",
+        s(&scratch.ca()),
+        "--dn",
+        "O=Example,CN=bob",
+        "--out",
         s(&out),
     ]);
     assert!(
@@ -379,10 +404,20 @@ fn an_unknown_dn_attribute_is_refused_by_name_before_anything_is_written() {
     let scratch = Scratch::with_ca();
     let out = scratch.path("x");
     let err = fails(&[
-        "pki", "issue", "client", "--ca", s(&scratch.ca()), "--dn", "O=Example,EMAIL=a@b,CN=x",
-        "--out", s(&out),
+        "pki",
+        "issue",
+        "client",
+        "--ca",
+        s(&scratch.ca()),
+        "--dn",
+        "O=Example,EMAIL=a@b,CN=x",
+        "--out",
+        s(&out),
     ]);
-    assert!(err.contains("\"EMAIL\"") && err.contains("C, ST, L, O, OU, CN"), "{err}");
+    assert!(
+        err.contains("\"EMAIL\"") && err.contains("C, ST, L, O, OU, CN"),
+        "{err}"
+    );
     assert!(!out.exists());
 }
 
@@ -400,7 +435,14 @@ fn check_passes_fresh_server_client_and_ca_directories() {
         assert!(printed.contains("0 problems"), "{printed}");
     }
     let printed = ok(&[
-        "pki", "check", s(&srv), "--hostname", "gw.example", "--hostname", "gw", "--hostname",
+        "pki",
+        "check",
+        s(&srv),
+        "--hostname",
+        "gw.example",
+        "--hostname",
+        "gw",
+        "--hostname",
         "10.0.0.1",
     ]);
     assert!(printed.contains("hostname gw: covered"), "{printed}");
@@ -418,7 +460,10 @@ fn check_fails_on_a_key_others_can_read() {
     let err = fails(&["pki", "check", s(&srv)]);
 
     assert!(err.contains("PROBLEM  serverkey.pem: mode 0644"), "{err}");
-    assert!(err.contains(&format!("chmod 600 {}", key.display())), "{err}");
+    assert!(
+        err.contains(&format!("chmod 600 {}", key.display())),
+        "{err}"
+    );
 }
 
 #[test]
@@ -444,13 +489,26 @@ fn check_warns_about_a_certificate_expiring_within_30_days() {
     let scratch = Scratch::with_ca();
     let cli = scratch.issue_client("cli", "O=Example,CN=alice");
     ok(&[
-        "pki", "issue", "client", "--ca", s(&scratch.ca()), "--dn", "O=Example,CN=alice",
-        "--days", "10", "--force", "--out", s(&cli),
+        "pki",
+        "issue",
+        "client",
+        "--ca",
+        s(&scratch.ca()),
+        "--dn",
+        "O=Example,CN=alice",
+        "--days",
+        "10",
+        "--force",
+        "--out",
+        s(&cli),
     ]);
 
     let printed = ok(&["pki", "check", s(&cli)]);
 
-    assert!(printed.contains("warning  clientcert.pem: expires in"), "{printed}");
+    assert!(
+        printed.contains("warning  clientcert.pem: expires in"),
+        "{printed}"
+    );
     assert!(printed.contains("0 problems, 1 warning"), "{printed}");
 }
 
@@ -460,7 +518,14 @@ fn check_fails_on_a_certificate_from_another_ca() {
     ok(&["pki", "init", "--dir", s(&scratch.path("other-ca"))]);
     let srv = scratch.path("srv");
     ok(&[
-        "pki", "issue", "server", "--ca", s(&scratch.path("other-ca")), "--name", "h1", "--out",
+        "pki",
+        "issue",
+        "server",
+        "--ca",
+        s(&scratch.path("other-ca")),
+        "--name",
+        "h1",
+        "--out",
         s(&srv),
     ]);
     fs::copy(scratch.ca().join("cacert.pem"), srv.join("cacert.pem")).unwrap();
@@ -477,11 +542,25 @@ fn check_fails_on_a_certificate_from_another_ca_with_the_same_name() {
         dir: tempfile::tempdir().unwrap(),
     };
     for ca in ["ca", "twin"] {
-        ok(&["pki", "init", "--dir", s(&scratch.path(ca)), "--cn", "Example CA"]);
+        ok(&[
+            "pki",
+            "init",
+            "--dir",
+            s(&scratch.path(ca)),
+            "--cn",
+            "Example CA",
+        ]);
     }
     let cli = scratch.path("cli");
     ok(&[
-        "pki", "issue", "client", "--ca", s(&scratch.path("twin")), "--dn", "CN=alice", "--out",
+        "pki",
+        "issue",
+        "client",
+        "--ca",
+        s(&scratch.path("twin")),
+        "--dn",
+        "CN=alice",
+        "--out",
         s(&cli),
     ]);
     fs::copy(scratch.ca().join("cacert.pem"), cli.join("cacert.pem")).unwrap();
@@ -497,14 +576,27 @@ fn check_fails_on_a_host_name_the_sans_do_not_cover() {
     let srv = scratch.issue_server("srv", "gw.example", &["--ip", "10.0.0.1"]);
 
     let err = fails(&[
-        "pki", "check", s(&srv), "--hostname", "gw.example", "--hostname", "gw", "--hostname",
+        "pki",
+        "check",
+        s(&srv),
+        "--hostname",
+        "gw.example",
+        "--hostname",
+        "gw",
+        "--hostname",
         "10.0.0.2",
     ]);
 
-    assert!(err.contains("ok       hostname gw.example: covered"), "{err}");
+    assert!(
+        err.contains("ok       hostname gw.example: covered"),
+        "{err}"
+    );
     assert!(err.contains("PROBLEM  hostname gw: not covered"), "{err}");
     assert!(err.contains("re-issue with --dns gw"), "{err}");
-    assert!(err.contains("PROBLEM  hostname 10.0.0.2: not covered"), "{err}");
+    assert!(
+        err.contains("PROBLEM  hostname 10.0.0.2: not covered"),
+        "{err}"
+    );
     assert!(err.contains("2 problems in"), "{err}");
 }
 
@@ -521,7 +613,10 @@ fn check_never_counts_the_cn_as_a_host_name() {
 
     let err = fails(&["pki", "check", s(&srv), "--hostname", "legacy.example"]);
 
-    assert!(err.contains("PROBLEM  hostname legacy.example: not covered"), "{err}");
+    assert!(
+        err.contains("PROBLEM  hostname legacy.example: not covered"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -549,7 +644,10 @@ fn check_fails_on_a_key_that_belongs_to_another_certificate() {
 
     let err = fails(&["pki", "check", s(&a)]);
 
-    assert!(err.contains("PROBLEM  serverkey.pem: does not belong to servercert.pem"), "{err}");
+    assert!(
+        err.contains("PROBLEM  serverkey.pem: does not belong to servercert.pem"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -569,7 +667,10 @@ fn check_fails_on_missing_files_of_a_layout() {
 fn check_of_a_path_that_does_not_exist_says_what_to_pass() {
     let dir = tempfile::tempdir().unwrap();
     let err = fails(&["pki", "check", s(&dir.path().join("nope"))]);
-    assert!(err.contains("does not exist") && err.contains("pkipath"), "{err}");
+    assert!(
+        err.contains("does not exist") && err.contains("pkipath"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -608,7 +709,10 @@ fn gnutls_verifies_the_certificates_and_sees_the_usages_libvirt_needs() {
             "--verify-purpose",
             purpose,
         ]);
-        assert!(verified && out.contains("The certificate is trusted"), "{out}");
+        assert!(
+            verified && out.contains("The certificate is trusted"),
+            "{out}"
+        );
         // certtool takes one --verify-hostname at a time: the check libvirt clients make
         // against the host in their URI (real-libvirtd.md pitfall 6).
         for name in names {
@@ -671,24 +775,48 @@ fn check_agrees_with_libvirt_about_certtool_made_certificates() {
         fs::create_dir(&pki).unwrap();
         let p = |f: &str| pki.join(f).to_str().unwrap().to_string();
         for args in [
-            vec!["--generate-privkey", "--key-type", key_type, "--outfile", &p("cakey.pem")],
             vec![
-                "--generate-self-signed", "--load-privkey", &p("cakey.pem"), "--template",
-                s(&d("ca.info")), "--outfile", &p("cacert.pem"),
+                "--generate-privkey",
+                "--key-type",
+                key_type,
+                "--outfile",
+                &p("cakey.pem"),
             ],
-            vec!["--generate-privkey", "--key-type", key_type, "--outfile", &p("serverkey.pem")],
             vec![
-                "--generate-certificate", "--load-privkey", &p("serverkey.pem"),
-                "--load-ca-certificate", &p("cacert.pem"), "--load-ca-privkey", &p("cakey.pem"),
-                "--template", s(&d("server.info")), "--outfile", &p("servercert.pem"),
+                "--generate-self-signed",
+                "--load-privkey",
+                &p("cakey.pem"),
+                "--template",
+                s(&d("ca.info")),
+                "--outfile",
+                &p("cacert.pem"),
+            ],
+            vec![
+                "--generate-privkey",
+                "--key-type",
+                key_type,
+                "--outfile",
+                &p("serverkey.pem"),
+            ],
+            vec![
+                "--generate-certificate",
+                "--load-privkey",
+                &p("serverkey.pem"),
+                "--load-ca-certificate",
+                &p("cacert.pem"),
+                "--load-ca-privkey",
+                &p("cakey.pem"),
+                "--template",
+                s(&d("server.info")),
+                "--outfile",
+                &p("servercert.pem"),
             ],
         ] {
             let (done, out) = certtool(&args);
             assert!(done, "certtool {args:?}: {out}");
         }
         fs::remove_file(pki.join("cakey.pem")).unwrap();
-        fs::set_permissions(pki.join("serverkey.pem"), fs::Permissions::from_mode(0o600))
-            .unwrap();
+        fs::set_permissions(pki.join("serverkey.pem"), fs::Permissions::from_mode(0o600)).unwrap();
     }
 
     let rsa = ok(&["pki", "check", s(&d("rsa")), "--hostname", "127.0.0.1"]);
@@ -726,15 +854,28 @@ fn a_real_libvirtd_accepts_a_client_bundle_issued_by_virtgate_pki() {
     fs::create_dir(scratch.ca()).unwrap();
     fs::write(scratch.ca().join("cacert.pem"), daemon.ca().cert_pem()).unwrap();
     fs::write(scratch.ca().join("cakey.pem"), daemon.ca().key_pem()).unwrap();
-    fs::set_permissions(scratch.ca().join("cakey.pem"), fs::Permissions::from_mode(0o600))
-        .unwrap();
+    fs::set_permissions(
+        scratch.ca().join("cakey.pem"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
 
     let alice = scratch.issue_client("alice", "C=GB,O=Example,CN=alice");
     let printed = ok(&[
-        "pki", "issue", "client", "--ca", s(&scratch.ca()), "--dn", "C=GB,O=Example,CN=bob",
-        "--out", s(&scratch.path("bob")),
+        "pki",
+        "issue",
+        "client",
+        "--ca",
+        s(&scratch.ca()),
+        "--dn",
+        "C=GB,O=Example,CN=bob",
+        "--out",
+        s(&scratch.path("bob")),
     ]);
-    assert!(printed.contains("allow \"C=GB,O=Example,CN=bob\""), "{printed}");
+    assert!(
+        printed.contains("allow \"C=GB,O=Example,CN=bob\""),
+        "{printed}"
+    );
     let uri = |dir: &Path| {
         format!(
             "test+tls://127.0.0.1:{}/default?pkipath={}",
@@ -746,7 +887,10 @@ fn a_real_libvirtd_accepts_a_client_bundle_issued_by_virtgate_pki() {
     let out = daemon.virsh_at(&uri(&alice), &["list", "--all"]).unwrap();
     let listed = text(&out);
     assert!(out.status.success(), "{listed}\n{}", daemon.log_text());
-    assert!(listed.contains("test") && listed.contains("running"), "{listed}");
+    assert!(
+        listed.contains("test") && listed.contains("running"),
+        "{listed}"
+    );
 
     let out = daemon
         .virsh_at(&uri(&scratch.path("bob")), &["list", "--all"])
@@ -755,5 +899,10 @@ fn a_real_libvirtd_accepts_a_client_bundle_issued_by_virtgate_pki() {
         !out.status.success(),
         "bob is not in tls_allowed_dn_list: {}",
         text(&out)
+    );
+    let log = daemon.log_text();
+    assert!(
+        log.contains("not on the list of allowed clients"),
+        "refused for its DN, not for its certificate: {log}"
     );
 }

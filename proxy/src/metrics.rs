@@ -76,6 +76,11 @@ impl ProxyMetrics {
         for (stage, reason) in [("tls", "handshake_failed"), ("dn", "not_allowed"), ("policy", "denied")] {
             auth_failures.with_label_values(&[stage, reason]);
         }
+        for side in ["client", "host"] {
+            for reason in ["length_too_small", "length_too_large"] {
+                protocol_errors.with_label_values(&[side, reason]);
+            }
+        }
         Ok(Self {
             connections_active,
             connections_total,

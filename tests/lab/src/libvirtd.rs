@@ -78,6 +78,9 @@ pub struct LibvirtdOptions {
     pub client_dn: String,
     /// libvirtd's `tls_allowed_dn_list`; `None` accepts any certificate from the CA.
     pub tls_allowed_dn_list: Option<Vec<String>>,
+    /// More CA certificates (PEM) appended to the daemon's `ca_file`, so clients issued by them
+    /// (e.g. a gateway's own development CA) are accepted too.
+    pub extra_client_cas: Vec<String>,
 }
 
 impl Default for LibvirtdOptions {
@@ -87,6 +90,7 @@ impl Default for LibvirtdOptions {
             sasl_users: Vec::new(),
             client_dn: "C=GB,O=virtgate-test,CN=virtgate-lab-client".to_string(),
             tls_allowed_dn_list: None,
+            extra_client_cas: Vec::new(),
         }
     }
 }
@@ -175,7 +179,7 @@ impl Libvirtd {
 
         let ca = Ca::new("virtgate-lab libvirtd CA")?;
         let server = ca.issue_server(&opts.server_cert)?;
-        server.write_server_files(&d.join("pki"), ca.cert_pem())?;
+        server.write_server_files(&d.join("pki"), &ca_file_pem(&ca, &opts.extra_client_cas))?;
         let client = ca.issue_client(&ClientCertSpec::new(&opts.client_dn))?;
         client.write_client_files(&d.join("client"), ca.cert_pem())?;
 
@@ -353,8 +357,10 @@ impl Libvirtd {
         self.stop_process();
         self.server = self.ca.issue_server(&spec)?;
         self.opts.server_cert = spec;
-        self.server
-            .write_server_files(&self.dir.path().join("pki"), self.ca.cert_pem())?;
+        self.server.write_server_files(
+            &self.dir.path().join("pki"),
+            &ca_file_pem(&self.ca, &self.opts.extra_client_cas),
+        )?;
         // The port was ours a moment ago, but a client's connection in TIME_WAIT or a slow
         // exit can still block the bind briefly.
         let mut attempt = 0;
@@ -631,4 +637,16 @@ fn setup_sasl(d: &Path, users: &[(String, String)]) -> Result<()> {
     fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let (user, password) = &users[0];
     write_auth_conf(&d.join("auth.conf"), user, password)
+}
+
+/// The daemon's `ca_file`: its own CA, then any extra client CAs.
+fn ca_file_pem(ca: &Ca, extra: &[String]) -> String {
+    let mut pem = ca.cert_pem().to_string();
+    for more in extra {
+        if !pem.ends_with('\n') {
+            pem.push('\n');
+        }
+        pem.push_str(more);
+    }
+    pem
 }

@@ -1,0 +1,120 @@
+//! Certificates for virtgate and for the libvirt hosts behind it.
+//!
+//! Owns: a small certificate authority kept as `cacert.pem` + `cakey.pem`; server and client
+//! certificates that libvirt accepts (critical Key Usage digitalSignature + keyEncipherment,
+//! EKU serverAuth / clientAuth, SANs that always include the CN) written in libvirt's file
+//! layouts; `check`, which tells whether a directory or PEM file will work with libvirt and the
+//! gateway; and the development PKI `virtgate up` creates on first start.
+//! Must not: touch the network, start or reconfigure services, print or log (callers do),
+//! write a private key with any mode but 0600, replace an existing CA, or use OpenSSL (rcgen
+//! and x509-parser on ring only).
+#![forbid(unsafe_code)]
+
+mod ca;
+mod check;
+mod dev;
+mod dn;
+mod files;
+mod keys;
+mod pem;
+
+use std::path::{Path, PathBuf};
+
+pub use ca::{
+    issue_client, issue_server, read_trust_files, Ca, CaOptions, ClientBundle, ClientRequest,
+    Issued, Output, ServerBundle, ServerRequest, CA_DAYS, LEAF_DAYS, MAX_DAYS,
+};
+pub use check::{check, CheckOptions, Finding, Layout, Level, Report};
+pub use dev::{bootstrap_dev, DevPki, ADMIN_DN, BACKEND_DN, DEV_DAYS, DEV_PKI_DIR};
+pub use dn::{parse_dn, SUPPORTED_ATTRIBUTES};
+pub use files::{
+    CaFiles, ClientFiles, ServerFiles, CA_CERT, CA_KEY, CERT_MODE, CLIENT_CERT, CLIENT_KEY,
+    DIR_MODE, KEY_MODE, SERVER_CERT, SERVER_KEY,
+};
+pub use pem::{format_time, name_is_covered};
+
+/// The certificate libraries this crate is built on, re-exported so callers (and the
+/// integration tests of the `virtgate` binary) use exactly these versions.
+pub use rcgen;
+pub use x509_parser;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error(
+        "a CA already exists in {} ({file} is there); issue certificates with it (--ca {}), \
+         or pick another directory for a new CA",
+        dir.display(), dir.display()
+    )]
+    CaExists { dir: PathBuf, file: &'static str },
+    #[error(
+        "no CA in {}: {file} is missing; create one with `virtgate pki init --dir {}`, or point \
+         --ca at the directory that holds cacert.pem and cakey.pem",
+        dir.display(), dir.display()
+    )]
+    NoCa { dir: PathBuf, file: &'static str },
+    #[error(
+        "the CA in {} expired on {not_after}; create a new CA with `virtgate pki init --dir \
+         NEW_DIR` and re-issue every certificate from it",
+        dir.display()
+    )]
+    CaExpired { dir: PathBuf, not_after: String },
+    #[error(
+        "{} already exists; pass --force to replace it (e.g. to renew), or choose another \
+         output directory",
+        path.display()
+    )]
+    Exists { path: PathBuf },
+    #[error(
+        "{} exists and does not trust this CA; pass --force to replace it, or add the CA's \
+         certificate to it yourself if it is a bundle you want to keep",
+        path.display()
+    )]
+    ForeignCaFile { path: PathBuf },
+    #[error("cannot {action} {}: {source}; check the path and its permissions", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {reason}", path.display())]
+    BadCertificate { path: PathBuf, reason: String },
+    #[error("{}: {reason}", path.display())]
+    BadKey { path: PathBuf, reason: String },
+    #[error(
+        "invalid subject DN {dn:?}: {reason}; write it like 'C=GB,O=Example,CN=alice' \
+         (attributes C, ST, L, O, OU, CN)"
+    )]
+    InvalidDn { dn: String, reason: String },
+    #[error(
+        "invalid DNS name {name:?}: {reason}; give a host name like gw.example.com \
+         (addresses go to --ip)"
+    )]
+    InvalidName { name: String, reason: String },
+    #[error("a validity of {days} days is out of range; choose between 1 and {MAX_DAYS} days")]
+    InvalidDays { days: u32 },
+    #[error("extra CA certificates: {reason}; pass PEM files that hold CA certificates")]
+    BadTrust { reason: String },
+    #[error(
+        "cannot create or sign the certificate: {0}; the CA key must be ECDSA P-256/P-384 or \
+         RSA in unencrypted PKCS#8"
+    )]
+    Sign(#[source] rcgen::Error),
+    #[error(
+        "{} does not exist; pass a libvirt certificate directory (server layout or client \
+         pkipath), a CA directory or a PEM file",
+        path.display()
+    )]
+    NoSuchTarget { path: PathBuf },
+    #[error("incomplete development PKI in {}: {reason}", dir.display())]
+    IncompleteDevPki { dir: PathBuf, reason: String },
+}
+
+impl PkiError {
+    pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
+        PkiError::Io {
+            action,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

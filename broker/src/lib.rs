@@ -22,7 +22,9 @@ pub mod tls;
 
 pub use config::{BrokerConfig, FirstSight, StaticHost};
 pub use model::{CertificateRow, Event, Host, HostState, TrustState};
-pub use service::{load_or_create_token, start, start_with, RunningBroker, ADMIN_TOKEN_FILE, DATABASE_FILE};
+pub use service::{
+    load_or_create_token, start, start_with, RunningBroker, ADMIN_TOKEN_FILE, DATABASE_FILE,
+};
 
 use std::net::SocketAddr;
 

@@ -95,7 +95,10 @@ pub fn load_or_create_token(path: &Path) -> Result<String, BrokerError> {
     Ok(token)
 }
 
-pub async fn start(config: &BrokerConfig, discovery: &DiscoveryConfig) -> Result<RunningBroker, BrokerError> {
+pub async fn start(
+    config: &BrokerConfig,
+    discovery: &DiscoveryConfig,
+) -> Result<RunningBroker, BrokerError> {
     start_with(config, discovery, Vec::new()).await
 }
 
@@ -204,7 +207,10 @@ pub async fn start_with(
 }
 
 /// The certificates virtgate itself holds: the probe/backend client identity and the trusted CAs.
-fn own_certificates(config: &BrokerConfig, extra: &[(String, PathBuf)]) -> Result<Vec<(String, CertInfo)>, BrokerError> {
+fn own_certificates(
+    config: &BrokerConfig,
+    extra: &[(String, PathBuf)],
+) -> Result<Vec<(String, CertInfo)>, BrokerError> {
     let mut out = Vec::new();
     let mut add = |role: &str, path: &Path| -> Result<(), BrokerError> {
         for (i, der) in tls::read_certs(path)?.iter().enumerate() {
@@ -226,8 +232,17 @@ fn own_certificates(config: &BrokerConfig, extra: &[(String, PathBuf)]) -> Resul
     if let Some(cert) = &config.client_cert_file {
         files.push(("proxy_client", cert));
     }
-    files.extend(extra.iter().map(|(role, path)| (role.as_str(), path.as_path())));
-    files.extend(config.trusted_ca_files.iter().map(|ca| ("ca", ca.as_path())));
+    files.extend(
+        extra
+            .iter()
+            .map(|(role, path)| (role.as_str(), path.as_path())),
+    );
+    files.extend(
+        config
+            .trusted_ca_files
+            .iter()
+            .map(|ca| ("ca", ca.as_path())),
+    );
     for (role, path) in files {
         if seen.insert(path.to_path_buf()) {
             add(role, path)?;

@@ -63,7 +63,10 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            listen: vec![SocketAddr::from(([0, 0, 0, 0], 16514)), "[::]:16514".parse().expect("valid")],
+            listen: vec![
+                SocketAddr::from(([0, 0, 0, 0], 16514)),
+                "[::]:16514".parse().expect("valid"),
+            ],
             host_listeners: Vec::new(),
             server_cert_file: None,
             server_key_file: None,

@@ -56,7 +56,11 @@ pub struct WatchedDirectory {
 
 impl HostDirectory for WatchedDirectory {
     fn lookup(&self, name: &str) -> Option<HostTarget> {
-        self.hosts.read().expect("directory lock poisoned").get(name).cloned()
+        self.hosts
+            .read()
+            .expect("directory lock poisoned")
+            .get(name)
+            .cloned()
     }
 }
 
@@ -64,8 +68,13 @@ impl WatchedDirectory {
     /// Starts following `base` (e.g. `http://127.0.0.1:16580`); the first copy is awaited up to
     /// `first_within` so the proxy does not start with an empty directory.
     pub async fn follow(base: &str, first_within: Duration) -> Arc<Self> {
-        let dir = Arc::new(Self { hosts: RwLock::new(HashMap::new()) });
-        let authority = base.trim_start_matches("http://").trim_end_matches('/').to_string();
+        let dir = Arc::new(Self {
+            hosts: RwLock::new(HashMap::new()),
+        });
+        let authority = base
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
         let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
         let follower = dir.clone();
         tokio::spawn(async move {
@@ -76,7 +85,10 @@ impl WatchedDirectory {
                 match watch_once(&authority, since).await {
                     Ok((revision, hosts)) => {
                         backoff = Duration::from_millis(200);
-                        let map = hosts.iter().map(|h| (h.name.clone(), HostTarget::from(h))).collect();
+                        let map = hosts
+                            .iter()
+                            .map(|h| (h.name.clone(), HostTarget::from(h)))
+                            .collect();
                         *follower.hosts.write().expect("directory lock poisoned") = map;
                         if since == 0 {
                             info!(broker = %authority, hosts = hosts.len(), "following the broker's inventory");
@@ -102,10 +114,13 @@ impl WatchedDirectory {
 async fn watch_once(authority: &str, since: u64) -> Result<(u64, Vec<Host>), String> {
     use http_body_util::{BodyExt, Empty};
     use hyper::body::Bytes;
-    let stream = tokio::net::TcpStream::connect(authority).await.map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+    let stream = tokio::net::TcpStream::connect(authority)
         .await
         .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
     let req = hyper::Request::get(format!("/v1/watch?since={since}&timeout=30s"))
         .header("host", authority)
@@ -118,7 +133,12 @@ async fn watch_once(authority: &str, since: u64) -> Result<(u64, Vec<Host>), Str
     if !response.status().is_success() {
         return Err(format!("broker answered {}", response.status()));
     }
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     #[derive(serde::Deserialize)]
     struct Watch {
         revision: u64,

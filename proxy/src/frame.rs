@@ -90,7 +90,11 @@ pub fn declared_len(buf: &[u8]) -> Option<Result<u32, FrameError>> {
         return None;
     }
     let len = be32(buf, 0);
-    Some(if (MIN_LEN..=MAX_LEN).contains(&len) { Ok(len) } else { Err(FrameError::BadLength(len)) })
+    Some(if (MIN_LEN..=MAX_LEN).contains(&len) {
+        Ok(len)
+    } else {
+        Err(FrameError::BadLength(len))
+    })
 }
 
 impl Header {
@@ -108,21 +112,38 @@ impl Header {
     }
 
     pub fn write(&self, out: &mut Vec<u8>) {
-        for v in [self.len, self.program, self.version, self.procedure, self.kind, self.serial, self.status] {
+        for v in [
+            self.len,
+            self.program,
+            self.version,
+            self.procedure,
+            self.kind,
+            self.serial,
+            self.status,
+        ] {
             out.extend_from_slice(&v.to_be_bytes());
         }
     }
 
     /// A reply header answering `self` (same program, version, procedure, serial).
     pub fn reply(&self, status: u32) -> Header {
-        Header { len: 0, kind: TYPE_REPLY, status, ..*self }
+        Header {
+            len: 0,
+            kind: TYPE_REPLY,
+            status,
+            ..*self
+        }
     }
 }
 
 /// Builds a whole packet from a header and an XDR payload, fixing the length.
 pub fn packet(header: Header, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    Header { len: (HEADER_LEN + payload.len()) as u32, ..header }.write(&mut out);
+    Header {
+        len: (HEADER_LEN + payload.len()) as u32,
+        ..header
+    }
+    .write(&mut out);
     out.extend_from_slice(payload);
     out
 }
@@ -204,7 +225,10 @@ pub fn error_payload(code: i32, domain: i32, message: &str) -> Vec<u8> {
 
 /// An error REPLY to the call with header `call`.
 pub fn error_reply(call: &Header, code: i32, domain: i32, message: &str) -> Vec<u8> {
-    packet(call.reply(STATUS_ERROR), &error_payload(code, domain, message))
+    packet(
+        call.reply(STATUS_ERROR),
+        &error_payload(code, domain, message),
+    )
 }
 
 /// The PONG answering a keepalive PING.
@@ -226,7 +250,15 @@ pub fn pong() -> Vec<u8> {
 /// A CALL packet.
 pub fn call(program: u32, procedure: u32, serial: u32, payload: &[u8]) -> Vec<u8> {
     packet(
-        Header { len: 0, program, version: 1, procedure, kind: TYPE_CALL, serial, status: STATUS_OK },
+        Header {
+            len: 0,
+            program,
+            version: 1,
+            procedure,
+            kind: TYPE_CALL,
+            serial,
+            status: STATUS_OK,
+        },
         payload,
     )
 }
@@ -237,14 +269,20 @@ mod tests {
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]
     fn parses_the_captured_connect_open_call() {
         let open = hex("00000038 20008086 00000001 00000001 00000000 00000002 00000000 00000001 0000000f 74657374 3a2f2f2f 64656661 756c7400 00000000");
         let h = Header::parse(&open);
-        assert_eq!((h.len, h.program, h.procedure, h.kind, h.serial), (0x38, PROGRAM_REMOTE, 1, TYPE_CALL, 2));
+        assert_eq!(
+            (h.len, h.program, h.procedure, h.kind, h.serial),
+            (0x38, PROGRAM_REMOTE, 1, TYPE_CALL, 2)
+        );
         let mut r = xdr::Reader::new(&open[HEADER_LEN..]);
         assert_eq!(r.opt_string(), Some(Some("test:///default")));
         assert_eq!(r.u32(), Some(0));
@@ -252,8 +290,13 @@ mod tests {
 
     #[test]
     fn encodes_pong_and_auth_list_reply_exactly_as_libvirt() {
-        assert_eq!(pong(), hex("0000001c 6b656570 00000001 00000002 00000002 00000000 00000000"));
-        let call = Header::parse(&hex("0000001c 20008086 00000001 00000042 00000000 00000000 00000000"));
+        assert_eq!(
+            pong(),
+            hex("0000001c 6b656570 00000001 00000002 00000002 00000000 00000000")
+        );
+        let call = Header::parse(&hex(
+            "0000001c 20008086 00000001 00000042 00000000 00000000 00000000",
+        ));
         let mut payload = Vec::new();
         xdr::u32(&mut payload, 1);
         xdr::u32(&mut payload, AUTH_NONE);
@@ -268,7 +311,10 @@ mod tests {
         let p = error_payload(1, 7, "internal error: connection already open");
         let mut r = xdr::Reader::new(&p);
         assert_eq!((r.u32(), r.u32()), (Some(1), Some(7)));
-        assert_eq!(r.opt_string(), Some(Some("internal error: connection already open")));
+        assert_eq!(
+            r.opt_string(),
+            Some(Some("internal error: connection already open"))
+        );
         assert_eq!(r.u32(), Some(2));
         assert_eq!(r.u32(), Some(0));
         assert_eq!(p.len() % 4, 0);
@@ -277,9 +323,15 @@ mod tests {
     #[test]
     fn lengths_outside_libvirts_limits_are_refused() {
         assert_eq!(declared_len(&[0, 0, 0]), None);
-        assert_eq!(declared_len(&27u32.to_be_bytes()), Some(Err(FrameError::BadLength(27))));
+        assert_eq!(
+            declared_len(&27u32.to_be_bytes()),
+            Some(Err(FrameError::BadLength(27)))
+        );
         assert_eq!(declared_len(&28u32.to_be_bytes()), Some(Ok(28)));
         assert_eq!(declared_len(&MAX_LEN.to_be_bytes()), Some(Ok(MAX_LEN)));
-        assert_eq!(declared_len(&(MAX_LEN + 1).to_be_bytes()), Some(Err(FrameError::BadLength(MAX_LEN + 1))));
+        assert_eq!(
+            declared_len(&(MAX_LEN + 1).to_be_bytes()),
+            Some(Err(FrameError::BadLength(MAX_LEN + 1)))
+        );
     }
 }

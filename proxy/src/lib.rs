@@ -40,7 +40,10 @@ pub enum ProxyError {
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
     #[error("cannot listen on {addr}: {source}; choose another proxy.listen address or stop what uses it")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("proxy configuration: {0}")]
@@ -84,7 +87,9 @@ pub async fn start(
     registry: &prometheus::Registry,
 ) -> Result<RunningProxy, ProxyError> {
     if config.rules.is_empty() {
-        tracing::warn!("proxy.rules is empty: every client will be denied (default deny); add [[proxy.rules]]");
+        tracing::warn!(
+            "proxy.rules is empty: every client will be denied (default deny); add [[proxy.rules]]"
+        );
     }
     let material = Arc::new(TlsMaterial::load(&files)?);
     let (tls_tx, tls_rx) = watch::channel(material);
@@ -101,15 +106,32 @@ pub async fn start(
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let mut tasks = JoinSet::new();
     let mut addresses = Vec::new();
-    let listeners = config
-        .listen
-        .iter()
-        .map(|a| (*a, None))
-        .chain(config.host_listeners.iter().map(|h| (h.listen, Some(h.host.to_ascii_lowercase()))));
+    let listeners = config.listen.iter().map(|a| (*a, None)).chain(
+        config
+            .host_listeners
+            .iter()
+            .map(|h| (h.listen, Some(h.host.to_ascii_lowercase()))),
+    );
     for (addr, host) in listeners {
         let listener = server::bind(addr).map_err(|source| ProxyError::Listen { addr, source })?;
-        addresses.push(listener.local_addr().map_err(|source| ProxyError::Listen { addr, source })?);
-        tasks.spawn(server::accept_loop(listener, host, shared.clone(), limit.clone(), shutdown_rx.clone()));
+        addresses.push(
+            listener
+                .local_addr()
+                .map_err(|source| ProxyError::Listen { addr, source })?,
+        );
+        tasks.spawn(server::accept_loop(
+            listener,
+            host,
+            shared.clone(),
+            limit.clone(),
+            shutdown_rx.clone(),
+        ));
     }
-    Ok(RunningProxy { addresses, tls: tls_tx, files, shutdown, tasks })
+    Ok(RunningProxy {
+        addresses,
+        tls: tls_tx,
+        files,
+        shutdown,
+        tasks,
+    })
 }

@@ -1,6 +1,8 @@
 //! The proxy's metrics, registered into a given registry (the broker's in `virtgate up`).
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 #[derive(Clone)]
 pub struct ProxyMetrics {
@@ -17,37 +19,71 @@ pub struct ProxyMetrics {
 
 /// Outcomes counted in `virtgate_proxy_connections_total{result}`.
 pub const RESULTS: &[&str] = &[
-    "closed", "tls_failed", "dn_not_allowed", "protocol_error", "denied", "unknown_host", "untrusted_host",
-    "no_host", "backend_unreachable", "backend_rejected", "idle_timeout", "refused_capacity",
+    "closed",
+    "tls_failed",
+    "dn_not_allowed",
+    "protocol_error",
+    "denied",
+    "unknown_host",
+    "untrusted_host",
+    "no_host",
+    "backend_unreachable",
+    "backend_rejected",
+    "idle_timeout",
+    "refused_capacity",
 ];
 
 impl ProxyMetrics {
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let connections_active =
-            IntGauge::new("virtgate_proxy_connections_active", "Client connections open now.")?;
+        let connections_active = IntGauge::new(
+            "virtgate_proxy_connections_active",
+            "Client connections open now.",
+        )?;
         let connections_total = IntCounterVec::new(
-            Opts::new("virtgate_proxy_connections_total", "Client connections by how they ended."),
+            Opts::new(
+                "virtgate_proxy_connections_total",
+                "Client connections by how they ended.",
+            ),
             &["result"],
         )?;
         let handshake_duration = Histogram::with_opts(
-            HistogramOpts::new("virtgate_proxy_handshake_duration_seconds", "Client TLS handshake duration.")
-                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+            HistogramOpts::new(
+                "virtgate_proxy_handshake_duration_seconds",
+                "Client TLS handshake duration.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
         )?;
         let auth_failures = IntCounterVec::new(
-            Opts::new("virtgate_proxy_auth_failures_total", "Clients refused before any RPC, by stage and reason."),
+            Opts::new(
+                "virtgate_proxy_auth_failures_total",
+                "Clients refused before any RPC, by stage and reason.",
+            ),
             &["stage", "reason"],
         )?;
         let rpc_calls = IntCounterVec::new(
-            Opts::new("virtgate_proxy_rpc_calls_total", "RPC calls relayed, by host, program and procedure."),
+            Opts::new(
+                "virtgate_proxy_rpc_calls_total",
+                "RPC calls relayed, by host, program and procedure.",
+            ),
             &["host", "program", "procedure"],
         )?;
         let rpc_duration = HistogramVec::new(
-            HistogramOpts::new("virtgate_proxy_rpc_duration_seconds", "Call to reply time seen by the gateway, by host.")
-                .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0]),
+            HistogramOpts::new(
+                "virtgate_proxy_rpc_duration_seconds",
+                "Call to reply time seen by the gateway, by host.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0,
+            ]),
             &["host"],
         )?;
         let bytes = IntCounterVec::new(
-            Opts::new("virtgate_proxy_bytes_total", "RPC bytes relayed, by host and direction (to_host, to_client)."),
+            Opts::new(
+                "virtgate_proxy_bytes_total",
+                "RPC bytes relayed, by host and direction (to_host, to_client).",
+            ),
             &["host", "direction"],
         )?;
         let backend_connect_duration = Histogram::with_opts(
@@ -55,10 +91,15 @@ impl ProxyMetrics {
                 "virtgate_proxy_backend_connect_duration_seconds",
                 "Time to reach a host: TCP (happy eyeballs), TLS and the confirmation byte.",
             )
-            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]),
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
         )?;
         let protocol_errors = IntCounterVec::new(
-            Opts::new("virtgate_proxy_protocol_errors_total", "Connections cut off for protocol violations, by side and reason."),
+            Opts::new(
+                "virtgate_proxy_protocol_errors_total",
+                "Connections cut off for protocol violations, by side and reason.",
+            ),
             &["side", "reason"],
         )?;
         registry.register(Box::new(connections_active.clone()))?;
@@ -73,7 +114,11 @@ impl ProxyMetrics {
         for r in RESULTS {
             connections_total.with_label_values(&[r]);
         }
-        for (stage, reason) in [("tls", "handshake_failed"), ("dn", "not_allowed"), ("policy", "denied")] {
+        for (stage, reason) in [
+            ("tls", "handshake_failed"),
+            ("dn", "not_allowed"),
+            ("policy", "denied"),
+        ] {
             auth_failures.with_label_values(&[stage, reason]);
         }
         for side in ["client", "host"] {

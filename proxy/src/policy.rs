@@ -34,7 +34,10 @@ pub struct PolicyError {
 pub(crate) fn glob(pattern: &str) -> Result<GlobMatcher, PolicyError> {
     Glob::new(pattern)
         .map(|g| g.compile_matcher())
-        .map_err(|source| PolicyError { glob: pattern.to_string(), source })
+        .map_err(|source| PolicyError {
+            glob: pattern.to_string(),
+            source,
+        })
 }
 
 struct CompiledRule {
@@ -55,7 +58,11 @@ impl Policy {
             .map(|r| {
                 Ok(CompiledRule {
                     identity: glob(&r.identity)?,
-                    hosts: r.hosts.iter().map(|h| glob(&h.to_ascii_lowercase())).collect::<Result<_, _>>()?,
+                    hosts: r
+                        .hosts
+                        .iter()
+                        .map(|h| glob(&h.to_ascii_lowercase()))
+                        .collect::<Result<_, _>>()?,
                     mode: r.mode,
                 })
             })
@@ -80,7 +87,9 @@ pub struct DnAllowList {
 
 impl DnAllowList {
     pub fn new(patterns: &[String]) -> Result<Self, PolicyError> {
-        Ok(Self { globs: patterns.iter().map(|p| glob(p)).collect::<Result<_, _>>()? })
+        Ok(Self {
+            globs: patterns.iter().map(|p| glob(p)).collect::<Result<_, _>>()?,
+        })
     }
 
     pub fn allows(&self, dn: &str) -> bool {
@@ -93,7 +102,11 @@ mod tests {
     use super::*;
 
     fn rule(identity: &str, hosts: &[&str], mode: Mode) -> Rule {
-        Rule { identity: identity.into(), hosts: hosts.iter().map(|h| h.to_string()).collect(), mode }
+        Rule {
+            identity: identity.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            mode,
+        }
     }
 
     #[test]

@@ -13,8 +13,12 @@ fn remote_names() -> &'static Vec<Option<&'static str>> {
         let mut names = Vec::new();
         for line in TABLE.lines().skip(1) {
             let mut cols = line.split('\t');
-            let (Some(num), Some(name)) = (cols.next(), cols.next()) else { continue };
-            let Ok(num) = num.parse::<usize>() else { continue };
+            let (Some(num), Some(name)) = (cols.next(), cols.next()) else {
+                continue;
+            };
+            let Ok(num) = num.parse::<usize>() else {
+                continue;
+            };
             if names.len() <= num {
                 names.resize(num + 1, None);
             }
@@ -56,7 +60,10 @@ mod tests {
     #[test]
     fn known_procedures_have_their_protocol_names() {
         assert_eq!(procedure_name(PROGRAM_REMOTE, 1), "CONNECT_OPEN");
-        assert_eq!(procedure_name(PROGRAM_REMOTE, 157), "CONNECT_GET_LIB_VERSION");
+        assert_eq!(
+            procedure_name(PROGRAM_REMOTE, 157),
+            "CONNECT_GET_LIB_VERSION"
+        );
         assert_eq!(procedure_name(PROGRAM_REMOTE, 211), "DOMAIN_SCREENSHOT");
         assert_eq!(procedure_name(PROGRAM_REMOTE, 99_999), "99999");
         assert_eq!(procedure_name(PROGRAM_QEMU, 1), "1");

@@ -23,10 +23,15 @@ const INITIAL_BUFFER: usize = 64 * 1024;
 
 pub(crate) enum RelayEnd {
     ClientClosed,
-    HostClosed { failed_calls: usize },
+    HostClosed {
+        failed_calls: usize,
+    },
     Idle,
     Shutdown,
-    Protocol { side: &'static str, reason: &'static str },
+    Protocol {
+        side: &'static str,
+        reason: &'static str,
+    },
 }
 
 pub(crate) struct RelayStats {
@@ -55,7 +60,8 @@ struct Shared<'a> {
 
 impl Shared<'_> {
     fn touch(&self) {
-        self.last_packet_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_packet_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -100,13 +106,31 @@ where
     let (mut to_host, mut to_client) = (0u64, 0u64);
 
     let outcome = {
-        let up = pump(&mut client_r, &mut backend_w, Direction::ToHost, &shared, &to_host_bytes, &mut to_host, &mut calls);
-        let down = pump(&mut backend_r, &mut client_w, Direction::ToClient, &shared, &to_client_bytes, &mut to_client, &mut replies);
+        let up = pump(
+            &mut client_r,
+            &mut backend_w,
+            Direction::ToHost,
+            &shared,
+            &to_host_bytes,
+            &mut to_host,
+            &mut calls,
+        );
+        let down = pump(
+            &mut backend_r,
+            &mut client_w,
+            Direction::ToClient,
+            &shared,
+            &to_client_bytes,
+            &mut to_client,
+            &mut replies,
+        );
         let idle = async {
-            let tick = (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+            let tick =
+                (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
             loop {
                 tokio::time::sleep(tick).await;
-                let quiet = shared.epoch.elapsed().as_millis() as u64 - shared.last_packet_ms.load(Ordering::Relaxed);
+                let quiet = shared.epoch.elapsed().as_millis() as u64
+                    - shared.last_packet_ms.load(Ordering::Relaxed);
                 if quiet >= idle_timeout.as_millis() as u64 {
                     return;
                 }
@@ -123,12 +147,20 @@ where
     let end = match outcome {
         (_, None) if *shutdown.borrow() => RelayEnd::Shutdown,
         (_, None) => RelayEnd::Idle,
-        (Direction::ToHost, Some(PumpEnd::Protocol(reason))) => RelayEnd::Protocol { side: "client", reason },
+        (Direction::ToHost, Some(PumpEnd::Protocol(reason))) => RelayEnd::Protocol {
+            side: "client",
+            reason,
+        },
         (Direction::ToHost, Some(_)) => RelayEnd::ClientClosed,
         (Direction::ToClient, Some(end)) => {
             // The host went away (or broke the framing): fail every call still waiting, so the
             // client reports an error instead of waiting for a reply that will never come.
-            let waiting: Vec<(u32, InFlight)> = shared.in_flight.lock().expect("in-flight lock poisoned").drain().collect();
+            let waiting: Vec<(u32, InFlight)> = shared
+                .in_flight
+                .lock()
+                .expect("in-flight lock poisoned")
+                .drain()
+                .collect();
             for (serial, call) in &waiting {
                 let header = Header {
                     len: 0,
@@ -139,16 +171,24 @@ where
                     serial: *serial,
                     status: frame::STATUS_OK,
                 };
-                let message = format!("virtgate: host {host} closed the connection while this call was in progress");
-                let packet = frame::error_reply(&header, err::SYSTEM_ERROR, err::FROM_RPC, &message);
+                let message = format!(
+                    "virtgate: host {host} closed the connection while this call was in progress"
+                );
+                let packet =
+                    frame::error_reply(&header, err::SYSTEM_ERROR, err::FROM_RPC, &message);
                 if client_w.write_all(&packet).await.is_err() {
                     break;
                 }
             }
             let _ = client_w.flush().await;
             match end {
-                PumpEnd::Protocol(reason) => RelayEnd::Protocol { side: "host", reason },
-                PumpEnd::Eof | PumpEnd::Io => RelayEnd::HostClosed { failed_calls: waiting.len() },
+                PumpEnd::Protocol(reason) => RelayEnd::Protocol {
+                    side: "host",
+                    reason,
+                },
+                PumpEnd::Eof | PumpEnd::Io => RelayEnd::HostClosed {
+                    failed_calls: waiting.len(),
+                },
             }
         }
     };
@@ -158,7 +198,12 @@ where
         let _ = client_w.shutdown().await;
     })
     .await;
-    RelayStats { end, calls, to_host, to_client }
+    RelayStats {
+        end,
+        calls,
+        to_host,
+        to_client,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -178,8 +223,11 @@ where
     let mut buf = vec![0u8; INITIAL_BUFFER];
     let mut filled = 0usize;
     // Per-connection cache of the per-procedure counters, so counting a call is an atomic add.
-    let mut call_counters: Vec<Option<IntCounter>> =
-        if direction == Direction::ToHost { vec![None; remote_count()] } else { Vec::new() };
+    let mut call_counters: Vec<Option<IntCounter>> = if direction == Direction::ToHost {
+        vec![None; remote_count()]
+    } else {
+        Vec::new()
+    };
     loop {
         if filled == buf.len() {
             // The buffer holds the start of one frame larger than itself (complete frames were
@@ -224,7 +272,13 @@ where
     }
 }
 
-fn observe(h: &Header, direction: Direction, shared: &Shared<'_>, counters: &mut [Option<IntCounter>], calls: &mut u64) {
+fn observe(
+    h: &Header,
+    direction: Direction,
+    shared: &Shared<'_>,
+    counters: &mut [Option<IntCounter>],
+    calls: &mut u64,
+) {
     match (direction, h.kind) {
         (Direction::ToHost, frame::TYPE_CALL) => {
             *calls += 1;
@@ -232,8 +286,17 @@ fn observe(h: &Header, direction: Direction, shared: &Shared<'_>, counters: &mut
                 .in_flight
                 .lock()
                 .expect("in-flight lock poisoned")
-                .insert(h.serial, InFlight { started: Instant::now(), program: h.program, procedure: h.procedure });
-            let cached = (h.program == frame::PROGRAM_REMOTE).then(|| counters.get_mut(h.procedure as usize)).flatten();
+                .insert(
+                    h.serial,
+                    InFlight {
+                        started: Instant::now(),
+                        program: h.program,
+                        procedure: h.procedure,
+                    },
+                );
+            let cached = (h.program == frame::PROGRAM_REMOTE)
+                .then(|| counters.get_mut(h.procedure as usize))
+                .flatten();
             match cached {
                 Some(slot) => slot
                     .get_or_insert_with(|| {
@@ -247,14 +310,24 @@ fn observe(h: &Header, direction: Direction, shared: &Shared<'_>, counters: &mut
                 None => shared
                     .metrics
                     .rpc_calls
-                    .with_label_values(&[shared.host, program_name(h.program), &procedure_name(h.program, h.procedure)])
+                    .with_label_values(&[
+                        shared.host,
+                        program_name(h.program),
+                        &procedure_name(h.program, h.procedure),
+                    ])
                     .inc(),
             }
         }
         (Direction::ToClient, frame::TYPE_REPLY) => {
-            let call = shared.in_flight.lock().expect("in-flight lock poisoned").remove(&h.serial);
+            let call = shared
+                .in_flight
+                .lock()
+                .expect("in-flight lock poisoned")
+                .remove(&h.serial);
             if let Some(call) = call {
-                shared.rpc_duration.observe(call.started.elapsed().as_secs_f64());
+                shared
+                    .rpc_duration
+                    .observe(call.started.elapsed().as_secs_f64());
             }
         }
         _ => {}

@@ -14,18 +14,28 @@ pub struct Route {
 /// authority) carry no host and are forwarded unchanged.
 pub fn route(name: &str) -> Route {
     let Some((scheme, rest)) = name.split_once("://") else {
-        return Route { host: None, forwarded: name.to_string() };
+        return Route {
+            host: None,
+            forwarded: name.to_string(),
+        };
     };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
-    let host_port = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    let host_port = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
     let host = if let Some(v6) = host_port.strip_prefix('[') {
         v6.split_once(']').map(|(h, _)| h).unwrap_or(v6)
     } else {
         host_port.split(':').next().unwrap_or_default()
     };
     let tail = if tail.is_empty() { "/" } else { tail };
-    let tail = if tail.starts_with('/') { tail.to_string() } else { format!("/{tail}") };
+    let tail = if tail.starts_with('/') {
+        tail.to_string()
+    } else {
+        format!("/{tail}")
+    };
     Route {
         host: (!host.is_empty()).then(|| host.to_ascii_lowercase()),
         forwarded: format!("{scheme}://{tail}"),
@@ -38,15 +48,27 @@ mod tests {
 
     fn r(name: &str) -> (Option<&'static str>, String) {
         let route = route(name);
-        (route.host.map(|h| &*Box::leak(h.into_boxed_str())), route.forwarded)
+        (
+            route.host.map(|h| &*Box::leak(h.into_boxed_str())),
+            route.forwarded,
+        )
     }
 
     #[test]
     fn the_host_is_taken_out_and_the_rest_forwarded() {
         assert_eq!(r("qemu://h1/system"), (Some("h1"), "qemu:///system".into()));
-        assert_eq!(r("test://H1.example.com/default?x=1#f"), (Some("h1.example.com"), "test:///default?x=1#f".into()));
-        assert_eq!(r("qemu+ssh://root@h2:2222/session"), (Some("h2"), "qemu+ssh:///session".into()));
-        assert_eq!(r("xen://[fd00::1]:16514/"), (Some("fd00::1"), "xen:///".into()));
+        assert_eq!(
+            r("test://H1.example.com/default?x=1#f"),
+            (Some("h1.example.com"), "test:///default?x=1#f".into())
+        );
+        assert_eq!(
+            r("qemu+ssh://root@h2:2222/session"),
+            (Some("h2"), "qemu+ssh:///session".into())
+        );
+        assert_eq!(
+            r("xen://[fd00::1]:16514/"),
+            (Some("fd00::1"), "xen:///".into())
+        );
         assert_eq!(r("lxc://h3"), (Some("h3"), "lxc:///".into()));
     }
 

@@ -12,7 +12,11 @@ use crate::session::{serve, Shared};
 
 /// Binds one listener; IPv6 sockets are IPv6-only so `0.0.0.0:P` and `[::]:P` can coexist.
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let domain = if addr.is_ipv6() { socket2::Domain::IPV6 } else { socket2::Domain::IPV4 };
+    let domain = if addr.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
@@ -46,7 +50,11 @@ pub(crate) async fn accept_loop(
             _ = shutdown.changed() => return,
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            shared.metrics.connections_total.with_label_values(&["refused_capacity"]).inc();
+            shared
+                .metrics
+                .connections_total
+                .with_label_values(&["refused_capacity"])
+                .inc();
             warn!(%peer, "refused: proxy.max_connections reached");
             drop(stream);
             continue;

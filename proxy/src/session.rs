@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::config::ProxyConfig;
 use crate::directory::{HostDirectory, HostTarget};
-use crate::frame::{self, err, xdr, Header, FrameError};
+use crate::frame::{self, err, xdr, FrameError, Header};
 use crate::metrics::ProxyMetrics;
 use crate::policy::{DnAllowList, Mode, Policy};
 use crate::relay::{relay, RelayEnd};
@@ -71,7 +71,13 @@ impl Drop for ActiveGuard {
     }
 }
 
-pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, bound_host: Option<String>, shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    bound_host: Option<String>,
+    shutdown: watch::Receiver<bool>,
+) {
     let started = Instant::now();
     shared.metrics.connections_active.inc();
     let _active = ActiveGuard(shared.metrics.connections_active.clone());
@@ -86,11 +92,18 @@ pub(crate) async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr,
         to_client: 0,
     };
     let result = session(&shared, tcp, bound_host, shutdown, &mut outcome).await;
-    shared.metrics.connections_total.with_label_values(&[result]).inc();
+    shared
+        .metrics
+        .connections_total
+        .with_label_values(&[result])
+        .inc();
     let took_ms = started.elapsed().as_secs_f64() * 1000.0;
     let identity = outcome.identity.as_deref().unwrap_or("-");
     let host = outcome.host.as_deref().unwrap_or("-");
-    let mode = outcome.mode.map(|m| if m == Mode::Ro { "ro" } else { "rw" }).unwrap_or("-");
+    let mode = outcome
+        .mode
+        .map(|m| if m == Mode::Ro { "ro" } else { "rw" })
+        .unwrap_or("-");
     let quiet = matches!(result, "closed" | "idle_timeout");
     if quiet {
         info!(%peer, identity, host, mode, result, took_ms, calls = outcome.calls, to_host = outcome.to_host, to_client = outcome.to_client, "connection {}", outcome.detail);
@@ -112,7 +125,11 @@ enum ReadError {
 }
 
 /// Reads one whole packet into `buf` (cleared first).
-async fn read_frame<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, max: u32) -> Result<ReadFrame, ReadError> {
+async fn read_frame<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    max: u32,
+) -> Result<ReadFrame, ReadError> {
     buf.clear();
     buf.resize(4, 0);
     match s.read_exact(&mut buf[..4]).await {
@@ -120,7 +137,9 @@ async fn read_frame<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, max: u32
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(ReadFrame::Eof),
         Err(e) => return Err(ReadError::Io(e)),
     }
-    let len = frame::declared_len(buf).expect("4 bytes read").map_err(ReadError::Frame)?;
+    let len = frame::declared_len(buf)
+        .expect("4 bytes read")
+        .map_err(ReadError::Frame)?;
     if len > max {
         return Err(ReadError::TooLarge(len));
     }
@@ -135,7 +154,13 @@ async fn send<S: AsyncWrite + Unpin>(s: &mut S, packet: &[u8]) -> std::io::Resul
 }
 
 /// Sends an error reply and closes the client's side cleanly.
-async fn refuse<S: AsyncWrite + Unpin>(client: &mut S, call: &Header, code: i32, domain: i32, message: &str) {
+async fn refuse<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    call: &Header,
+    code: i32,
+    domain: i32,
+    message: &str,
+) {
     let _ = send(client, &frame::error_reply(call, code, domain, message)).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
 }
@@ -152,7 +177,12 @@ async fn session(
     let _ = tcp.set_nodelay(true);
     let material = shared.tls.borrow().clone();
     let handshake_started = Instant::now();
-    let mut client = match tokio::time::timeout(cfg.handshake_timeout, TlsAcceptor::from(material.server.clone()).accept(tcp)).await {
+    let mut client = match tokio::time::timeout(
+        cfg.handshake_timeout,
+        TlsAcceptor::from(material.server.clone()).accept(tcp),
+    )
+    .await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let reason = classify_tls_error(&e);
@@ -161,17 +191,31 @@ async fn session(
         }
         Err(_) => {
             m.auth_failures.with_label_values(&["tls", "timeout"]).inc();
-            return out.end("tls_failed", format!("no TLS handshake within {:?}", cfg.handshake_timeout));
+            return out.end(
+                "tls_failed",
+                format!("no TLS handshake within {:?}", cfg.handshake_timeout),
+            );
         }
     };
-    m.handshake_duration.observe(handshake_started.elapsed().as_secs_f64());
-    let Some(dn) = client.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(subject_dn) else {
-        m.auth_failures.with_label_values(&["tls", "no_certificate"]).inc();
+    m.handshake_duration
+        .observe(handshake_started.elapsed().as_secs_f64());
+    let Some(dn) = client
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(subject_dn)
+    else {
+        m.auth_failures
+            .with_label_values(&["tls", "no_certificate"])
+            .inc();
         return out.end("tls_failed", "no usable client certificate");
     };
     out.identity = Some(dn.clone());
     if !shared.allowed_dn.allows(&dn) {
-        m.auth_failures.with_label_values(&["dn", "not_allowed"]).inc();
+        m.auth_failures
+            .with_label_values(&["dn", "not_allowed"])
+            .inc();
         let _ = client.shutdown().await;
         return out.end("dn_not_allowed", "subject DN not in proxy.allowed_dn");
     }
@@ -183,10 +227,16 @@ async fn session(
     let mut buf = Vec::with_capacity(4096);
     let mut wants_keepalive = false;
     let (open_header, name, flags) = loop {
-        let read = tokio::time::timeout(cfg.handshake_timeout, read_frame(&mut client, &mut buf, PREOPEN_MAX_LEN)).await;
+        let read = tokio::time::timeout(
+            cfg.handshake_timeout,
+            read_frame(&mut client, &mut buf, PREOPEN_MAX_LEN),
+        )
+        .await;
         match read {
             Err(_) => return out.end("closed", "client sent no CONNECT_OPEN in time"),
-            Ok(Ok(ReadFrame::Eof)) => return out.end("closed", "client closed before CONNECT_OPEN"),
+            Ok(Ok(ReadFrame::Eof)) => {
+                return out.end("closed", "client closed before CONNECT_OPEN")
+            }
             Ok(Err(e)) => return protocol_error(m, out, "client", e),
             Ok(Ok(ReadFrame::Frame)) => {}
         }
@@ -252,9 +302,18 @@ async fn session(
     let name = name.unwrap_or_default();
     let route = crate::route::route(&name);
     let (host, forwarded) = match (&bound_host, &route.host) {
-        (Some(bound), _) => (bound.clone(), if route.host.is_some() { route.forwarded.clone() } else { name.clone() }),
+        (Some(bound), _) => (
+            bound.clone(),
+            if route.host.is_some() {
+                route.forwarded.clone()
+            } else {
+                name.clone()
+            },
+        ),
         (None, Some(h)) => (h.clone(), route.forwarded.clone()),
-        (None, None) if !cfg.default_host.is_empty() => (cfg.default_host.to_ascii_lowercase(), name.clone()),
+        (None, None) if !cfg.default_host.is_empty() => {
+            (cfg.default_host.to_ascii_lowercase(), name.clone())
+        }
         (None, None) => {
             refuse(
                 &mut client,
@@ -264,30 +323,66 @@ async fn session(
                 "virtgate: the connection URI names no host; add ?name=DRIVER://HOST/PATH, e.g. qemu+tls://GATEWAY/system?name=qemu://HOST/system",
             )
             .await;
-            return out.end("no_host", format!("CONNECT_OPEN name {name:?} names no host and proxy.default_host is empty"));
+            return out.end(
+                "no_host",
+                format!("CONNECT_OPEN name {name:?} names no host and proxy.default_host is empty"),
+            );
         }
     };
     out.host = Some(host.clone());
 
     // Policy.
     let Some(mode) = shared.policy.decide(&dn, &host) else {
-        m.auth_failures.with_label_values(&["policy", "denied"]).inc();
+        m.auth_failures
+            .with_label_values(&["policy", "denied"])
+            .inc();
         let message = format!("virtgate: access to host {host} denied for {}", cn_of(&dn));
-        refuse(&mut client, &open_header, err::ACCESS_DENIED, err::FROM_ACCESS, &message).await;
-        return out.end("denied", "no proxy.rules entry allows this identity on this host");
+        refuse(
+            &mut client,
+            &open_header,
+            err::ACCESS_DENIED,
+            err::FROM_ACCESS,
+            &message,
+        )
+        .await;
+        return out.end(
+            "denied",
+            "no proxy.rules entry allows this identity on this host",
+        );
     };
     out.mode = Some(mode);
 
     // Inventory and trust.
     let Some(mut target) = shared.directory.lookup(&host) else {
-        let message = format!("virtgate: unknown host {host}; `virtgate hosts` lists the hosts this gateway knows");
-        refuse(&mut client, &open_header, err::NO_CONNECT, err::FROM_REMOTE, &message).await;
+        let message = format!(
+            "virtgate: unknown host {host}; `virtgate hosts` lists the hosts this gateway knows"
+        );
+        refuse(
+            &mut client,
+            &open_header,
+            err::NO_CONNECT,
+            err::FROM_REMOTE,
+            &message,
+        )
+        .await;
         return out.end("unknown_host", "not in the inventory");
     };
-    if target.state == virtgate_broker::HostState::Absent || (target.state == virtgate_broker::HostState::Down && !target.trust.is_trusted()) {
+    if target.state == virtgate_broker::HostState::Absent
+        || (target.state == virtgate_broker::HostState::Down && !target.trust.is_trusted())
+    {
         let message = format!("virtgate: host {host} is unreachable (the broker's last probe failed or it left the LAN); see `virtgate hosts`");
-        refuse(&mut client, &open_header, err::NO_CONNECT, err::FROM_REMOTE, &message).await;
-        return out.end("backend_unreachable", format!("host state {}", target.state.as_str()));
+        refuse(
+            &mut client,
+            &open_header,
+            err::NO_CONNECT,
+            err::FROM_REMOTE,
+            &message,
+        )
+        .await;
+        return out.end(
+            "backend_unreachable",
+            format!("host state {}", target.state.as_str()),
+        );
     }
     if !target.trust.is_trusted() {
         let message = match target.trust {
@@ -295,8 +390,18 @@ async fn session(
             TrustState::Changed => format!("virtgate: host {host} presents a key that differs from its approved pin; refusing until an operator re-approves it (`virtgate hosts`)"),
             _ => format!("virtgate: host {host} has not been probed yet; try again in a moment"),
         };
-        refuse(&mut client, &open_header, err::NO_CONNECT, err::FROM_REMOTE, &message).await;
-        return out.end("untrusted_host", format!("trust state {}", target.trust.as_str()));
+        refuse(
+            &mut client,
+            &open_header,
+            err::NO_CONNECT,
+            err::FROM_REMOTE,
+            &message,
+        )
+        .await;
+        return out.end(
+            "untrusted_host",
+            format!("trust state {}", target.trust.as_str()),
+        );
     }
     if target.addresses.is_empty() {
         target.addresses = tokio::net::lookup_host((target.name.as_str(), target.port))
@@ -311,11 +416,19 @@ async fn session(
         Ok(b) => b,
         Err((result, why)) => {
             let message = format!("virtgate: cannot reach host {host}: {why}");
-            refuse(&mut client, &open_header, err::NO_CONNECT, err::FROM_REMOTE, &message).await;
+            refuse(
+                &mut client,
+                &open_header,
+                err::NO_CONNECT,
+                err::FROM_REMOTE,
+                &message,
+            )
+            .await;
             return out.end(result, why);
         }
     };
-    m.backend_connect_duration.observe(connect_started.elapsed().as_secs_f64());
+    m.backend_connect_duration
+        .observe(connect_started.elapsed().as_secs_f64());
 
     // The host's own handshake: AUTH_LIST, keepalive, then the client's CONNECT_OPEN.
     let mut bbuf = Vec::with_capacity(4096);
@@ -328,27 +441,67 @@ async fn session(
                 let message = format!(
                     "virtgate: host {host} requires SASL/polkit authentication from the gateway, which it cannot do yet; set auth_tls = \"none\" with a tls_allowed_dn_list on the host"
                 );
-                refuse(&mut client, &open_header, err::AUTH_UNAVAILABLE, err::FROM_REMOTE, &message).await;
-                return out.end("backend_rejected", format!("host offers auth types {types:?}"));
+                refuse(
+                    &mut client,
+                    &open_header,
+                    err::AUTH_UNAVAILABLE,
+                    err::FROM_REMOTE,
+                    &message,
+                )
+                .await;
+                return out.end(
+                    "backend_rejected",
+                    format!("host offers auth types {types:?}"),
+                );
             }
         }
         Ok(_) | Err(_) => {
             let message = format!("virtgate: host {host} did not answer the gateway's AUTH_LIST");
-            refuse(&mut client, &open_header, err::NO_CONNECT, err::FROM_REMOTE, &message).await;
+            refuse(
+                &mut client,
+                &open_header,
+                err::NO_CONNECT,
+                err::FROM_REMOTE,
+                &message,
+            )
+            .await;
             return out.end("backend_rejected", "AUTH_LIST failed");
         }
     }
     if wants_keepalive {
         let mut p = Vec::new();
         xdr::u32(&mut p, frame::FEATURE_PROGRAM_KEEPALIVE);
-        if backend_call(&mut backend, &mut bbuf, frame::PROC_CONNECT_SUPPORTS_FEATURE, 1, &p).await.is_err() {
-            refuse(&mut client, &open_header, err::NO_CONNECT, err::FROM_REMOTE, &format!("virtgate: host {host} closed the connection")).await;
+        if backend_call(
+            &mut backend,
+            &mut bbuf,
+            frame::PROC_CONNECT_SUPPORTS_FEATURE,
+            1,
+            &p,
+        )
+        .await
+        .is_err()
+        {
+            refuse(
+                &mut client,
+                &open_header,
+                err::NO_CONNECT,
+                err::FROM_REMOTE,
+                &format!("virtgate: host {host} closed the connection"),
+            )
+            .await;
             return out.end("backend_rejected", "keepalive negotiation failed");
         }
     }
     let mut open = Vec::new();
     xdr::opt_string(&mut open, Some(&forwarded));
-    xdr::u32(&mut open, if mode == Mode::Ro { flags | frame::OPEN_FLAG_READ_ONLY } else { flags });
+    xdr::u32(
+        &mut open,
+        if mode == Mode::Ro {
+            flags | frame::OPEN_FLAG_READ_ONLY
+        } else {
+            flags
+        },
+    );
     let open_packet = frame::packet(open_header, &open);
     let forwarded_open = async {
         send(&mut backend, &open_packet).await.ok()?;
@@ -356,7 +509,8 @@ async fn session(
             match read_frame(&mut backend, &mut bbuf, frame::MAX_LEN).await {
                 Ok(ReadFrame::Frame) => {
                     let h = Header::parse(&bbuf);
-                    if h.program == frame::PROGRAM_KEEPALIVE && h.procedure == frame::KEEPALIVE_PING {
+                    if h.program == frame::PROGRAM_KEEPALIVE && h.procedure == frame::KEEPALIVE_PING
+                    {
                         send(&mut backend, &frame::pong()).await.ok()?;
                         continue;
                     }
@@ -366,8 +520,19 @@ async fn session(
             }
         }
     };
-    let Some(_reply) = tokio::time::timeout(cfg.backend_connect_timeout, forwarded_open).await.ok().flatten() else {
-        refuse(&mut client, &open_header, err::NO_CONNECT, err::FROM_REMOTE, &format!("virtgate: host {host} did not answer CONNECT_OPEN")).await;
+    let Some(_reply) = tokio::time::timeout(cfg.backend_connect_timeout, forwarded_open)
+        .await
+        .ok()
+        .flatten()
+    else {
+        refuse(
+            &mut client,
+            &open_header,
+            err::NO_CONNECT,
+            err::FROM_REMOTE,
+            &format!("virtgate: host {host} did not answer CONNECT_OPEN"),
+        )
+        .await;
         return out.end("backend_rejected", "no CONNECT_OPEN reply");
     };
     if send(&mut client, &bbuf).await.is_err() {
@@ -375,7 +540,15 @@ async fn session(
     }
 
     // Relay.
-    let stats = relay(client, backend, &host, &shared.metrics, cfg.idle_timeout, shutdown).await;
+    let stats = relay(
+        client,
+        backend,
+        &host,
+        &shared.metrics,
+        cfg.idle_timeout,
+        shutdown,
+    )
+    .await;
     out.calls = stats.calls;
     out.to_host = stats.to_host;
     out.to_client = stats.to_client;
@@ -398,7 +571,12 @@ async fn session(
     }
 }
 
-fn protocol_error(m: &ProxyMetrics, out: &mut Outcome, side: &'static str, e: ReadError) -> &'static str {
+fn protocol_error(
+    m: &ProxyMetrics,
+    out: &mut Outcome,
+    side: &'static str,
+    e: ReadError,
+) -> &'static str {
     let reason = match &e {
         ReadError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => "truncated",
         ReadError::Io(_) => "io_error",
@@ -412,9 +590,15 @@ fn protocol_error(m: &ProxyMetrics, out: &mut Outcome, side: &'static str, e: Re
 
 fn classify_tls_error(e: &std::io::Error) -> &'static str {
     let text = e.to_string();
-    if text.contains("NoCertificatesPresented") || text.contains("no certificate") || text.contains("peer sent no certificates") {
+    if text.contains("NoCertificatesPresented")
+        || text.contains("no certificate")
+        || text.contains("peer sent no certificates")
+    {
         "no_certificate"
-    } else if text.contains("UnknownIssuer") || text.contains("BadSignature") || text.contains("invalid peer certificate") {
+    } else if text.contains("UnknownIssuer")
+        || text.contains("BadSignature")
+        || text.contains("invalid peer certificate")
+    {
         "bad_certificate"
     } else if text.contains("Revoked") {
         "revoked"
@@ -432,7 +616,12 @@ async fn backend_call<S: AsyncRead + AsyncWrite + Unpin>(
     serial: u32,
     payload: &[u8],
 ) -> Result<Header, ReadError> {
-    send(backend, &frame::call(frame::PROGRAM_REMOTE, procedure, serial, payload)).await.map_err(ReadError::Io)?;
+    send(
+        backend,
+        &frame::call(frame::PROGRAM_REMOTE, procedure, serial, payload),
+    )
+    .await
+    .map_err(ReadError::Io)?;
     loop {
         match read_frame(backend, buf, frame::MAX_LEN).await? {
             ReadFrame::Eof => return Err(ReadError::Io(std::io::ErrorKind::UnexpectedEof.into())),
@@ -457,11 +646,20 @@ type Backend = tokio_rustls::client::TlsStream<TcpStream>;
 /// Reaches the host: TCP to every address, IPv6 first and the next one 250 ms later (happy
 /// eyeballs), TLS with the gateway's identity verifying the host's pin (or CA), then the
 /// confirmation byte that says the host accepted the gateway's certificate.
-async fn connect_backend(material: &TlsMaterial, target: &HostTarget, budget: Duration) -> Result<Backend, (&'static str, String)> {
+async fn connect_backend(
+    material: &TlsMaterial,
+    target: &HostTarget,
+    budget: Duration,
+) -> Result<Backend, (&'static str, String)> {
     let deadline = Instant::now() + budget;
     let tcp = tokio::time::timeout(budget, happy_eyeballs(&target.addresses, target.port))
         .await
-        .map_err(|_| ("backend_unreachable", format!("no address answered within {budget:?}")))?
+        .map_err(|_| {
+            (
+                "backend_unreachable",
+                format!("no address answered within {budget:?}"),
+            )
+        })?
         .map_err(|e| ("backend_unreachable", e))?;
     let _ = tcp.set_nodelay(true);
     let config = material
@@ -469,10 +667,20 @@ async fn connect_backend(material: &TlsMaterial, target: &HostTarget, budget: Du
         .map_err(|e| ("backend_rejected", e.to_string()))?;
     let server_name = match target.name.parse::<IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),
-        Err(_) => ServerName::try_from(target.name.clone()).unwrap_or(ServerName::IpAddress(tcp.peer_addr().map(|a| a.ip()).unwrap_or(IpAddr::from([0, 0, 0, 0])).into())),
+        Err(_) => ServerName::try_from(target.name.clone()).unwrap_or(ServerName::IpAddress(
+            tcp.peer_addr()
+                .map(|a| a.ip())
+                .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+                .into(),
+        )),
     };
     let left = deadline.saturating_duration_since(Instant::now());
-    let mut tls = match tokio::time::timeout(left, TlsConnector::from(config).connect(server_name, tcp)).await {
+    let mut tls = match tokio::time::timeout(
+        left,
+        TlsConnector::from(config).connect(server_name, tcp),
+    )
+    .await
+    {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             let text = e.to_string();
@@ -483,10 +691,17 @@ async fn connect_backend(material: &TlsMaterial, target: &HostTarget, budget: Du
             };
             return Err(("backend_rejected", why));
         }
-        Err(_) => return Err(("backend_unreachable", format!("no TLS handshake within {budget:?}"))),
+        Err(_) => {
+            return Err((
+                "backend_unreachable",
+                format!("no TLS handshake within {budget:?}"),
+            ))
+        }
     };
     let mut byte = [0u8; 1];
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(500));
     match tokio::time::timeout(left, tls.read_exact(&mut byte)).await {
         Ok(Ok(_)) if byte[0] == 1 => Ok(tls),
         Ok(_) => Err((

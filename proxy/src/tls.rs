@@ -13,21 +13,31 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyTlsError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} holds no {what} in PEM form")]
     Empty { path: String, what: &'static str },
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
-    #[error("proxy.{0} is not set; set it, or run `virtgate up`, which generates a development PKI")]
+    #[error(
+        "proxy.{0} is not set; set it, or run `virtgate up`, which generates a development PKI"
+    )]
     Missing(&'static str),
 }
 
@@ -36,14 +46,22 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ProxyTlsError> {
-    std::fs::read(path).map_err(|source| ProxyTlsError::Read { path: path.display().to_string(), source })
+    std::fs::read(path).map_err(|source| ProxyTlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ProxyTlsError> {
     let data = read(path)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice()).filter_map(Result::ok).collect();
+    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+        .filter_map(Result::ok)
+        .collect();
     if certs.is_empty() {
-        return Err(ProxyTlsError::Empty { path: path.display().to_string(), what: "certificate" });
+        return Err(ProxyTlsError::Empty {
+            path: path.display().to_string(),
+            what: "certificate",
+        });
     }
     Ok(certs)
 }
@@ -51,14 +69,26 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ProxyTlsE
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ProxyTlsError> {
     let data = read(path)?;
     rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|e| ProxyTlsError::Invalid { what: path.display().to_string(), reason: e.to_string() })?
-        .ok_or(ProxyTlsError::Empty { path: path.display().to_string(), what: "private key" })
+        .map_err(|e| ProxyTlsError::Invalid {
+            what: path.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .ok_or(ProxyTlsError::Empty {
+            path: path.display().to_string(),
+            what: "private key",
+        })
 }
 
 fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, ProxyTlsError> {
     let data = read(path)?;
-    let pem: Vec<_> = rustls_pemfile::crls(&mut data.as_slice()).filter_map(Result::ok).collect();
-    Ok(if pem.is_empty() { vec![CertificateRevocationListDer::from(data)] } else { pem })
+    let pem: Vec<_> = rustls_pemfile::crls(&mut data.as_slice())
+        .filter_map(Result::ok)
+        .collect();
+    Ok(if pem.is_empty() {
+        vec![CertificateRevocationListDer::from(data)]
+    } else {
+        pem
+    })
 }
 
 /// Paths of the TLS material, so it can be read again on reload.
@@ -92,26 +122,39 @@ impl TlsMaterial {
         let mut own = vec![("proxy_server".to_string(), server_chain[0].clone())];
         for ca in &files.client_cas {
             for cert in read_certs(ca)? {
-                roots.add(cert.clone()).map_err(|e| ProxyTlsError::Invalid { what: ca.display().to_string(), reason: e.to_string() })?;
+                roots
+                    .add(cert.clone())
+                    .map_err(|e| ProxyTlsError::Invalid {
+                        what: ca.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
                 own.push(("ca".to_string(), cert));
             }
         }
         if roots.is_empty() {
             return Err(ProxyTlsError::Missing("client_ca_files"));
         }
-        let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        let mut verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
         if let Some(crl) = &files.crl {
             verifier = verifier.with_crls(read_crls(crl)?);
         }
-        let verifier = verifier
-            .build()
-            .map_err(|e| ProxyTlsError::Invalid { what: "client CA / CRL".into(), reason: e.to_string() })?;
+        let verifier = verifier.build().map_err(|e| ProxyTlsError::Invalid {
+            what: "client CA / CRL".into(),
+            reason: e.to_string(),
+        })?;
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| ProxyTlsError::Invalid { what: "TLS versions".into(), reason: e.to_string() })?
+            .map_err(|e| ProxyTlsError::Invalid {
+                what: "TLS versions".into(),
+                reason: e.to_string(),
+            })?
             .with_client_cert_verifier(verifier)
             .with_single_cert(server_chain, server_key)
-            .map_err(|e| ProxyTlsError::Invalid { what: files.server_cert.display().to_string(), reason: e.to_string() })?;
+            .map_err(|e| ProxyTlsError::Invalid {
+                what: files.server_cert.display().to_string(),
+                reason: e.to_string(),
+            })?;
         server.send_tls13_tickets = 0;
 
         let backend_chain = read_certs(&files.backend_cert)?;
@@ -123,34 +166,60 @@ impl TlsMaterial {
             let mut roots = RootCertStore::empty();
             for ca in &files.backend_cas {
                 for cert in read_certs(ca)? {
-                    roots.add(cert).map_err(|e| ProxyTlsError::Invalid { what: ca.display().to_string(), reason: e.to_string() })?;
+                    roots.add(cert).map_err(|e| ProxyTlsError::Invalid {
+                        what: ca.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
                 }
             }
             Some(
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
                     .build()
-                    .map_err(|e| ProxyTlsError::Invalid { what: "backend CAs".into(), reason: e.to_string() })?,
+                    .map_err(|e| ProxyTlsError::Invalid {
+                        what: "backend CAs".into(),
+                        reason: e.to_string(),
+                    })?,
             )
         };
-        Ok(Self { server: Arc::new(server), backend_chain, backend_key, backend_ca, own_certificates: own })
+        Ok(Self {
+            server: Arc::new(server),
+            backend_chain,
+            backend_key,
+            backend_ca,
+            own_certificates: own,
+        })
     }
 
     /// A client configuration for one host: trusted if it presents `pin`, or (when CAs are
     /// configured and `allow_ca`) a chain to them that covers `name`.
-    pub fn backend_config(&self, pin: Option<String>, allow_ca: bool) -> Result<Arc<ClientConfig>, ProxyTlsError> {
+    pub fn backend_config(
+        &self,
+        pin: Option<String>,
+        allow_ca: bool,
+    ) -> Result<Arc<ClientConfig>, ProxyTlsError> {
         let provider = provider();
         let verifier = HostVerifier {
             pin,
-            ca: if allow_ca { self.backend_ca.clone() } else { None },
+            ca: if allow_ca {
+                self.backend_ca.clone()
+            } else {
+                None
+            },
             provider: provider.clone(),
         };
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| ProxyTlsError::Invalid { what: "TLS versions".into(), reason: e.to_string() })?
+            .map_err(|e| ProxyTlsError::Invalid {
+                what: "TLS versions".into(),
+                reason: e.to_string(),
+            })?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(verifier))
             .with_client_auth_cert(self.backend_chain.clone(), self.backend_key.clone_key())
-            .map_err(|e| ProxyTlsError::Invalid { what: "backend identity".into(), reason: e.to_string() })?;
+            .map_err(|e| ProxyTlsError::Invalid {
+                what: "backend identity".into(),
+                reason: e.to_string(),
+            })?;
         // libvirtd never resumes; don't keep session state per host.
         config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
@@ -182,7 +251,10 @@ pub fn subject_dn(cert: &CertificateDer<'_>) -> Option<String> {
                 "1.2.840.113549.1.9.1" => "EMAIL".to_string(),
                 other => other.to_string(),
             };
-            let value = atv.as_str().map(str::to_string).unwrap_or_else(|_| hex::encode(atv.attr_value().data));
+            let value = atv
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|_| hex::encode(atv.attr_value().data));
             parts.push(format!("{key}={value}"));
         }
     }
@@ -217,7 +289,10 @@ impl ServerCertVerifier for HostVerifier {
             }
         }
         if let Some(ca) = &self.ca {
-            if ca.verify_server_cert(end_entity, intermediates, server_name, ocsp, now).is_ok() {
+            if ca
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+                .is_ok()
+            {
                 return Ok(ServerCertVerified::assertion());
             }
         }
@@ -228,15 +303,27 @@ impl ServerCertVerifier for HostVerifier {
         )))
     }
 
-    fn verify_tls12_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
     }
 
-    fn verify_tls13_signature(&self, m: &[u8], c: &CertificateDer<'_>, d: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, TlsError> {
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
         verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

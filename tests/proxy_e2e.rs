@@ -747,3 +747,136 @@ fn a_separate_proxy_follows_the_brokers_inventory_over_the_watch_api() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_port_bound_to_one_host_and_the_default_host_route_clients_that_name_no_host() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let bound = common::free_port();
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!(
+            "default_host = \"h1\"\n[[proxy.host_listeners]]\nlisten = \"127.0.0.1:{bound}\"\nhost = \"h2\"\n{}{}{RULES}",
+            host("h1", &["127.0.0.1"], libvirtd.port()),
+            host("h2", &["::1"], libvirtd.port())
+        ),
+    );
+    for h in ["h1", "h2"] {
+        gw.wait_trust(h, "pending");
+        gw.approve(h);
+    }
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+
+    // No ?name= at all: the client's own name is test:///default.
+    let plain = |port: u16| {
+        format!(
+            "test+tls://127.0.0.1:{port}/default?pkipath={}",
+            alice.pki.display()
+        )
+    };
+    let via_default = virsh(&plain(gw.port), &["list", "--all"]);
+    let via_bound = virsh(&plain(bound), &["list", "--all"]);
+    assert!(via_default.status.success(), "{}", text(&via_default));
+    assert!(via_bound.status.success(), "{}", text(&via_bound));
+    let metrics = gw.metrics();
+    for h in ["h1", "h2"] {
+        assert!(
+            sample(
+                &metrics,
+                "virtgate_proxy_rpc_calls_total",
+                &[("host", h), ("procedure", "CONNECT_LIST_ALL_DOMAINS")]
+            )
+            .is_some(),
+            "{h} was used"
+        );
+    }
+}
+
+#[test]
+fn a_revoked_client_certificate_is_refused() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let dave = identity(&libvirtd, "dave", "C=GB,O=virtgate-test,CN=dave");
+    let pem = std::fs::read(dave.pki.join("clientcert.pem")).unwrap();
+    let (_, der) = virtgate_pki::x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let serial = der.parse_x509().unwrap().raw_serial().to_vec();
+    let crl = dir.path().join("crl.pem");
+    std::fs::write(&crl, libvirtd.ca().crl(&[serial]).unwrap()).unwrap();
+    let rules = format!(
+        "{RULES}[[proxy.rules]]\nidentity = \"*CN=dave\"\nhosts = [\"*\"]\nmode = \"rw\"\n"
+    );
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!(
+            "crl_file = {:?}\n{}{rules}",
+            crl.display().to_string(),
+            host("h1", &["127.0.0.1"], libvirtd.port())
+        ),
+    );
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+
+    let revoked = virsh(&gw.uri("127.0.0.1", "h1", &dave), &["list"]);
+    assert!(!revoked.status.success(), "{}", text(&revoked));
+    assert!(virsh(&gw.uri("127.0.0.1", "h1", &alice), &["list"])
+        .status
+        .success());
+    assert!(
+        gw.metrics()
+            .lines()
+            .any(|l| l.starts_with("virtgate_proxy_auth_failures_total{")
+                && l.contains("stage=\"tls\"")
+                && !l.ends_with(" 0")),
+        "{}",
+        gw.metrics()
+    );
+}
+
+#[test]
+fn sighup_swaps_the_gateway_certificate_without_dropping_the_service() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!("{}{RULES}", host("h1", &["127.0.0.1"], libvirtd.port())),
+    );
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+    let fingerprint = || {
+        let out = python(
+            &format!("127.0.0.1:{}", gw.port),
+            r#"
+import hashlib, os, socket, ssl
+host, port = os.environ["URI"].split(":")
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection((host, int(port))))
+print(hashlib.sha256(s.getpeercert(True)).hexdigest())
+"#,
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let before = fingerprint();
+    assert_eq!(before.len(), 64);
+
+    let renewed = libvirtd
+        .ca()
+        .issue_server(&virtgate_testlab::pki::ServerCertSpec::localhost())
+        .unwrap();
+    std::fs::write(dir.path().join("gw-cert.pem"), &renewed.cert_pem).unwrap();
+    std::fs::write(dir.path().join("gw-key.pem"), &renewed.key_pem).unwrap();
+    gw.process.signal(virtgate_testlab::Signal::SIGHUP);
+    gw.process
+        .wait_for_stderr("TLS certificates and keys reloaded", Duration::from_secs(5))
+        .unwrap();
+
+    let after = fingerprint();
+    assert_ne!(before, after, "new connections see the renewed certificate");
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    assert!(virsh(&gw.uri("127.0.0.1", "h1", &alice), &["list"])
+        .status
+        .success());
+}

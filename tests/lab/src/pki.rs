@@ -322,6 +322,29 @@ impl Ca {
         })
     }
 
+    /// A CRL (PEM) signed by this CA revoking the certificates with these serial numbers
+    /// (big-endian bytes, as x509-parser's `raw_serial` gives them).
+    pub fn crl(&self, revoked_serials: &[Vec<u8>]) -> Result<String> {
+        let now = OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            next_update: now + Duration::days(7),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked_serials
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(serial),
+                    revocation_time: now - Duration::minutes(1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer).context("sign CRL")?.pem().context("CRL to PEM")?)
+    }
+
     /// The CA's CN.
     pub fn common_name(&self) -> &str {
         &self.common_name

@@ -28,23 +28,11 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(config: &Config, args: &ClientArgs) -> anyhow::Result<Self> {
-        let host_port = match &args.broker {
-            Some(url) => url
-                .trim_start_matches("http://")
-                .trim_end_matches('/')
-                .to_string(),
-            None => {
-                let mut listen = config.broker.listen;
-                if listen.ip().is_unspecified() {
-                    listen.set_ip(if listen.is_ipv4() {
-                        [127, 0, 0, 1].into()
-                    } else {
-                        std::net::Ipv6Addr::LOCALHOST.into()
-                    });
-                }
-                listen.to_string()
-            }
-        };
+        let url = super::proxy::broker_url(config, args.broker.clone());
+        let host_port = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
         if host_port.starts_with("https://") {
             bail!("--broker: only http:// URLs are supported (put the broker behind a TLS terminator for remote use)");
         }

@@ -342,7 +342,11 @@ impl Ca {
                 .collect(),
             key_identifier_method: rcgen::KeyIdMethod::Sha256,
         };
-        Ok(params.signed_by(&self.issuer).context("sign CRL")?.pem().context("CRL to PEM")?)
+        params
+            .signed_by(&self.issuer)
+            .context("sign CRL")?
+            .pem()
+            .context("CRL to PEM")
     }
 
     /// The CA's CN.

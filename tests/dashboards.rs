@@ -1,19 +1,22 @@
-//! The Grafana dashboards and Prometheus alert rules shipped in `dashboards/`, checked offline.
+//! The Grafana dashboards and Prometheus alert rules shipped in `dashboards/`: every
+//! `dashboards/*.json` and every `dashboards/rules/*.yaml` with its `*.test.yaml`.
 //!
 //! No Grafana server can run here, so a dashboard is held to what can be proven without one: it
 //! is well formed, each of its queries is PromQL that the Prometheus we test against accepts,
-//! and it queries only series (and labels) that the broker exports. The alert rules are checked
-//! and unit-tested by promtool.
+//! and it queries only series, labels and label values that virtgate exports. The alert rules
+//! are checked and unit-tested by promtool. One test scrapes a real `virtgate up` (broker and
+//! gateway) after a real virsh connection through it, and holds that list to the scrape.
 //!
 //! promtool comes with Debian's `prometheus` package, which ./scripts/test.sh installs. Without
 //! it these tests fail rather than skip: a skipped check would let a broken rule file through.
+
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::convert::Infallible;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::thread;
@@ -27,7 +30,7 @@ use serde_json::{json, Value as Json};
 
 /// What the broker exports (issue 3) and with which labels. Prometheus adds `job` and
 /// `instance` to each series when it scrapes.
-const EXPORTED: &[(&str, &[&str])] = &[
+const BROKER_EXPORTED: &[(&str, &[&str])] = &[
     ("virtgate_cert_not_after_timestamp_seconds", CERT_LABELS),
     ("virtgate_cert_not_before_timestamp_seconds", CERT_LABELS),
     ("virtgate_cert_findings", &["host", "finding"]),
@@ -40,6 +43,34 @@ const EXPORTED: &[(&str, &[&str])] = &[
     ("virtgate_probe_errors_total", &["reason"]),
     ("virtgate_discovery_events_total", &["kind"]),
     ("virtgate_build_info", &["version"]),
+];
+/// What the gateway exports (issue 4): on the broker's `/metrics` in `virtgate up`, alone on
+/// `proxy.metrics_listen` in `virtgate proxy`.
+const PROXY_EXPORTED: &[(&str, &[&str])] = &[
+    ("virtgate_proxy_connections_active", &[]),
+    ("virtgate_proxy_connections_total", &["result"]),
+    ("virtgate_proxy_handshake_duration_seconds_bucket", &["le"]),
+    ("virtgate_proxy_handshake_duration_seconds_sum", &[]),
+    ("virtgate_proxy_handshake_duration_seconds_count", &[]),
+    ("virtgate_proxy_auth_failures_total", &["stage", "reason"]),
+    (
+        "virtgate_proxy_rpc_calls_total",
+        &["host", "program", "procedure"],
+    ),
+    (
+        "virtgate_proxy_rpc_duration_seconds_bucket",
+        &["host", "le"],
+    ),
+    ("virtgate_proxy_rpc_duration_seconds_sum", &["host"]),
+    ("virtgate_proxy_rpc_duration_seconds_count", &["host"]),
+    ("virtgate_proxy_bytes_total", &["host", "direction"]),
+    (
+        "virtgate_proxy_backend_connect_duration_seconds_bucket",
+        &["le"],
+    ),
+    ("virtgate_proxy_backend_connect_duration_seconds_sum", &[]),
+    ("virtgate_proxy_backend_connect_duration_seconds_count", &[]),
+    ("virtgate_proxy_protocol_errors_total", &["side", "reason"]),
 ];
 const CERT_LABELS: &[&str] = &[
     "host",
@@ -54,8 +85,130 @@ const TARGET_LABELS: &[&str] = &["job", "instance"];
 /// Series that Prometheus itself makes; their labels are not ours to check.
 const PROMETHEUS_SERIES: &[&str] = &["up", "ALERTS", "ALERTS_FOR_STATE"];
 
-const RULES: &str = "rules/virtgate-certificates.yaml";
-const RULE_TESTS: &str = "rules/virtgate-certificates.test.yaml";
+/// Labels with a fixed set of values: (series, label, values, whether the scrape test must see
+/// every one of them). A misspelt value in `{result="backend_unreachble"}` is valid PromQL that
+/// matches nothing; the scrape test keeps these lists complete.
+const LABEL_VALUES: &[(&str, &str, &[&str], bool)] = &[
+    (
+        "virtgate_proxy_connections_total",
+        "result",
+        &[
+            "closed",
+            "tls_failed",
+            "dn_not_allowed",
+            "protocol_error",
+            "denied",
+            "unknown_host",
+            "untrusted_host",
+            "no_host",
+            "backend_unreachable",
+            "backend_rejected",
+            "idle_timeout",
+            "refused_capacity",
+        ],
+        true,
+    ),
+    (
+        "virtgate_proxy_auth_failures_total",
+        "stage",
+        &["tls", "dn", "policy"],
+        true,
+    ),
+    (
+        "virtgate_proxy_auth_failures_total",
+        "reason",
+        &[
+            "handshake_failed",
+            "no_certificate",
+            "bad_certificate",
+            "revoked",
+            "expired",
+            "timeout",
+            "not_allowed",
+            "denied",
+        ],
+        false,
+    ),
+    (
+        "virtgate_proxy_bytes_total",
+        "direction",
+        &["to_host", "to_client"],
+        true,
+    ),
+    (
+        "virtgate_proxy_rpc_calls_total",
+        "program",
+        &["remote", "qemu", "lxc", "keepalive"],
+        false,
+    ),
+    (
+        "virtgate_proxy_protocol_errors_total",
+        "side",
+        &["client", "host"],
+        true,
+    ),
+    (
+        "virtgate_cert_not_after_timestamp_seconds",
+        "role",
+        CERT_ROLES,
+        false,
+    ),
+    (
+        "virtgate_cert_not_before_timestamp_seconds",
+        "role",
+        CERT_ROLES,
+        false,
+    ),
+    (
+        "virtgate_hosts",
+        "state",
+        &["unknown", "up", "down", "absent"],
+        true,
+    ),
+    (
+        "virtgate_host_trust",
+        "state",
+        &["unknown", "pending", "trusted_ca", "pinned", "changed"],
+        false,
+    ),
+];
+const CERT_ROLES: &[&str] = &["host", "host_chain", "proxy_server", "proxy_client", "ca"];
+
+/// Every rules file shipped, its groups, and its alerts with their severities. A new file or
+/// alert is added here on purpose, not by accident.
+const SHIPPED_ALERTS: &[ShippedRules] = &[
+    (
+        "rules/virtgate-certificates.yaml",
+        &["virtgate-certificates"],
+        &[
+            ("VirtgateCertificateExpired", "critical"),
+            ("VirtgateCertificateExpiringCritical", "critical"),
+            ("VirtgateCertificateExpiringSoon", "warning"),
+            ("VirtgateHostKeyChanged", "critical"),
+            ("VirtgateHostPendingApproval", "warning"),
+            ("VirtgateProbesFailing", "warning"),
+        ],
+    ),
+    (
+        "rules/virtgate-proxy.yaml",
+        &["virtgate-proxy"],
+        &[
+            ("VirtgateProxyAuthFailureSpike", "warning"),
+            ("VirtgateProxyCertificateExpiring", "critical"),
+            ("VirtgateProxyCertificateExpiring", "warning"),
+            ("VirtgateProxyHostUnreachable", "critical"),
+            ("VirtgateProxyHostUnreachable", "warning"),
+            ("VirtgateProxyProtocolErrors", "warning"),
+        ],
+    ),
+];
+
+/// A rules file: its path under `dashboards/`, its groups, its (alert, severity) pairs.
+type ShippedRules = (&'static str, &'static [&'static str], Severities);
+type Severities = &'static [(&'static str, &'static str)];
+
+/// Labels an alert may name its subject by: a host, or the gateway (scrape target) itself.
+const WHERE_LABELS: &[&str] = &["host", "instance"];
 
 // ---------------------------------------------------------------------------------------------
 // Alert rules
@@ -78,73 +231,160 @@ fn the_alert_rules_pass_promtool_check_with_every_lint() {
 }
 
 #[test]
+fn every_rules_file_has_a_unit_test_file_that_loads_it_and_nothing_else() {
+    let rules: BTreeSet<PathBuf> = rule_files().into_iter().collect();
+    for tests in rule_test_files() {
+        let name = tests.file_name().unwrap().to_str().unwrap();
+        let rules_file = tests.with_file_name(name.replace(".test.yaml", ".yaml"));
+        assert!(
+            rules.contains(&rules_file),
+            "{} tests {}, which does not exist",
+            relative(&tests),
+            relative(&rules_file)
+        );
+    }
+    for path in &rules {
+        let tests = test_file_of(path);
+        assert!(
+            tests.is_file(),
+            "{} has no unit tests: add {}",
+            relative(path),
+            relative(&tests)
+        );
+        let file: RuleTestFile = read_yaml(&tests);
+        let own = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(
+            file.rule_files,
+            [own],
+            "{}: rule_files must be exactly its own rules file",
+            relative(&tests)
+        );
+    }
+}
+
+#[test]
 fn the_alert_rules_pass_their_promtool_unit_tests() {
-    let file = dashboards_dir().join(RULE_TESTS);
-    let out = promtool(&["test".as_ref(), "rules".as_ref(), file.as_os_str()], None);
-    assert_success(&format!("promtool test rules {}", file.display()), &out);
+    for path in rule_files() {
+        let file = test_file_of(&path);
+        let out = promtool(&["test".as_ref(), "rules".as_ref(), file.as_os_str()], None);
+        assert_success(&format!("promtool test rules {}", file.display()), &out);
+    }
 }
 
 #[test]
 fn the_shipped_alerts_and_their_severities() {
-    let file: RuleFile = read_yaml(&dashboards_dir().join(RULES));
-    let group_names: Vec<&str> = file.groups.iter().map(|g| g.name.as_str()).collect();
-    assert_eq!(group_names, ["virtgate-certificates"]);
+    let shipped: Vec<String> = rule_files().iter().map(|p| relative(p)).collect();
+    let expected: Vec<&str> = SHIPPED_ALERTS.iter().map(|(file, _, _)| *file).collect();
+    assert_eq!(shipped, expected, "rules files in dashboards/rules");
 
-    let severities: BTreeMap<&str, &str> = file.groups[0]
-        .rules
-        .iter()
-        .filter_map(|r| Some((r.alert.as_deref()?, r.labels.get("severity")?.as_str())))
-        .collect();
-    assert_eq!(
-        severities,
-        BTreeMap::from([
-            ("VirtgateCertificateExpired", "critical"),
-            ("VirtgateCertificateExpiringCritical", "critical"),
-            ("VirtgateCertificateExpiringSoon", "warning"),
-            ("VirtgateHostKeyChanged", "critical"),
-            ("VirtgateHostPendingApproval", "warning"),
-            ("VirtgateProbesFailing", "warning"),
-        ])
-    );
+    for (name, groups, alerts) in SHIPPED_ALERTS {
+        let file: RuleFile = read_yaml(&dashboards_dir().join(name));
+        let group_names: Vec<&str> = file.groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(group_names, *groups, "{name}: groups");
+
+        let mut severities = BTreeSet::new();
+        for rule in file.groups.iter().flat_map(|g| &g.rules) {
+            let Some(alert) = rule.alert.as_deref() else {
+                continue;
+            };
+            let severity = rule.labels.get("severity").map(String::as_str);
+            let severity =
+                severity.unwrap_or_else(|| panic!("{name}: alert {alert} has no severity label"));
+            assert!(
+                ["critical", "warning", "info"].contains(&severity),
+                "{name}: alert {alert} has severity {severity:?}"
+            );
+            assert!(
+                severities.insert((alert, severity)),
+                "{name}: alert {alert} has two rules of severity {severity}"
+            );
+        }
+        let expected: BTreeSet<(&str, &str)> = alerts.iter().copied().collect();
+        assert_eq!(severities, expected, "{name}: alerts and severities");
+    }
 }
 
+/// An alert names what is wrong where: a host, or the gateway (its `instance`) when the series
+/// have no host. The templates must use the label, and the unit tests show them rendered.
 #[test]
-fn every_alert_names_the_host_in_its_summary_and_description() {
+fn every_alert_names_the_host_or_gateway_in_its_summary_and_description() {
     for (file, rule) in alert_rules() {
         let alert = rule.alert.as_deref().unwrap();
         for key in ["summary", "description"] {
             let text = rule.annotations.get(key).map(String::as_str);
             assert!(
-                text.is_some_and(|t| t.contains("{{ $labels.host }}")),
-                "{file}: alert {alert} needs a {key} annotation that names {{{{ $labels.host }}}}, \
-                 got {text:?}"
+                text.is_some_and(|t| WHERE_LABELS
+                    .iter()
+                    .any(|l| t.contains(&format!("{{{{ $labels.{l} }}}}")))),
+                "{file}: alert {alert} needs a {key} annotation that names \
+                 {{{{ $labels.host }}}} or {{{{ $labels.instance }}}}, got {text:?}"
+            );
+        }
+    }
+    for (file, case) in alert_test_cases() {
+        for expected in &case.exp_alerts {
+            let labels = &expected.exp_labels;
+            let what = format!(
+                "{file}: {} at {} with labels {labels:?}",
+                case.alertname, case.eval_time
+            );
+            let texts: Vec<&str> = ["summary", "description"]
+                .iter()
+                .map(|k| {
+                    expected
+                        .exp_annotations
+                        .get(*k)
+                        .unwrap_or_else(|| {
+                            panic!("{what}: give the expected {k} in exp_annotations")
+                        })
+                        .as_str()
+                })
+                .collect();
+            let named = WHERE_LABELS.iter().any(|l| {
+                labels
+                    .get(*l)
+                    .is_some_and(|v| texts.iter().all(|t| t.contains(v.as_str())))
+            });
+            assert!(
+                named,
+                "{what}: the summary and description must name its host or instance: {texts:?}"
             );
         }
     }
 }
 
+/// Each alert, and each severity of an alert with several, fires in some unit test; each alert
+/// stays quiet in some unit test.
 #[test]
 fn every_alert_is_unit_tested_both_firing_and_not_firing() {
-    let tests: RuleTestFile = read_yaml(&dashboards_dir().join(RULE_TESTS));
-    let mut firing = BTreeSet::new();
-    let mut quiet = BTreeSet::new();
-    for case in tests.tests.iter().flat_map(|t| &t.alert_rule_test) {
-        if case.exp_alerts.is_empty() {
-            quiet.insert(case.alertname.clone());
-        } else {
-            firing.insert(case.alertname.clone());
+    for path in rule_files() {
+        let tests_file = test_file_of(&path);
+        let tests: RuleTestFile = read_yaml(&tests_file);
+        let tests_name = relative(&tests_file);
+        let mut firing = BTreeSet::new();
+        let mut quiet = BTreeSet::new();
+        for case in tests.tests.iter().flat_map(|t| &t.alert_rule_test) {
+            if case.exp_alerts.is_empty() {
+                quiet.insert(case.alertname.clone());
+            }
+            for alert in &case.exp_alerts {
+                let severity = alert.exp_labels.get("severity").cloned();
+                firing.insert((case.alertname.clone(), severity.unwrap_or_default()));
+            }
         }
-    }
-    for (_, rule) in alert_rules() {
-        let alert = rule.alert.unwrap();
-        assert!(
-            firing.contains(&alert),
-            "{RULE_TESTS} has no case where {alert} fires"
-        );
-        assert!(
-            quiet.contains(&alert),
-            "{RULE_TESTS} has no case where {alert} stays quiet"
-        );
+        let file: RuleFile = read_yaml(&path);
+        for rule in file.groups.into_iter().flat_map(|g| g.rules) {
+            let Some(alert) = rule.alert else { continue };
+            let severity = rule.labels.get("severity").cloned().unwrap_or_default();
+            assert!(
+                firing.contains(&(alert.clone(), severity.clone())),
+                "{tests_name} has no case where {alert} fires with severity {severity:?}"
+            );
+            assert!(
+                quiet.contains(&alert),
+                "{tests_name} has no case where {alert} stays quiet"
+            );
+        }
     }
 }
 
@@ -276,10 +516,10 @@ fn every_dashboard_query_is_accepted_by_promtool() {
 }
 
 /// A misspelt metric or label name is valid PromQL; it only shows up as a panel that is always
-/// empty or an alert that never fires.
+/// empty or an alert that never fires. So is a misspelt label value.
 #[test]
-fn dashboards_and_rules_query_only_series_and_labels_the_broker_exports() {
-    let exported: BTreeMap<&str, &[&str]> = EXPORTED.iter().copied().collect();
+fn dashboards_and_rules_query_only_series_labels_and_values_virtgate_exports() {
+    let exported = exported();
     let mut problems = Vec::new();
     for q in dashboard_queries().into_iter().chain(rule_queries()) {
         let parsed = parser::parse(&q.promql)
@@ -299,9 +539,21 @@ fn dashboards_and_rules_query_only_series_and_labels_the_broker_exports() {
                 continue;
             };
             available.extend(labels.iter());
-            for label in &selector.labels {
-                if !labels.contains(&label.as_str()) && !TARGET_LABELS.contains(&label.as_str()) {
+            for matcher in &selector.matchers {
+                let label = matcher.label.as_str();
+                if !labels.contains(&label) && !TARGET_LABELS.contains(&label) {
                     problems.push(format!("{}: {name} has no label {label}", q.origin));
+                }
+                let Some(known) = known_values(name, label) else {
+                    continue;
+                };
+                for value in matcher.literal_values() {
+                    if !known.contains(&value.as_str()) {
+                        problems.push(format!(
+                            "{}: {name}{{{label}}} is never {value:?}; it is one of {known:?}",
+                            q.origin
+                        ));
+                    }
                 }
             }
         }
@@ -322,22 +574,47 @@ fn dashboards_and_rules_query_only_series_and_labels_the_broker_exports() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-// ---------------------------------------------------------------------------------------------
-// Against the real broker
-
 #[test]
+fn label_value_matchers_are_checked_when_they_list_plain_values() {
+    let values = |promql: &str| -> Vec<Vec<String>> {
+        let usage = SeriesUsage::of(&parser::parse(promql).unwrap());
+        usage.selectors[0]
+            .matchers
+            .iter()
+            .map(SelectorMatcher::literal_values)
+            .collect()
+    };
+    assert_eq!(values(r#"x{a="b"}"#), [["b"]]);
+    assert_eq!(values(r#"x{a!~"b|c_d"}"#), [["b", "c_d"]]);
+    assert_eq!(values(r#"x{a=~"b.*"}"#), [Vec::<String>::new()]);
+    assert_eq!(values(r#"x{a=~"(b|c)"}"#), [Vec::<String>::new()]);
+    assert_eq!(values(r#"x{a=""}"#), [Vec::<String>::new()]);
+}
 
-fn the_brokers_metrics_pass_promtool_and_hold_every_series_dashboards_and_rules_query() {
+// ---------------------------------------------------------------------------------------------
+// Against the real gateway
+
+/// `virtgate up` (broker and gateway in one process) in front of a real libvirtd, after one
+/// real virsh session through the gateway so that the per-host series exist. Its `/metrics` must
+/// pass `promtool check metrics`, hold every series that a dashboard or rule queries, and match
+/// the exported lists above (names, labels and the fixed label values).
+#[test]
+fn virtgate_up_metrics_pass_promtool_and_hold_every_series_dashboards_and_rules_query() {
+    use common::gateway::{identity, text, virsh, Gateway};
     use virtgate_testlab::libvirtd::{Libvirtd, LibvirtdOptions};
     use virtgate_testlab::pki::ServerCertSpec;
     use virtgate_testlab::time;
-    use virtgate_testlab::LabProcess;
 
-    // Before libvirtd, so a missing promtool is reported as such.
+    // Before libvirtd, so a missing tool is reported as such.
     promtool(&["--version".as_ref()], None);
+    assert!(
+        Path::new(VIRSH).is_file(),
+        "{VIRSH} not found: it comes with Debian's libvirt-clients package; run \
+         ./scripts/test.sh, which installs it"
+    );
 
-    // Ten days left puts the certificate in the warning window, so the broker has a finding
-    // to export; `virtgate_cert_findings` only has series for findings that exist.
+    // Ten days left puts the host's certificate in the warning window, so the broker has a
+    // finding to export; `virtgate_cert_findings` only has series for findings that exist.
     let mut server_cert = ServerCertSpec::localhost();
     server_cert.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(10);
     let libvirtd = Libvirtd::start(LibvirtdOptions {
@@ -347,63 +624,56 @@ fn the_brokers_metrics_pass_promtool_and_hold_every_series_dashboards_and_rules_
     .expect("start libvirtd");
 
     let dir = tempfile::tempdir().unwrap();
-    let listen = free_loopback_addr();
-    let config = dir.path().join("virtgate.toml");
-    fs::write(
-        &config,
-        format!(
-            r#"[broker]
-data_dir = "{data}"
-listen = "{listen}"
-# No mDNS daemon may run in the root network namespace.
-discovery = false
-
-[[broker.hosts]]
-name = "localhost"
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!(
+            r#"[[broker.hosts]]
+name = "h1"
 addresses = ["127.0.0.1"]
 port = {port}
+
+[[proxy.rules]]
+identity = "*CN=alice"
+hosts = ["h1"]
+mode = "rw"
 "#,
-            data = dir.path().join("data").display(),
-            port = libvirtd.port(),
+            port = libvirtd.port()
         ),
-    )
-    .unwrap();
+    );
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let session = virsh(&gw.uri("127.0.0.1", "h1", &alice), &["list", "--all"]);
+    assert!(
+        session.status.success(),
+        "virsh list through the gateway: {}\ngateway stderr:\n{}",
+        text(&session),
+        gw.process.stderr_text()
+    );
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_virtgate"));
-    cmd.arg("broker").arg("--config").arg(&config);
-    cmd.env_remove("RUST_LOG");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("VIRTGATE_") {
-            cmd.env_remove(key);
-        }
-    }
-    let mut broker = LabProcess::spawn(cmd).expect("start virtgate broker");
-
+    // The probes export the host's certificate and its finding within a probe interval (1 s);
+    // the session's series are there as soon as it has ended.
+    let want = [
+        "virtgate_cert_findings",
+        "virtgate_proxy_rpc_duration_seconds_count",
+    ];
     let deadline = Instant::now() + Duration::from_secs(15);
-    let mut last: String;
     let scrape = loop {
-        if let Some(status) = broker.try_exit_status() {
-            panic!(
-                "virtgate broker exited ({status}) before its first probe:\n{}",
-                broker.stderr_text()
-            );
-        }
-        match http_get(listen, "/readyz") {
-            Ok((200, _)) => match http_get(listen, "/metrics") {
-                Ok((200, body)) if body.contains("virtgate_cert_not_after_timestamp_seconds") => {
-                    break body
-                }
-                Ok((status, body)) => last = format!("/metrics: {status}\n{body}"),
-                Err(e) => last = format!("/metrics: {e}"),
-            },
-            Ok((status, body)) => last = format!("/readyz: {status} {body}"),
-            Err(e) => last = format!("/readyz: {e}"),
+        let scrape = gw.metrics();
+        let scraped = scraped_series(&scrape);
+        let h1_cert = scraped
+            .get("virtgate_cert_not_after_timestamp_seconds")
+            .and_then(|labels| labels.get("host"))
+            .is_some_and(|hosts| hosts.contains("h1"));
+        if h1_cert && want.iter().all(|name| scraped.contains_key(*name)) {
+            break scrape;
         }
         assert!(
             Instant::now() < deadline,
-            "no certificate series on http://{listen}/metrics within 15 s; last answer: {last}\n\
-             broker stderr:\n{}\nlibvirtd: {libvirtd:?}",
-            broker.stderr_text()
+            "no certificate of h1, {want:?} on /metrics within 15 s:\n{scrape}\n\
+             gateway stderr:\n{}",
+            gw.process.stderr_text()
         );
         thread::sleep(Duration::from_millis(100));
     };
@@ -413,7 +683,7 @@ port = {port}
         Some(scrape.as_bytes()),
     );
     assert_success(
-        &format!("promtool check metrics on the broker's /metrics:\n{scrape}"),
+        &format!("promtool check metrics on virtgate up's /metrics:\n{scrape}"),
         &out,
     );
 
@@ -428,18 +698,63 @@ port = {port}
             }
         }
     }
-    // The offline checks above trust EXPORTED; this keeps it honest.
-    for (name, labels) in EXPORTED {
-        let want: BTreeSet<String> = labels.iter().map(|l| l.to_string()).collect();
+    // The offline checks above trust the exported lists; this keeps them honest.
+    for (name, labels) in BROKER_EXPORTED.iter().chain(PROXY_EXPORTED) {
+        let want: BTreeSet<&str> = labels.iter().copied().collect();
         match scraped.get(*name) {
             None => problems.push(format!(
                 "{name} is not in the scrape (a labelled counter needs each label value \
                  initialised to 0 at start)"
             )),
-            Some(got) if *got != want => {
-                problems.push(format!("{name} has labels {got:?}, expected {want:?}"))
+            Some(got) => {
+                let got: BTreeSet<&str> = got.keys().map(String::as_str).collect();
+                if got != want {
+                    problems.push(format!("{name} has labels {got:?}, expected {want:?}"));
+                }
             }
-            Some(_) => {}
+        }
+    }
+    for (name, label, known, all_present) in LABEL_VALUES {
+        let got = scraped
+            .get(*name)
+            .and_then(|labels| labels.get(*label))
+            .cloned()
+            .unwrap_or_default();
+        for value in &got {
+            if !known.contains(&value.as_str()) {
+                problems.push(format!(
+                    "{name}{{{label}={value:?}}} is in the scrape but not in LABEL_VALUES"
+                ));
+            }
+        }
+        if *all_present {
+            for value in known.iter().filter(|v| !got.contains(**v)) {
+                problems.push(format!("{name}{{{label}={value:?}}} is not in the scrape"));
+            }
+        }
+    }
+    let per_host = [
+        "virtgate_proxy_rpc_calls_total",
+        "virtgate_proxy_rpc_duration_seconds_count",
+        "virtgate_proxy_bytes_total",
+        "virtgate_host_up",
+    ];
+    for name in per_host {
+        let hosts = scraped.get(name).and_then(|labels| labels.get("host"));
+        if !hosts.is_some_and(|h| h.contains("h1")) {
+            problems.push(format!("{name} has no series of host h1 after the session"));
+        }
+    }
+    for role in ["proxy_server", "proxy_client", "ca"] {
+        let found = scrape.lines().any(|line| {
+            line.starts_with("virtgate_cert_not_after_timestamp_seconds{")
+                && line.contains("host=\"virtgate\"")
+                && line.contains(&format!("role=\"{role}\""))
+        });
+        if !found {
+            problems.push(format!(
+                "no virtgate_cert_not_after_timestamp_seconds{{host=\"virtgate\",role=\"{role}\"}}"
+            ));
         }
     }
     assert!(
@@ -472,6 +787,33 @@ fn rule_files() -> Vec<PathBuf> {
     });
     assert!(!files.is_empty(), "no rule files in dashboards/rules");
     files
+}
+
+fn rule_test_files() -> Vec<PathBuf> {
+    files_in(&dashboards_dir().join("rules"), |name| {
+        name.ends_with(".test.yaml")
+    })
+}
+
+/// `rules/NAME.yaml` → `rules/NAME.test.yaml`.
+fn test_file_of(rules: &Path) -> PathBuf {
+    rules.with_extension("test.yaml")
+}
+
+/// Every series virtgate exports, with its labels.
+fn exported() -> BTreeMap<&'static str, &'static [&'static str]> {
+    BROKER_EXPORTED
+        .iter()
+        .chain(PROXY_EXPORTED)
+        .copied()
+        .collect()
+}
+
+fn known_values(name: &str, label: &str) -> Option<&'static [&'static str]> {
+    LABEL_VALUES
+        .iter()
+        .find(|(n, l, _, _)| *n == name && *l == label)
+        .map(|(_, _, values, _)| *values)
 }
 
 fn dashboards() -> Vec<(String, Json)> {
@@ -524,6 +866,8 @@ struct Rule {
 
 #[derive(Deserialize)]
 struct RuleTestFile {
+    #[serde(default)]
+    rule_files: Vec<String>,
     tests: Vec<RuleTest>,
 }
 
@@ -536,8 +880,29 @@ struct RuleTest {
 #[derive(Deserialize)]
 struct AlertRuleTest {
     alertname: String,
+    eval_time: String,
     #[serde(default)]
-    exp_alerts: Vec<serde_yaml::Value>,
+    exp_alerts: Vec<ExpectedAlert>,
+}
+
+#[derive(Deserialize)]
+struct ExpectedAlert {
+    #[serde(default)]
+    exp_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    exp_annotations: BTreeMap<String, String>,
+}
+
+/// Every `alert_rule_test` case of every unit test file, with the file's name.
+fn alert_test_cases() -> Vec<(String, AlertRuleTest)> {
+    let mut cases = Vec::new();
+    for path in rule_test_files() {
+        let file: RuleTestFile = read_yaml(&path);
+        for case in file.tests.into_iter().flat_map(|t| t.alert_rule_test) {
+            cases.push((relative(&path), case));
+        }
+    }
+    cases
 }
 
 fn alert_rules() -> Vec<(String, Rule)> {
@@ -710,8 +1075,38 @@ struct SeriesUsage {
 
 struct Selector {
     name: Option<String>,
-    /// Label names of its matchers, `__name__` excluded.
-    labels: Vec<String>,
+    /// Its matchers, `__name__` excluded.
+    matchers: Vec<SelectorMatcher>,
+}
+
+struct SelectorMatcher {
+    label: String,
+    /// `=` or `!=`: the value; `=~` or `!~`: the regex.
+    value: String,
+    regex: bool,
+}
+
+impl SelectorMatcher {
+    /// The label values it names: the value of `=` and `!=` (unless empty, which means "no
+    /// such label"), the alternatives of a regex that is only plain words joined by `|`.
+    /// Other regexes name no values that can be checked.
+    fn literal_values(&self) -> Vec<String> {
+        let plain =
+            |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !self.regex {
+            return if self.value.is_empty() {
+                Vec::new()
+            } else {
+                vec![self.value.clone()]
+            };
+        }
+        let alternatives: Vec<&str> = self.value.split('|').collect();
+        if alternatives.iter().all(|a| plain(a)) {
+            alternatives.into_iter().map(str::to_string).collect()
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 impl SeriesUsage {
@@ -730,13 +1125,17 @@ impl SeriesUsage {
             .map(|m| m.value.clone());
         self.selectors.push(Selector {
             name: vs.name.clone().or(name_matcher),
-            labels: vs
+            matchers: vs
                 .matchers
                 .matchers
                 .iter()
                 .chain(vs.matchers.or_matchers.iter().flatten())
                 .filter(|m| m.name != "__name__")
-                .map(|m| m.name.clone())
+                .map(|m| SelectorMatcher {
+                    label: m.name.clone(),
+                    value: m.value.clone(),
+                    regex: matches!(m.op, MatchOp::Re(_) | MatchOp::NotRe(_)),
+                })
                 .collect(),
         });
     }
@@ -860,66 +1259,14 @@ fn assert_success(what: &str, out: &Output) {
     );
 }
 
-fn free_loopback_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().unwrap()
-}
+/// `/usr/bin/virsh`, which `common::gateway::virsh` runs.
+const VIRSH: &str = "/usr/bin/virsh";
 
-/// A bare HTTP/1.1 GET; the status and the body.
-fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+/// Sample names of a text-format scrape, each with its labels and the values they take.
+type Scraped = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
 
-    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_string());
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| invalid("no end of headers"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
-    let body = &raw[split + 4..];
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| invalid("no status code"))?;
-    let chunked = head.lines().any(|line| {
-        let line = line.to_ascii_lowercase();
-        line.starts_with("transfer-encoding:") && line.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body).ok_or_else(|| invalid("bad chunked body"))?
-    } else {
-        body.to_vec()
-    };
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
-}
-
-fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let eol = raw.windows(2).position(|w| w == b"\r\n")?;
-        let size_line = std::str::from_utf8(&raw[..eol]).ok()?;
-        let size_hex = size_line.split(';').next()?.trim();
-        let size = usize::from_str_radix(size_hex, 16).ok()?;
-        raw = &raw[eol + 2..];
-        if size == 0 {
-            return Some(body);
-        }
-        body.extend_from_slice(raw.get(..size)?);
-        raw = raw.get(size + 2..)?;
-    }
-}
-
-/// Sample names of a text-format scrape, each with the label names it carries.
-fn scraped_series(scrape: &str) -> BTreeMap<String, BTreeSet<String>> {
-    let mut series: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+fn scraped_series(scrape: &str) -> Scraped {
+    let mut series = Scraped::new();
     for line in scrape
         .lines()
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
@@ -927,37 +1274,47 @@ fn scraped_series(scrape: &str) -> BTreeMap<String, BTreeSet<String>> {
         let name_end = line.find(['{', ' ']).unwrap_or(line.len());
         let labels = series.entry(line[..name_end].to_string()).or_default();
         if line[name_end..].starts_with('{') {
-            labels.extend(label_names(&line[name_end + 1..]));
+            for (name, value) in label_pairs(&line[name_end + 1..]) {
+                labels.entry(name).or_default().insert(value);
+            }
         }
     }
     series
 }
 
-/// Label names from `a="x",b="y\"z"} 1`.
-fn label_names(mut rest: &str) -> Vec<String> {
-    let mut names = Vec::new();
+/// Label names and (unescaped) values from `a="x",b="y\"z"} 1`.
+fn label_pairs(mut rest: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
     while let Some(eq) = rest.find('=') {
         let name = rest[..eq].trim_start_matches([',', ' ']).trim();
         if name.is_empty() || name.starts_with('}') {
             break;
         }
-        names.push(name.to_string());
-        let value = &rest[eq + 1..];
-        let Some(value) = value.strip_prefix('"') else {
+        let Some(quoted) = rest[eq + 1..].strip_prefix('"') else {
             break;
         };
+        let mut value = String::new();
         let mut escaped = false;
-        let Some(close) = value.char_indices().find_map(|(i, c)| {
-            let end = !escaped && c == '"';
+        let mut close = None;
+        for (i, c) in quoted.char_indices() {
+            match (escaped, c) {
+                (true, 'n') => value.push('\n'),
+                (true, c) => value.push(c),
+                (false, '\\') => {}
+                (false, '"') => {
+                    close = Some(i);
+                    break;
+                }
+                (false, c) => value.push(c),
+            }
             escaped = !escaped && c == '\\';
-            end.then_some(i)
-        }) else {
-            break;
-        };
-        rest = &value[close + 1..];
+        }
+        let Some(close) = close else { break };
+        pairs.push((name.to_string(), value));
+        rest = &quoted[close + 1..];
         if rest.starts_with('}') {
             break;
         }
     }
-    names
+    pairs
 }

@@ -70,7 +70,7 @@ fn watch(node: &Node, verify_interval: &str) -> LabProcess {
 /// Waits until `instance` has been reported with both address families.
 fn wait_fully_resolved(watcher: &LabProcess, instance: &str) {
     watcher
-        .wait_for_line(Duration::from_secs(5), |line| {
+        .wait_for_line(Duration::from_secs(10), |line| {
             let event: Value = serde_json::from_str(line).unwrap_or(Value::Null);
             event["instance"] == instance
                 && event["event"] != "removed"

@@ -10,6 +10,16 @@ use virtgate_broker::BrokerConfig;
 use virtgate_discovery::{AdvertiseConfig, DiscoveryConfig};
 use virtgate_proxy::ProxyConfig;
 
+/// The top-level sections; `VIRTGATE_<SECTION>__…` variables configure them.
+const SECTIONS: &[&str] = &[
+    "log",
+    "discovery",
+    "advertise",
+    "broker",
+    "proxy",
+    "runtime",
+];
+
 /// Read when `--config` is not given and the file exists.
 pub const SYSTEM_CONFIG_FILE: &str = "/etc/virtgate/virtgate.toml";
 
@@ -22,6 +32,22 @@ pub struct Config {
     pub advertise: AdvertiseConfig,
     pub broker: BrokerConfig,
     pub proxy: ProxyConfig,
+    pub runtime: RuntimeConfig,
+}
+
+/// The async runtime that runs everything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Worker threads; 0 = one per CPU. 1 runs everything on a single thread, which avoids
+    /// cross-thread wake-ups on the relay's hot path (see BENCHMARKS.md).
+    pub worker_threads: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { worker_threads: 0 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,7 +112,12 @@ pub fn load(explicit_file: Option<&Path>, overrides: Vec<Override>) -> anyhow::R
     if let Some(path) = &file {
         figment = figment.merge(Toml::file_exact(path));
     }
-    figment = figment.merge(Env::prefixed("VIRTGATE_").split("__").ignore(&["config"]));
+    // Only variables naming a section are configuration: others that share the prefix (the
+    // scripts' VIRTGATE_BIN, VIRTGATE_CONFIG) are not. Unknown keys inside a section still fail.
+    figment = figment.merge(Env::prefixed("VIRTGATE_").split("__").filter(|key| {
+        let section = key.as_str().split('.').next().unwrap_or_default();
+        SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+    }));
     for o in overrides {
         figment = figment.merge(Serialized::global(o.key, o.value));
     }

@@ -97,10 +97,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     logging::init(&loaded.config.log)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("virtgate")
-        .build()?;
+    let runtime = match loaded.config.runtime.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                builder.worker_threads(n);
+            }
+            builder.enable_all().thread_name("virtgate").build()?
+        }
+    };
     runtime.block_on(async move {
         match cli.command {
             Command::Advertise(args) => cmd::advertise::run(&loaded.config, args).await,

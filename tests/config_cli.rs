@@ -105,3 +105,22 @@ fn a_missing_config_file_is_an_error_saying_what_to_do() {
         "{err}"
     );
 }
+
+#[test]
+fn unrelated_variables_with_the_prefix_are_ignored_but_typos_in_a_section_are_not() {
+    let out = config(
+        &[],
+        &[
+            ("VIRTGATE_BIN", "/usr/bin/virtgate"),
+            ("VIRTGATE_TOKEN", "x"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = config(&[], &[("VIRTGATE_BROKER__LISTN", "127.0.0.1:1")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broker.listn"));
+}

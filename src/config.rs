@@ -36,18 +36,12 @@ pub struct Config {
 }
 
 /// The async runtime that runs everything.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Worker threads; 0 = one per CPU. 1 runs everything on a single thread, which avoids
     /// cross-thread wake-ups on the relay's hot path (see BENCHMARKS.md).
     pub worker_threads: usize,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        Self { worker_threads: 0 }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

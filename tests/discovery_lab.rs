@@ -67,19 +67,24 @@ fn watch(node: &Node, verify_interval: &str) -> LabProcess {
     .expect("start virtgate discover --watch")
 }
 
-/// Waits until `instance` has been reported with both address families.
-fn wait_fully_resolved(watcher: &LabProcess, instance: &str) {
+/// Waits until every one of `instances` has been reported with both address families. One pass
+/// over the output, so an event for one instance is never consumed while waiting for another.
+fn wait_fully_resolved(watcher: &LabProcess, instances: &[&str]) {
+    let mut pending: Vec<&str> = instances.to_vec();
     watcher
         .wait_for_line(Duration::from_secs(10), |line| {
             let event: Value = serde_json::from_str(line).unwrap_or(Value::Null);
-            event["instance"] == instance
-                && event["event"] != "removed"
+            let both = event["event"] != "removed"
                 && event["addresses"].as_array().is_some_and(|a| {
                     a.iter().any(|x| x.as_str().unwrap().contains('.'))
                         && a.iter().any(|x| x.as_str().unwrap().contains(':'))
-                })
+                });
+            if both {
+                pending.retain(|i| event["instance"] != *i);
+            }
+            pending.is_empty()
         })
-        .expect("instance resolved with IPv4 and IPv6");
+        .expect("every instance resolved with IPv4 and IPv6");
 }
 
 fn wait_removed(watcher: &LabProcess, instance: &str, timeout: Duration) -> Option<Instant> {
@@ -164,7 +169,7 @@ fn a_cleanly_stopped_advertiser_is_removed_within_2s() {
     let lab = Lab::fresh("vgd-bye", &[("broker", 10), ("h1", 11)]).unwrap();
     let mut a1 = advertise(lab.node("h1"));
     let watcher = watch(lab.node("broker"), "0s");
-    wait_fully_resolved(&watcher, "Virtualization Host h1");
+    wait_fully_resolved(&watcher, &["Virtualization Host h1"]);
 
     let stopped = Instant::now();
     a1.terminate();
@@ -188,8 +193,10 @@ fn a_killed_advertiser_is_removed_once_verified_and_a_live_one_is_kept() {
     // Verify every second with the default 2 s verify timeout: a silent host must be gone within
     // 1 s + 2 s (+ scheduling slack), far below the 120 s record TTL.
     let watcher = watch(lab.node("broker"), "1s");
-    wait_fully_resolved(&watcher, "Virtualization Host h1");
-    wait_fully_resolved(&watcher, "Virtualization Host h2");
+    wait_fully_resolved(
+        &watcher,
+        &["Virtualization Host h1", "Virtualization Host h2"],
+    );
 
     let killed = Instant::now();
     a1.kill9();

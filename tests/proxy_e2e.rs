@@ -37,6 +37,18 @@ fn stable(out: &[u8]) -> String {
         .join("\n")
 }
 
+/// A gateway in front of `libvirtd` as host h1 (at `port`), with h1's key approved.
+fn gateway_with_h1(dir: &std::path::Path, libvirtd: &Libvirtd, port: u16) -> Gateway {
+    let gw = Gateway::start(
+        dir,
+        libvirtd,
+        &format!("{}{RULES}", host("h1", &["127.0.0.1"], port)),
+    );
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+    gw
+}
+
 fn libvirtd() -> Libvirtd {
     Libvirtd::start(LibvirtdOptions::default()).unwrap()
 }
@@ -63,13 +75,7 @@ except libvirt.libvirtError as e:
 fn virsh_and_python_get_the_same_results_through_the_gateway_as_directly() {
     let libvirtd = libvirtd();
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(
-        dir.path(),
-        &libvirtd,
-        &format!("{}{RULES}", host("h1", &["127.0.0.1"], libvirtd.port())),
-    );
-    gw.wait_trust("h1", "pending");
-    gw.approve("h1");
+    let gw = gateway_with_h1(dir.path(), &libvirtd, libvirtd.port());
     let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
     let via = gw.uri("127.0.0.1", "h1", &alice);
 
@@ -184,13 +190,7 @@ fn virsh_and_python_get_the_same_results_through_the_gateway_as_directly() {
 fn lifecycle_events_reach_a_virsh_event_loop_through_the_gateway() {
     let libvirtd = libvirtd();
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(
-        dir.path(),
-        &libvirtd,
-        &format!("{}{RULES}", host("h1", &["127.0.0.1"], libvirtd.port())),
-    );
-    gw.wait_trust("h1", "pending");
-    gw.approve("h1");
+    let gw = gateway_with_h1(dir.path(), &libvirtd, libvirtd.port());
     let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
     let via = gw.uri("127.0.0.1", "h1", &alice);
     let mut cmd = std::process::Command::new("/usr/bin/virsh");
@@ -225,13 +225,7 @@ fn lifecycle_events_reach_a_virsh_event_loop_through_the_gateway() {
 fn read_only_identities_cannot_write_and_others_are_denied_with_a_message() {
     let libvirtd = libvirtd();
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(
-        dir.path(),
-        &libvirtd,
-        &format!("{}{RULES}", host("h1", &["127.0.0.1"], libvirtd.port())),
-    );
-    gw.wait_trust("h1", "pending");
-    gw.approve("h1");
+    let gw = gateway_with_h1(dir.path(), &libvirtd, libvirtd.port());
     let bob = identity(&libvirtd, "bob", "C=GB,O=virtgate-test,CN=bob");
     let carol = identity(&libvirtd, "carol", "C=GB,O=virtgate-test,CN=carol");
 
@@ -335,13 +329,7 @@ fn clients_without_a_trusted_certificate_never_cause_a_host_connection() {
         format!("127.0.0.1:{}", libvirtd.port()).parse().unwrap(),
     );
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(
-        dir.path(),
-        &libvirtd,
-        &format!("{}{RULES}", host("h1", &["127.0.0.1"], tap.addr.port())),
-    );
-    gw.wait_trust("h1", "pending");
-    gw.approve("h1");
+    let gw = gateway_with_h1(dir.path(), &libvirtd, tap.addr.port());
     std::thread::sleep(Duration::from_millis(300));
     let before = tap.accepted();
     let other_ca = Libvirtd::start(LibvirtdOptions::default()).unwrap();
@@ -410,13 +398,7 @@ except Exception as e:
 fn a_host_presenting_a_key_other_than_its_pin_is_refused_with_a_clear_error() {
     let mut libvirtd = libvirtd();
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(
-        dir.path(),
-        &libvirtd,
-        &format!("{}{RULES}", host("h1", &["127.0.0.1"], libvirtd.port())),
-    );
-    gw.wait_trust("h1", "pending");
-    gw.approve("h1");
+    let gw = gateway_with_h1(dir.path(), &libvirtd, libvirtd.port());
     let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
     let via = gw.uri("127.0.0.1", "h1", &alice);
     assert!(virsh(&via, &["list"]).status.success());
@@ -480,13 +462,7 @@ fn works_with_the_client_on_ipv6_loopback_and_the_host_on_ipv6_loopback() {
 fn a_keepalive_enabled_virsh_session_stays_up_while_idle_for_60s() {
     let libvirtd = libvirtd();
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(
-        dir.path(),
-        &libvirtd,
-        &format!("{}{RULES}", host("h1", &["127.0.0.1"], libvirtd.port())),
-    );
-    gw.wait_trust("h1", "pending");
-    gw.approve("h1");
+    let gw = gateway_with_h1(dir.path(), &libvirtd, libvirtd.port());
     let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
     let via = gw.uri("127.0.0.1", "h1", &alice);
     // virsh enables keepalive (5 s interval, 6 misses); libvirtd pings the client every 5 s once
@@ -529,13 +505,7 @@ fn a_host_that_goes_away_mid_call_gives_the_client_an_error_not_a_hang() {
         format!("127.0.0.1:{}", libvirtd.port()).parse().unwrap(),
     );
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(
-        dir.path(),
-        &libvirtd,
-        &format!("{}{RULES}", host("h1", &["127.0.0.1"], tap.addr.port())),
-    );
-    gw.wait_trust("h1", "pending");
-    gw.approve("h1");
+    let gw = gateway_with_h1(dir.path(), &libvirtd, tap.addr.port());
     let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
     let script = r#"
 import libvirt, os, sys, time
@@ -585,13 +555,7 @@ except libvirt.libvirtError as e:
 fn garbage_and_oversized_frames_are_cut_off_and_the_gateway_stays_up() {
     let libvirtd = libvirtd();
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(
-        dir.path(),
-        &libvirtd,
-        &format!("{}{RULES}", host("h1", &["127.0.0.1"], libvirtd.port())),
-    );
-    gw.wait_trust("h1", "pending");
-    gw.approve("h1");
+    let gw = gateway_with_h1(dir.path(), &libvirtd, libvirtd.port());
     let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
     let raw = r#"
 import os, socket, ssl, struct
@@ -839,13 +803,7 @@ fn a_revoked_client_certificate_is_refused() {
 fn sighup_swaps_the_gateway_certificate_without_dropping_the_service() {
     let libvirtd = libvirtd();
     let dir = tempfile::tempdir().unwrap();
-    let mut gw = Gateway::start(
-        dir.path(),
-        &libvirtd,
-        &format!("{}{RULES}", host("h1", &["127.0.0.1"], libvirtd.port())),
-    );
-    gw.wait_trust("h1", "pending");
-    gw.approve("h1");
+    let mut gw = gateway_with_h1(dir.path(), &libvirtd, libvirtd.port());
     let fingerprint = || {
         let out = python(
             &format!("127.0.0.1:{}", gw.port),

@@ -838,3 +838,56 @@ print(hashlib.sha256(s.getpeercert(True)).hexdigest())
         .status
         .success());
 }
+
+#[test]
+fn trickled_pings_cannot_hold_a_connection_open_before_connect_open() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!(
+            "handshake_timeout = \"2s\"\n{}{RULES}",
+            host("h1", &["127.0.0.1"], libvirtd.port())
+        ),
+    );
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let script = r#"
+import os, socket, ssl, time
+pki = os.environ["PKI"]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False
+ctx.load_verify_locations(pki + "/cacert.pem")
+ctx.load_cert_chain(pki + "/clientcert.pem", pki + "/clientkey.pem")
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(os.environ["PORT"]))))
+assert s.recv(1) == b"\x01"
+ping = bytes.fromhex("0000001c6b656570000000010000000100000002000000000000000000")[:28]
+started = time.monotonic()
+s.settimeout(0.5)
+while time.monotonic() - started < 8:
+    try:
+        s.sendall(ping)
+        data = s.recv(64)
+        if data == b"":
+            print("closed after %.0f s" % (time.monotonic() - started)); break
+    except socket.timeout:
+        pass
+    except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+        print("closed after %.0f s" % (time.monotonic() - started)); break
+    time.sleep(0.4)
+else:
+    print("still open")
+"#;
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .env("PKI", &alice.pki)
+        .env("PORT", gw.port.to_string())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("closed after"),
+        "the pre-open budget is for the whole exchange: {}",
+        text(&out)
+    );
+}

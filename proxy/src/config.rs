@@ -53,6 +53,9 @@ pub struct ProxyConfig {
     /// (libvirt keepalive sends one every 5 s on live connections).
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// A peer that accepts no relayed data for this long (it stopped reading) is cut off.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// Connections served at once; more are refused at accept.
     pub max_connections: usize,
     /// `/metrics` for `virtgate proxy` (in `virtgate up` the broker serves them).
@@ -80,6 +83,7 @@ impl Default for ProxyConfig {
             handshake_timeout: Duration::from_secs(10),
             backend_connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
+            write_timeout: Duration::from_secs(60),
             max_connections: 5000,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 16581)),
         }

@@ -122,7 +122,7 @@ impl ProxyMetrics {
             auth_failures.with_label_values(&[stage, reason]);
         }
         for side in ["client", "host"] {
-            for reason in ["length_too_small", "length_too_large"] {
+            for reason in ["length_too_small", "length_too_large", "stalled"] {
                 protocol_errors.with_label_values(&[side, reason]);
             }
         }

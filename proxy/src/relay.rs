@@ -56,6 +56,7 @@ struct Shared<'a> {
     in_flight: Mutex<HashMap<u32, InFlight>>,
     last_packet_ms: AtomicU64,
     epoch: Instant,
+    write_timeout: Duration,
 }
 
 impl Shared<'_> {
@@ -69,6 +70,8 @@ enum PumpEnd {
     Eof,
     Io,
     Protocol(&'static str),
+    /// The receiving side accepted nothing for `write_timeout`.
+    Stalled,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -83,6 +86,7 @@ pub(crate) async fn relay<C, B>(
     host: &str,
     metrics: &ProxyMetrics,
     idle_timeout: Duration,
+    write_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> RelayStats
 where
@@ -96,6 +100,7 @@ where
         metrics,
         rpc_duration: metrics.rpc_duration.with_label_values(&[host]),
         in_flight: Mutex::new(HashMap::with_capacity(32)),
+        write_timeout,
         last_packet_ms: AtomicU64::new(0),
         epoch: Instant::now(),
     };
@@ -151,6 +156,15 @@ where
             side: "client",
             reason,
         },
+        // A peer that stopped reading: cut off, counted with the side that stalled.
+        (Direction::ToHost, Some(PumpEnd::Stalled)) => RelayEnd::Protocol {
+            side: "host",
+            reason: "stalled",
+        },
+        (Direction::ToClient, Some(PumpEnd::Stalled)) => RelayEnd::Protocol {
+            side: "client",
+            reason: "stalled",
+        },
         (Direction::ToHost, Some(_)) => RelayEnd::ClientClosed,
         (Direction::ToClient, Some(end)) => {
             // The host went away (or broke the framing): fail every call still waiting, so the
@@ -186,7 +200,7 @@ where
                     side: "host",
                     reason,
                 },
-                PumpEnd::Eof | PumpEnd::Io => RelayEnd::HostClosed {
+                PumpEnd::Eof | PumpEnd::Io | PumpEnd::Stalled => RelayEnd::HostClosed {
                     failed_calls: waiting.len(),
                 },
             }
@@ -256,8 +270,14 @@ where
             complete += len;
         }
         if complete > 0 {
-            if writer.write_all(&buf[..complete]).await.is_err() || writer.flush().await.is_err() {
-                return PumpEnd::Io;
+            let write = async {
+                writer.write_all(&buf[..complete]).await?;
+                writer.flush().await
+            };
+            match tokio::time::timeout(shared.write_timeout, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return PumpEnd::Io,
+                Err(_) => return PumpEnd::Stalled,
             }
             bytes.inc_by(complete as u64);
             *total += complete as u64;

@@ -226,9 +226,11 @@ async fn session(
     // Pre-open: the gateway answers by itself.
     let mut buf = Vec::with_capacity(4096);
     let mut wants_keepalive = false;
+    // One budget for the whole pre-open exchange: trickled PINGs cannot hold a slot forever.
+    let preopen_deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
     let (open_header, name, flags) = loop {
-        let read = tokio::time::timeout(
-            cfg.handshake_timeout,
+        let read = tokio::time::timeout_at(
+            preopen_deadline,
             read_frame(&mut client, &mut buf, PREOPEN_MAX_LEN),
         )
         .await;
@@ -546,6 +548,7 @@ async fn session(
         &host,
         &shared.metrics,
         cfg.idle_timeout,
+        cfg.write_timeout,
         shutdown,
     )
     .await;

@@ -165,6 +165,27 @@ async fn refuse<S: AsyncWrite + Unpin>(
     let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
 }
 
+/// Refuses the client's CONNECT_OPEN with a "no connection" error that names the problem (the
+/// client prints it), and records the outcome.
+async fn refuse_open<S: AsyncWrite + Unpin>(
+    client: &mut S,
+    open: &Header,
+    out: &mut Outcome,
+    result: &'static str,
+    message: impl AsRef<str>,
+    detail: impl Into<String>,
+) -> &'static str {
+    refuse(
+        client,
+        open,
+        err::NO_CONNECT,
+        err::FROM_REMOTE,
+        message.as_ref(),
+    )
+    .await;
+    out.end(result, detail)
+}
+
 async fn session(
     shared: &Shared,
     tcp: TcpStream,
@@ -317,18 +338,15 @@ async fn session(
             (cfg.default_host.to_ascii_lowercase(), name.clone())
         }
         (None, None) => {
-            refuse(
+            return refuse_open(
                 &mut client,
                 &open_header,
-                err::NO_CONNECT,
-                err::FROM_REMOTE,
+                out,
+                "no_host",
                 "virtgate: the connection URI names no host; add ?name=DRIVER://HOST/PATH, e.g. qemu+tls://GATEWAY/system?name=qemu://HOST/system",
+                format!("CONNECT_OPEN name {name:?} names no host and proxy.default_host is empty"),
             )
             .await;
-            return out.end(
-                "no_host",
-                format!("CONNECT_OPEN name {name:?} names no host and proxy.default_host is empty"),
-            );
         }
     };
     out.host = Some(host.clone());
@@ -359,32 +377,29 @@ async fn session(
         let message = format!(
             "virtgate: unknown host {host}; `virtgate hosts` lists the hosts this gateway knows"
         );
-        refuse(
+        return refuse_open(
             &mut client,
             &open_header,
-            err::NO_CONNECT,
-            err::FROM_REMOTE,
-            &message,
+            out,
+            "unknown_host",
+            message,
+            "not in the inventory",
         )
         .await;
-        return out.end("unknown_host", "not in the inventory");
     };
     if target.state == virtgate_broker::HostState::Absent
         || (target.state == virtgate_broker::HostState::Down && !target.trust.is_trusted())
     {
         let message = format!("virtgate: host {host} is unreachable (the broker's last probe failed or it left the LAN); see `virtgate hosts`");
-        refuse(
+        return refuse_open(
             &mut client,
             &open_header,
-            err::NO_CONNECT,
-            err::FROM_REMOTE,
-            &message,
+            out,
+            "backend_unreachable",
+            message,
+            format!("host state {}", target.state.as_str()),
         )
         .await;
-        return out.end(
-            "backend_unreachable",
-            format!("host state {}", target.state.as_str()),
-        );
     }
     if !target.trust.is_trusted() {
         let message = match target.trust {
@@ -392,18 +407,15 @@ async fn session(
             TrustState::Changed => format!("virtgate: host {host} presents a key that differs from its approved pin; refusing until an operator re-approves it (`virtgate hosts`)"),
             _ => format!("virtgate: host {host} has not been probed yet; try again in a moment"),
         };
-        refuse(
+        return refuse_open(
             &mut client,
             &open_header,
-            err::NO_CONNECT,
-            err::FROM_REMOTE,
-            &message,
+            out,
+            "untrusted_host",
+            message,
+            format!("trust state {}", target.trust.as_str()),
         )
         .await;
-        return out.end(
-            "untrusted_host",
-            format!("trust state {}", target.trust.as_str()),
-        );
     }
     if target.addresses.is_empty() {
         target.addresses = tokio::net::lookup_host((target.name.as_str(), target.port))
@@ -418,15 +430,7 @@ async fn session(
         Ok(b) => b,
         Err((result, why)) => {
             let message = format!("virtgate: cannot reach host {host}: {why}");
-            refuse(
-                &mut client,
-                &open_header,
-                err::NO_CONNECT,
-                err::FROM_REMOTE,
-                &message,
-            )
-            .await;
-            return out.end(result, why);
+            return refuse_open(&mut client, &open_header, out, result, message, why).await;
         }
     };
     m.backend_connect_duration
@@ -459,15 +463,15 @@ async fn session(
         }
         Ok(_) | Err(_) => {
             let message = format!("virtgate: host {host} did not answer the gateway's AUTH_LIST");
-            refuse(
+            return refuse_open(
                 &mut client,
                 &open_header,
-                err::NO_CONNECT,
-                err::FROM_REMOTE,
-                &message,
+                out,
+                "backend_rejected",
+                message,
+                "AUTH_LIST failed",
             )
             .await;
-            return out.end("backend_rejected", "AUTH_LIST failed");
         }
     }
     if wants_keepalive {
@@ -483,15 +487,15 @@ async fn session(
         .await
         .is_err()
         {
-            refuse(
+            return refuse_open(
                 &mut client,
                 &open_header,
-                err::NO_CONNECT,
-                err::FROM_REMOTE,
-                &format!("virtgate: host {host} closed the connection"),
+                out,
+                "backend_rejected",
+                format!("virtgate: host {host} closed the connection"),
+                "keepalive negotiation failed",
             )
             .await;
-            return out.end("backend_rejected", "keepalive negotiation failed");
         }
     }
     let mut open = Vec::new();
@@ -527,15 +531,15 @@ async fn session(
         .ok()
         .flatten()
     else {
-        refuse(
+        return refuse_open(
             &mut client,
             &open_header,
-            err::NO_CONNECT,
-            err::FROM_REMOTE,
-            &format!("virtgate: host {host} did not answer CONNECT_OPEN"),
+            out,
+            "backend_rejected",
+            format!("virtgate: host {host} did not answer CONNECT_OPEN"),
+            "no CONNECT_OPEN reply",
         )
         .await;
-        return out.end("backend_rejected", "no CONNECT_OPEN reply");
     };
     if send(&mut client, &bbuf).await.is_err() {
         return out.end("closed", "client left during CONNECT_OPEN");

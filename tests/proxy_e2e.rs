@@ -891,3 +891,100 @@ else:
         text(&out)
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_counted() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!(
+            "write_timeout = \"2s\"\n{}{RULES}",
+            host("h1", &["127.0.0.1"], libvirtd.port())
+        ),
+    );
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    // A raw libvirt client with a 4 KiB receive buffer: open h1, pipeline 6000 calls whose replies
+    // are kilobytes of capabilities XML (more than the kernel buffers hold), and stop reading.
+    let script = r#"
+import os, socket, ssl, struct, time
+pki = os.environ["PKI"]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False
+ctx.load_verify_locations(pki + "/cacert.pem")
+ctx.load_cert_chain(pki + "/clientcert.pem", pki + "/clientkey.pem")
+raw = socket.socket()
+raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+raw.connect(("127.0.0.1", int(os.environ["PORT"])))
+s = ctx.wrap_socket(raw)
+assert s.recv(1) == b"\x01"
+def call(proc, serial, payload=b""):
+    return struct.pack(">IIIIIII", 28 + len(payload), 0x20008086, 1, proc, 0, serial, 0) + payload
+def read_packet():
+    head = b""
+    while len(head) < 4: head += s.recv(4 - len(head))
+    (n,) = struct.unpack(">I", head)
+    body = b""
+    while len(body) < n - 4: body += s.recv(n - 4 - len(body))
+    return head + body
+s.sendall(call(66, 0)); read_packet()
+name = b"test://h1/default"
+s.sendall(call(1, 1, struct.pack(">II", 1, len(name)) + name + b"\0" * ((4 - len(name) % 4) % 4) + struct.pack(">I", 0)))
+assert struct.unpack(">I", read_packet()[24:28])[0] == 0, "CONNECT_OPEN ok"
+s.settimeout(8)
+try:
+    s.sendall(b"".join(call(7, 2 + i) for i in range(6000)))
+except (socket.timeout, OSError):
+    pass
+time.sleep(4)  # not reading: the gateway's writes to us stall
+s.settimeout(5)
+end = "timeout"
+try:
+    while True:
+        if not s.recv(65536):
+            end = "closed"; break
+except socket.timeout:
+    pass
+except (OSError, ssl.SSLError):
+    end = "closed"
+print(end)
+"#;
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .env("PKI", &alice.pki)
+        .env("PORT", gw.port.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "closed",
+        "the gateway closed the stalled connection: {}",
+        text(&out)
+    );
+    let metrics = gw.metrics();
+    assert_eq!(
+        sample(
+            &metrics,
+            "virtgate_proxy_protocol_errors_total",
+            &[("side", "client"), ("reason", "stalled")]
+        ),
+        Some(1.0),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        gw.process
+            .stderr_text()
+            .contains("client violated the framing: stalled")
+            || gw.process.stderr_text().contains("stalled")
+    );
+    assert!(
+        virsh(&gw.uri("127.0.0.1", "h1", &alice), &["list"])
+            .status
+            .success(),
+        "still serving others"
+    );
+}

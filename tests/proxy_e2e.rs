@@ -322,7 +322,7 @@ fn unknown_pending_unreachable_and_hostless_connections_get_clear_errors() {
 }
 
 #[test]
-fn clients_without_a_trusted_certificate_never_cause_a_host_connection() {
+fn clients_not_authenticated_or_not_authorised_never_cause_a_host_connection() {
     let libvirtd = libvirtd();
     let tap = Tap::start(
         "127.0.0.1:0",
@@ -331,7 +331,12 @@ fn clients_without_a_trusted_certificate_never_cause_a_host_connection() {
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway_with_h1(dir.path(), &libvirtd, tap.addr.port());
     std::thread::sleep(Duration::from_millis(300));
+    // The broker probes h1 through the tap every second; only those connections may appear.
+    let probes = |gw: &Gateway| {
+        sample(&gw.metrics(), "virtgate_probe_duration_seconds_count", &[]).unwrap_or(0.0) as usize
+    };
     let before = tap.accepted();
+    let probes_before = probes(&gw);
     let other_ca = Libvirtd::start(LibvirtdOptions::default()).unwrap();
     let mallory = identity(&other_ca, "mallory", "C=GB,O=virtgate-test,CN=alice");
 
@@ -357,6 +362,15 @@ except Exception as e:
         &["list"],
     );
 
+    // Authenticated but not authorised for h1: refused before any host connection too.
+    let carol = identity(&libvirtd, "carol", "C=GB,O=virtgate-test,CN=carol");
+    let denied = virsh(&gw.uri("127.0.0.1", "h1", &carol), &["list"]);
+    assert!(
+        text(&denied).contains("denied for CN=carol"),
+        "{}",
+        text(&denied)
+    );
+
     assert!(
         !String::from_utf8_lossy(&no_cert.stdout).contains("read b'\\x01'"),
         "no 0x01 without a certificate: {}",
@@ -370,14 +384,14 @@ except Exception as e:
     std::thread::sleep(Duration::from_millis(300));
     // Only the broker's periodic probes (1 s interval) may have reached the host: none of them
     // comes from these clients, so compare against the probe count.
-    let probes = gw.metrics();
     let after = tap.accepted();
-    let probe_count =
-        sample(&probes, "virtgate_probe_duration_seconds_count", &[]).unwrap_or(0.0) as usize;
+    std::thread::sleep(Duration::from_millis(300)); // let a probe counted by the tap finish
+    let probe_count = probes(&gw) - probes_before;
     assert!(
         after - before <= probe_count,
-        "host connections {before}→{after} exceed the broker's probes ({probe_count})"
+        "host connections {before}→{after} exceed the broker's probes in that time ({probe_count})"
     );
+    let probes = gw.metrics();
     assert!(sample(
         &probes,
         "virtgate_proxy_auth_failures_total",

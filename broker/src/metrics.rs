@@ -155,6 +155,16 @@ impl Metrics {
             .expect("metrics lock poisoned") = 0;
     }
 
+    /// Both validity series of one certificate, under the same labels.
+    fn set_certificate(&self, labels: &[&str], cert: &CertInfo) {
+        self.cert_not_after
+            .with_label_values(labels)
+            .set(cert.not_after as f64);
+        self.cert_not_before
+            .with_label_values(labels)
+            .set(cert.not_before as f64);
+    }
+
     fn refresh(&self, inventory: &Inventory) {
         let revision = inventory.revision();
         let mut rendered = self
@@ -196,21 +206,18 @@ impl Metrics {
                     } else {
                         "host_chain"
                     };
-                    let labels = [
-                        host.name.as_str(),
-                        &address,
-                        role,
-                        &cert.subject_cn,
-                        &cert.issuer_cn,
-                        &cert.serial,
-                        &cert.sha256,
-                    ];
-                    self.cert_not_after
-                        .with_label_values(&labels)
-                        .set(cert.not_after as f64);
-                    self.cert_not_before
-                        .with_label_values(&labels)
-                        .set(cert.not_before as f64);
+                    self.set_certificate(
+                        &[
+                            host.name.as_str(),
+                            &address,
+                            role,
+                            &cert.subject_cn,
+                            &cert.issuer_cn,
+                            &cert.serial,
+                            &cert.sha256,
+                        ],
+                        cert,
+                    );
                 }
             }
             for kind in FindingKind::ALL {
@@ -223,21 +230,18 @@ impl Metrics {
             }
         }
         for (role, cert) in self.own.lock().expect("metrics lock poisoned").iter() {
-            let labels = [
-                "virtgate",
-                "",
-                role.as_str(),
-                &cert.subject_cn,
-                &cert.issuer_cn,
-                &cert.serial,
-                &cert.sha256,
-            ];
-            self.cert_not_after
-                .with_label_values(&labels)
-                .set(cert.not_after as f64);
-            self.cert_not_before
-                .with_label_values(&labels)
-                .set(cert.not_before as f64);
+            self.set_certificate(
+                &[
+                    "virtgate",
+                    "",
+                    role.as_str(),
+                    &cert.subject_cn,
+                    &cert.issuer_cn,
+                    &cert.serial,
+                    &cert.sha256,
+                ],
+                cert,
+            );
         }
         *rendered = revision;
     }

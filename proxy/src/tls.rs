@@ -31,8 +31,6 @@ pub enum ProxyTlsError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path} holds no {what} in PEM form")]
-    Empty { path: String, what: &'static str },
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
     #[error(

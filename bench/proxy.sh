@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): libvirt RPC with the real python3-libvirt client, in one run and
-# interleaved, (a) directly to a real libvirtd over TLS, (b) through HAProxy doing the same
-# TLS -> mTLS relay, (c) through the virtgate proxy (`virtgate --config FILE up`) once the binary
-# has a `proxy` subcommand; until then that row says "not available yet". Prints one table.
+# interleaved, (a) directly to a real libvirtd over TLS, (b) through a TCP pass-through (HAProxy
+# forwarding the client's own TLS bytes: the floor of any relay hop, no crypto in it), (c) through
+# HAProxy doing the same TLS -> mTLS relay as virtgate, (d) through the virtgate proxy
+# (`virtgate --config FILE up`) once the binary has a `proxy` subcommand; until then that row says
+# "not available yet". Prints one table.
 # Loopback only. Needs root (libvirtd) and the packages scripts/test.sh installs; installs
 # haproxy if missing.
 #
@@ -166,8 +168,10 @@ cat "$LAB/relay-server-cert.pem" "$LAB/relay-server-key.pem" >"$HA/proxy-server.
 cat "$LAB/relay-client-cert.pem" "$LAB/relay-client-key.pem" >"$HA/proxy-client.pem"
 chmod 600 "$HA"/*.pem
 HA_PORT=$(free_port)
+PASS_PORT=$(free_port)
+while [ "$PASS_PORT" = "$HA_PORT" ]; do PASS_PORT=$(free_port); done
 fill "$ROOT/bench/proxy/haproxy.cfg.in" "$HA/haproxy.cfg" \
-    FRONT_PORT="$HA_PORT" LIBVIRTD_PORT="$LIBVIRTD_PORT" DIR="$HA" CA="$CA"
+    FRONT_PORT="$HA_PORT" PASS_PORT="$PASS_PORT" LIBVIRTD_PORT="$LIBVIRTD_PORT" DIR="$HA" CA="$CA"
 haproxy -c -q -f "$HA/haproxy.cfg" || { echo "haproxy rejected its configuration" >&2; exit 1; }
 OPENSSL_CONF=$ROOT/bench/proxy/openssl-notickets.cnf haproxy -db -f "$HA/haproxy.cfg" \
     </dev/null >"$HA/haproxy.log" 2>&1 &
@@ -178,6 +182,8 @@ HA_URI="test+tls://127.0.0.1:$HA_PORT/default?pkipath=$CLIENT_PKI"
     tail -n 20 "$HA/haproxy.log" >&2
     exit 1
 }
+PASS_URI="test+tls://127.0.0.1:$PASS_PORT/default?pkipath=$CLIENT_PKI"
+"$PY" "$BENCH_PY" probe "$PASS_URI" 10 "$HAPROXY_PID" || { echo "no libvirt connection through the pass-through" >&2; exit 1; }
 HA_LABEL="HAProxy $(haproxy -v | sed -n 's/^HAProxy version \([0-9.]*\).*/\1/p') TLS→mTLS"
 
 # --- virtgate ---------------------------------------------------------------------------------
@@ -206,7 +212,7 @@ if [ -z "$VG_UNAVAILABLE" ]; then
 fi
 
 # --- run ----------------------------------------------------------------------------------------
-export VG_URI VG_PID VG_UNAVAILABLE HA_URI HAPROXY_PID HA_LABEL DIRECT_URI LIBVIRTD_PID
+export VG_URI VG_PID VG_UNAVAILABLE PASS_URI HA_URI HAPROXY_PID HA_LABEL DIRECT_URI LIBVIRTD_PID
 "$PY" - >"$T/paths.json" <<'EOF'
 import json, os
 e = os.environ
@@ -219,6 +225,8 @@ print(json.dumps({
     "libvirtd_pid": int(e["LIBVIRTD_PID"]),
     "paths": [
         {"name": "direct", "label": "direct client → libvirtd", "uri": e["DIRECT_URI"]},
+        {"name": "passthrough", "label": "TCP pass-through, no TLS termination (floor)",
+         "uri": e["PASS_URI"], "relay_pid": int(e["HAPROXY_PID"])},
         {"name": "haproxy", "label": e["HA_LABEL"], "uri": e["HA_URI"],
          "relay_pid": int(e["HAPROXY_PID"])},
         vg,

@@ -39,8 +39,9 @@ pub struct Config {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
-    /// Worker threads; 0 = one per CPU. 1 runs everything on a single thread, which avoids
-    /// cross-thread wake-ups on the relay's hot path (see BENCHMARKS.md).
+    /// Worker threads for the broker, its API, discovery and the proxy's accept loops; 0 = one
+    /// per CPU, 1 = a single-thread runtime. Relayed connections do not run here but on
+    /// `proxy.connection_threads`.
     pub worker_threads: usize,
 }
 

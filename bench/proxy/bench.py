@@ -300,7 +300,7 @@ def cmd_driver(paths_file):
                 print(f"round {r + 1} {path['name']}: FAILED: {e}", file=log, flush=True)
                 continue
             rounds[path["name"]].append(m)
-            print(f"round {r + 1} {path['name']:>8}: {m['calls_per_s']:7.0f} calls/s, "
+            print(f"round {r + 1} {path['name']:>11}: {m['calls_per_s']:7.0f} calls/s, "
                   f"p50 {m['p50_us']:4.0f} µs, p99 {m['p99_us']:4.0f} µs, "
                   f"{counts['procs']} procs {m['aggregate_calls_per_s']:7.0f} calls/s, "
                   f"{m['connects_per_s']:5.0f} connects/s, relay CPU {fmt_num(m['relay_cpu_us'])} "
@@ -359,6 +359,12 @@ def cmd_driver(paths_file):
               f"{max(direct_rates):.0f} calls/s over the rounds: the machine's speed changed "
               f"during the run (on a VM this happens with nothing visible inside it); medians may "
               f"mix fast and slow rounds. Rerun, or raise ROUNDS.")
+    floor = med.get("passthrough")
+    if floor and base.get("calls_per_s"):
+        print(f"Floor: a hop that only forwards the client's TLS bytes (no termination, no crypto) "
+              f"reaches {floor['calls_per_s'] / base['calls_per_s']:.2f}× direct on one connection "
+              f"and {floor['aggregate_calls_per_s'] / base['aggregate_calls_per_s']:.2f}× with "
+              f"{counts['procs']}; a TLS-terminating relay does that and two TLS legs more.")
     vg, ha = med.get("virtgate"), med.get("haproxy")
     if vg and ha:
         def r(k):

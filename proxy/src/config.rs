@@ -58,6 +58,8 @@ pub struct ProxyConfig {
     pub write_timeout: Duration,
     /// Connections served at once; more are refused at accept.
     pub max_connections: usize,
+    /// Threads that serve connections, each connection staying on one (0: one per CPU).
+    pub connection_threads: usize,
     /// `/metrics` for `virtgate proxy` (in `virtgate up` the broker serves them).
     pub metrics_listen: SocketAddr,
 }
@@ -85,6 +87,7 @@ impl Default for ProxyConfig {
             idle_timeout: Duration::from_secs(600),
             write_timeout: Duration::from_secs(60),
             max_connections: 5000,
+            connection_threads: 0,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 16581)),
         }
     }

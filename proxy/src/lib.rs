@@ -20,6 +20,7 @@ pub mod route;
 mod server;
 mod session;
 pub mod tls;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub enum ProxyError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("cannot start the proxy's connection threads: {0}; lower proxy.connection_threads")]
+    Threads(std::io::Error),
     #[error("proxy configuration: {0}")]
     Config(String),
 }
@@ -58,6 +61,7 @@ pub struct RunningProxy {
     files: TlsFiles,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    threads: Arc<workers::ConnectionThreads>,
 }
 
 impl RunningProxy {
@@ -76,6 +80,10 @@ impl RunningProxy {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        // The accept loops held the other references to the pool.
+        if let Ok(threads) = Arc::try_unwrap(self.threads) {
+            threads.join().await;
+        }
     }
 }
 
@@ -103,6 +111,14 @@ pub async fn start(
         metrics,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let threads = Arc::new(
+        workers::ConnectionThreads::start(
+            config.connection_threads,
+            shared.clone(),
+            shutdown_rx.clone(),
+        )
+        .map_err(ProxyError::Threads)?,
+    );
     let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let mut tasks = JoinSet::new();
     let mut addresses = Vec::new();
@@ -123,6 +139,7 @@ pub async fn start(
             listener,
             host,
             shared.clone(),
+            threads.clone(),
             limit.clone(),
             shutdown_rx.clone(),
         ));
@@ -133,5 +150,6 @@ pub async fn start(
         files,
         shutdown,
         tasks,
+        threads,
     })
 }

@@ -1,5 +1,5 @@
 //! Listeners and the accept loop (Pingora's L4 service shape: each accepted stream is handed to
-//! `session::serve` with a shutdown signal).
+//! `session::serve` with a shutdown signal, on one of the connection threads).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +8,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
-use crate::session::{serve, Shared};
+use crate::session::Shared;
+use crate::workers::{Accepted, ConnectionThreads};
 
 /// Binds one listener; IPv6 sockets are IPv6-only so `0.0.0.0:P` and `[::]:P` can coexist.
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -32,6 +33,7 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     bound_host: Option<String>,
     shared: Arc<Shared>,
+    threads: Arc<ConnectionThreads>,
     limit: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -59,12 +61,18 @@ pub(crate) async fn accept_loop(
             drop(stream);
             continue;
         };
-        let shared = shared.clone();
-        let host = bound_host.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            serve(shared, stream, peer, host, shutdown).await;
-            drop(permit);
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(%peer, error = %e, "cannot hand accepted connection to a connection thread");
+                continue;
+            }
+        };
+        threads.dispatch(Accepted {
+            stream,
+            peer,
+            bound_host: bound_host.clone(),
+            permit,
         });
     }
 }

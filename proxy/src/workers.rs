@@ -1,0 +1,139 @@
+//! Connection threads: each accepted connection lives its whole life on one thread.
+//!
+//! A relayed libvirt call is a ping-pong: the client's call wakes the gateway, which writes it to
+//! the host, whose reply wakes the gateway again. On a work-stealing runtime the thread that
+//! polls the I/O driver often is not the one that runs the connection's task, so every wake-up
+//! may cross threads (and cores); the benchmark showed connections falling into a slow mode
+//! that way. Like Pingora's `work_stealing = false`, the gateway therefore runs N single-thread
+//! runtimes and hands each accepted socket to the least busy one; the socket's readiness, its
+//! task and its timers then stay on that thread.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use tokio::task::JoinSet;
+use tracing::warn;
+
+use crate::session::{serve, Shared};
+
+/// One accepted connection on its way to a connection thread.
+pub(crate) struct Accepted {
+    pub stream: std::net::TcpStream,
+    pub peer: SocketAddr,
+    pub bound_host: Option<String>,
+    pub permit: OwnedSemaphorePermit,
+}
+
+struct Worker {
+    queue: mpsc::UnboundedSender<Accepted>,
+    /// Connections handed to this worker and not yet finished.
+    load: Arc<AtomicUsize>,
+}
+
+/// The pool of connection threads.
+pub(crate) struct ConnectionThreads {
+    workers: Vec<Worker>,
+    next: AtomicUsize,
+    exited: std::sync::Mutex<Vec<oneshot::Receiver<()>>>,
+}
+
+impl ConnectionThreads {
+    /// Starts `threads` threads (0: one per CPU).
+    pub fn start(
+        threads: usize,
+        shared: Arc<Shared>,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<Self> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let mut workers = Vec::with_capacity(threads);
+        let mut exited = Vec::with_capacity(threads);
+        for index in 0..threads {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (queue, jobs) = mpsc::unbounded_channel();
+            let (done, exit) = oneshot::channel();
+            let load = Arc::new(AtomicUsize::new(0));
+            let worker_load = load.clone();
+            let shared = shared.clone();
+            let shutdown = shutdown.clone();
+            std::thread::Builder::new()
+                .name(format!("virtgate-conn-{index}"))
+                .spawn(move || {
+                    runtime.block_on(run_worker(jobs, shared, shutdown, worker_load));
+                    let _ = done.send(());
+                })?;
+            workers.push(Worker { queue, load });
+            exited.push(exit);
+        }
+        Ok(Self {
+            workers,
+            next: AtomicUsize::new(0),
+            exited: std::sync::Mutex::new(exited),
+        })
+    }
+
+    /// Hands a connection to the thread with the fewest connections (ties: round robin).
+    pub fn dispatch(&self, accepted: Accepted) {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let count = self.workers.len();
+        let worker = (0..count)
+            .map(|offset| &self.workers[(start + offset) % count])
+            .min_by_key(|w| w.load.load(Ordering::Relaxed))
+            .expect("at least one connection thread");
+        worker.load.fetch_add(1, Ordering::Relaxed);
+        if let Err(mpsc::error::SendError(lost)) = worker.queue.send(accepted) {
+            worker.load.fetch_sub(1, Ordering::Relaxed);
+            warn!(peer = %lost.peer, "connection dropped: its connection thread has stopped");
+        }
+    }
+
+    /// Waits until every thread has finished its connections (after shutdown was signalled).
+    pub async fn join(self) {
+        let exited = std::mem::take(&mut *self.exited.lock().expect("not poisoned"));
+        drop(self.workers);
+        for exit in exited {
+            let _ = exit.await;
+        }
+    }
+}
+
+async fn run_worker(
+    mut jobs: mpsc::UnboundedReceiver<Accepted>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    load: Arc<AtomicUsize>,
+) {
+    let mut stop = shutdown.clone();
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            job = jobs.recv() => {
+                let Some(Accepted { stream, peer, bound_host, permit }) = job else { break };
+                let stream = match tokio::net::TcpStream::from_std(stream) {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        load.fetch_sub(1, Ordering::Relaxed);
+                        warn!(%peer, error = %e, "cannot register accepted connection");
+                        continue;
+                    }
+                };
+                let (shared, shutdown, load) = (shared.clone(), shutdown.clone(), load.clone());
+                connections.spawn(async move {
+                    serve(shared, stream, peer, bound_host, shutdown).await;
+                    drop(permit);
+                    load.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = stop.wait_for(|stop| *stop) => break,
+        }
+    }
+    while connections.join_next().await.is_some() {}
+}

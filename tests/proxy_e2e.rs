@@ -1002,3 +1002,55 @@ print(end)
         "still serving others"
     );
 }
+
+#[test]
+fn stopping_the_gateway_closes_open_sessions_and_exits_cleanly() {
+    use std::io::{BufRead, BufReader, Write};
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = gateway_with_h1(dir.path(), &libvirtd, libvirtd.port());
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    // Several sessions, so that more than one connection thread holds one.
+    let script = r#"
+import sys, libvirt
+libvirt.registerErrorHandler(lambda _c, _e: None, None)
+conns = [libvirt.open(sys.argv[1]) for _ in range(4)]
+for c in conns: c.getLibVersion()
+print("open", flush=True)
+sys.stdin.readline()
+for c in conns:
+    try:
+        c.getLibVersion(); print("answered")
+    except libvirt.libvirtError as e:
+        print("error")
+"#;
+    let mut client = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script, &gw.uri("127.0.0.1", "h1", &alice)])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(client.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "open");
+
+    gw.process.terminate();
+    let status = gw.process.wait_timeout(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the gateway exits cleanly on SIGTERM with sessions open: {status:?}\n{}",
+        gw.process.stderr_text()
+    );
+    writeln!(client.stdin.take().unwrap()).unwrap();
+    let after: Vec<String> = lines.map(Result::unwrap).collect();
+    client.wait().unwrap();
+    assert_eq!(
+        after, ["error"; 4],
+        "every open session was closed by the stop"
+    );
+    let log = gw.process.stderr_text();
+    assert_eq!(
+        log.matches("gateway shutting down").count(),
+        4,
+        "one outcome line per closed session:\n{log}"
+    );
+}

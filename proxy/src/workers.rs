@@ -124,11 +124,13 @@ async fn run_worker(
                         continue;
                     }
                 };
-                let (shared, shutdown, load) = (shared.clone(), shutdown.clone(), load.clone());
+                let (shared, shutdown) = (shared.clone(), shutdown.clone());
+                let counted = Counted(load.clone());
                 connections.spawn(async move {
+                    // Dropped even if serving panics (the JoinSet contains the panic).
+                    let _counted = counted;
+                    let _permit = permit;
                     serve(shared, stream, peer, bound_host, shutdown).await;
-                    drop(permit);
-                    load.fetch_sub(1, Ordering::Relaxed);
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -136,4 +138,13 @@ async fn run_worker(
         }
     }
     while connections.join_next().await.is_some() {}
+}
+
+/// Takes one connection off a worker's load when dropped.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }

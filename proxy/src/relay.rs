@@ -1,19 +1,19 @@
 //! The relay: frames both ways, in order, validated, counted.
 //!
-//! Each direction reads into one reusable buffer and forwards every complete frame it holds with
-//! a single write, so the hot path does no allocation per frame (a buffer only grows for a frame
-//! larger than it). Calls are matched with their replies by serial for latency metrics and so
+//! Each direction reads into one reusable buffer and forwards every complete frame it holds, each
+//! in its own TLS record(s), so the hot path does no allocation per frame (a buffer only grows for
+//! a frame larger than it). Calls are matched with their replies by serial for latency metrics and so
 //! that, if the host goes away mid-call, the client gets an error reply for each call in flight
 //! instead of a hang.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::frame::{self, err, Header, HEADER_LEN};
 use crate::metrics::ProxyMetrics;
@@ -57,9 +57,35 @@ struct Shared<'a> {
     last_packet_ms: AtomicU64,
     epoch: Instant,
     write_timeout: Duration,
+    /// Set once the client has closed its sending side; writing the last reply then wakes
+    /// `drained`.
+    client_done: AtomicBool,
+    drained: Notify,
 }
 
 impl Shared<'_> {
+    /// After the client closed its side: wakes the relay once the last reply has been written.
+    fn notify_if_drained(&self) {
+        if self
+            .in_flight
+            .lock()
+            .expect("in-flight lock poisoned")
+            .is_empty()
+        {
+            self.drained.notify_one();
+        }
+    }
+
+    /// Records that the client closed its side; true when calls are still waiting for replies.
+    fn client_closed(&self) -> bool {
+        self.client_done.store(true, Ordering::Relaxed);
+        !self
+            .in_flight
+            .lock()
+            .expect("in-flight lock poisoned")
+            .is_empty()
+    }
+
     fn touch(&self) {
         self.last_packet_ms
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -101,6 +127,8 @@ where
         rpc_duration: metrics.rpc_duration.with_label_values(&[host]),
         in_flight: Mutex::new(HashMap::with_capacity(32)),
         write_timeout,
+        client_done: AtomicBool::new(false),
+        drained: Notify::new(),
         last_packet_ms: AtomicU64::new(0),
         epoch: Instant::now(),
     };
@@ -109,6 +137,7 @@ where
     let mut calls = 0u64;
     let mut replies = 0u64;
     let (mut to_host, mut to_client) = (0u64, 0u64);
+    let mut half_closed = false;
 
     let outcome = {
         let up = pump(
@@ -141,11 +170,32 @@ where
                 }
             }
         };
-        tokio::select! {
-            end = up => (Direction::ToHost, Some(end)),
-            end = down => (Direction::ToClient, Some(end)),
-            _ = idle => (Direction::ToHost, None),
+        tokio::pin!(up, down, idle);
+        let first = tokio::select! {
+            end = &mut up => (Direction::ToHost, Some(end)),
+            end = &mut down => (Direction::ToClient, Some(end)),
+            _ = &mut idle => (Direction::ToHost, None),
             _ = shutdown.changed() => (Direction::ToClient, None),
+        };
+        let draining =
+            matches!(first, (Direction::ToHost, Some(PumpEnd::Eof))) && shared.client_closed();
+        if draining {
+            // The client closed its sending side with calls still waiting: relay their replies
+            // (and any events meanwhile) before closing, so every call sent gets its answer.
+            // (A direct libvirtd races here: it may close before answering.)
+            half_closed = true;
+            tracing::debug!(
+                host,
+                "client closed its side with calls in flight; relaying their replies first"
+            );
+            tokio::select! {
+                end = &mut down => (Direction::ToClient, Some(end)),
+                _ = shared.drained.notified() => first,
+                _ = &mut idle => (Direction::ToHost, None),
+                _ = shutdown.changed() => (Direction::ToClient, None),
+            }
+        } else {
+            first
         }
     };
 
@@ -200,6 +250,7 @@ where
                     side: "host",
                     reason,
                 },
+                _ if half_closed => RelayEnd::ClientClosed,
                 PumpEnd::Eof | PumpEnd::Io | PumpEnd::Stalled => RelayEnd::HostClosed {
                     failed_calls: waiting.len(),
                 },
@@ -250,8 +301,11 @@ where
             buf.resize(need.max(buf.len() * 2).min(frame::MAX_LEN as usize), 0);
         }
         let n = match reader.read(&mut buf[filled..]).await {
-            Ok(0) => return PumpEnd::Eof,
-            Ok(n) => n,
+            Ok(n) if n > 0 => n,
+            // End of stream, with or without TLS close_notify (libvirt clients just close the
+            // socket).
+            Ok(_) => return PumpEnd::Eof,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return PumpEnd::Eof,
             Err(_) => return PumpEnd::Io,
         };
         filled += n;
@@ -271,7 +325,18 @@ where
         }
         if complete > 0 {
             let write = async {
-                writer.write_all(&buf[..complete]).await?;
+                // One write per message, so each message gets its own TLS record(s) as libvirt
+                // sends them: libvirtd (GnuTLS) does not notice a second message already
+                // decrypted inside the record it read, and would sit on it until more bytes
+                // arrive. The usual read holds one message, so this is still one system call.
+                let mut at = 0;
+                while at < complete {
+                    let len = frame::declared_len(&buf[at..complete])
+                        .and_then(Result::ok)
+                        .map_or(complete - at, |len| len as usize);
+                    writer.write_all(&buf[at..at + len]).await?;
+                    at += len;
+                }
                 writer.flush().await
             };
             match tokio::time::timeout(shared.write_timeout, write).await {
@@ -281,6 +346,9 @@ where
             }
             bytes.inc_by(complete as u64);
             *total += complete as u64;
+            if direction == Direction::ToClient && shared.client_done.load(Ordering::Relaxed) {
+                shared.notify_if_drained();
+            }
             buf.copy_within(complete..filled, 0);
             filled -= complete;
         }

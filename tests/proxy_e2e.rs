@@ -1037,8 +1037,33 @@ fn stopping_the_gateway_closes_open_sessions_and_exits_cleanly() {
     use std::io::{BufRead, BufReader, Write};
     let libvirtd = libvirtd();
     let dir = tempfile::tempdir().unwrap();
-    let mut gw = gateway_with_h1(dir.path(), &libvirtd, libvirtd.port());
+    // A long pre-open budget, so that a silent client is only cut off by the stop itself.
+    let mut gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!(
+            "handshake_timeout = \"5min\"\n{}{RULES}",
+            host("h1", &["127.0.0.1"], libvirtd.port())
+        ),
+    );
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
     let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    // A client that completes TLS and then says nothing, holding a session before CONNECT_OPEN.
+    let silent = format!(
+        "{}{}",
+        RAW_CLIENT.split("s.sendall(call(66, 0))").next().unwrap(),
+        "print('held', flush=True)\ntime.sleep(120)\n"
+    );
+    let mut held = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &silent])
+        .env("PKI", &alice.pki)
+        .env("PORT", gw.port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut held_out = BufReader::new(held.stdout.take().unwrap()).lines();
+    assert_eq!(held_out.next().unwrap().unwrap(), "held");
     // Several sessions, so that more than one connection thread holds one.
     let script = r#"
 import sys, libvirt
@@ -1063,7 +1088,9 @@ for c in conns:
     assert_eq!(lines.next().unwrap().unwrap(), "open");
 
     gw.process.terminate();
-    let status = gw.process.wait_timeout(Duration::from_secs(15));
+    let status = gw.process.wait_timeout(Duration::from_secs(30));
+    let _ = held.kill();
+    let _ = held.wait();
     assert!(
         status.is_some_and(|s| s.success()),
         "the gateway exits cleanly on SIGTERM with sessions open: {status:?}\n{}",

@@ -60,6 +60,8 @@ struct Shared<'a> {
     /// Set once the client has closed its sending side; writing the last reply then wakes
     /// `drained`.
     client_done: AtomicBool,
+    /// Frames to the client are being written (replies no longer in `in_flight` but not sent).
+    writing_to_client: AtomicBool,
     drained: Notify,
 }
 
@@ -76,14 +78,16 @@ impl Shared<'_> {
         }
     }
 
-    /// Records that the client closed its side; true when calls are still waiting for replies.
+    /// Records that the client closed its side; true when calls are still waiting for replies
+    /// or a reply is being written.
     fn client_closed(&self) -> bool {
         self.client_done.store(true, Ordering::Relaxed);
-        !self
-            .in_flight
-            .lock()
-            .expect("in-flight lock poisoned")
-            .is_empty()
+        self.writing_to_client.load(Ordering::Relaxed)
+            || !self
+                .in_flight
+                .lock()
+                .expect("in-flight lock poisoned")
+                .is_empty()
     }
 
     fn touch(&self) {
@@ -128,6 +132,7 @@ where
         in_flight: Mutex::new(HashMap::with_capacity(32)),
         write_timeout,
         client_done: AtomicBool::new(false),
+        writing_to_client: AtomicBool::new(false),
         drained: Notify::new(),
         last_packet_ms: AtomicU64::new(0),
         epoch: Instant::now(),
@@ -225,32 +230,36 @@ where
                 .expect("in-flight lock poisoned")
                 .drain()
                 .collect();
-            for (serial, call) in &waiting {
-                let header = Header {
-                    len: 0,
-                    program: call.program,
-                    version: 1,
-                    procedure: call.procedure,
-                    kind: frame::TYPE_CALL,
-                    serial: *serial,
-                    status: frame::STATUS_OK,
-                };
-                let message = format!(
-                    "virtgate: host {host} closed the connection while this call was in progress"
-                );
-                let packet =
-                    frame::error_reply(&header, err::SYSTEM_ERROR, err::FROM_RPC, &message);
-                if client_w.write_all(&packet).await.is_err() {
-                    break;
+            let fail_waiting = async {
+                for (serial, call) in &waiting {
+                    let header = Header {
+                        len: 0,
+                        program: call.program,
+                        version: 1,
+                        procedure: call.procedure,
+                        kind: frame::TYPE_CALL,
+                        serial: *serial,
+                        status: frame::STATUS_OK,
+                    };
+                    let message = format!(
+                        "virtgate: host {host} closed the connection while this call was in progress"
+                    );
+                    let packet =
+                        frame::error_reply(&header, err::SYSTEM_ERROR, err::FROM_RPC, &message);
+                    if client_w.write_all(&packet).await.is_err() {
+                        break;
+                    }
                 }
-            }
-            let _ = client_w.flush().await;
+                let _ = client_w.flush().await;
+            };
+            // A client that stopped reading must not hold the connection open either.
+            let _ = tokio::time::timeout(write_timeout, fail_waiting).await;
             match end {
                 PumpEnd::Protocol(reason) => RelayEnd::Protocol {
                     side: "host",
                     reason,
                 },
-                _ if half_closed => RelayEnd::ClientClosed,
+                _ if half_closed && waiting.is_empty() => RelayEnd::ClientClosed,
                 PumpEnd::Eof | PumpEnd::Io | PumpEnd::Stalled => RelayEnd::HostClosed {
                     failed_calls: waiting.len(),
                 },
@@ -339,10 +348,16 @@ where
                 }
                 writer.flush().await
             };
+            if direction == Direction::ToClient {
+                shared.writing_to_client.store(true, Ordering::Relaxed);
+            }
             match tokio::time::timeout(shared.write_timeout, write).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return PumpEnd::Io,
                 Err(_) => return PumpEnd::Stalled,
+            }
+            if direction == Direction::ToClient {
+                shared.writing_to_client.store(false, Ordering::Relaxed);
             }
             bytes.inc_by(complete as u64);
             *total += complete as u64;

@@ -161,7 +161,9 @@ async fn refuse<S: AsyncWrite + Unpin>(
     domain: i32,
     message: &str,
 ) {
-    let _ = send(client, &frame::error_reply(call, code, domain, message)).await;
+    // Bounded: a client that stopped reading gets no more of the gateway's time.
+    let reply = frame::error_reply(call, code, domain, message);
+    let _ = tokio::time::timeout(Duration::from_secs(5), send(client, &reply)).await;
     let _ = tokio::time::timeout(Duration::from_secs(1), client.shutdown()).await;
 }
 
@@ -315,8 +317,11 @@ async fn session(
             _ => None,
         };
         if let Some(reply) = reply {
-            if send(&mut client, &reply).await.is_err() {
-                return out.end("closed", "client left during the pre-open exchange");
+            // Within the same budget: a client that sends but never reads cannot hold this.
+            match tokio::time::timeout_at(preopen_deadline, send(&mut client, &reply)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return out.end("closed", "client left during the pre-open exchange"),
+                Err(_) => return out.end("closed", "client stopped reading before CONNECT_OPEN"),
             }
         }
     };
@@ -438,7 +443,17 @@ async fn session(
 
     // The host's own handshake: AUTH_LIST, keepalive, then the client's CONNECT_OPEN.
     let mut bbuf = Vec::with_capacity(4096);
-    match backend_call(&mut backend, &mut bbuf, frame::PROC_AUTH_LIST, 0, &[]).await {
+    let limit = cfg.backend_connect_timeout;
+    match backend_call(
+        &mut backend,
+        &mut bbuf,
+        frame::PROC_AUTH_LIST,
+        0,
+        &[],
+        limit,
+    )
+    .await
+    {
         Ok(reply) if reply.status == frame::STATUS_OK => {
             let mut r = xdr::Reader::new(&bbuf[frame::HEADER_LEN..]);
             let count = r.u32().unwrap_or(0);
@@ -483,6 +498,7 @@ async fn session(
             frame::PROC_CONNECT_SUPPORTS_FEATURE,
             1,
             &p,
+            limit,
         )
         .await
         .is_err()
@@ -616,7 +632,24 @@ fn classify_tls_error(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// One call of the gateway's own to the host, answered within `limit`.
 async fn backend_call<S: AsyncRead + AsyncWrite + Unpin>(
+    backend: &mut S,
+    buf: &mut Vec<u8>,
+    procedure: u32,
+    serial: u32,
+    payload: &[u8],
+    limit: Duration,
+) -> Result<Header, ReadError> {
+    tokio::time::timeout(
+        limit,
+        backend_call_unbounded(backend, buf, procedure, serial, payload),
+    )
+    .await
+    .unwrap_or_else(|_| Err(ReadError::Io(std::io::ErrorKind::TimedOut.into())))
+}
+
+async fn backend_call_unbounded<S: AsyncRead + AsyncWrite + Unpin>(
     backend: &mut S,
     buf: &mut Vec<u8>,
     procedure: u32,

@@ -9,8 +9,9 @@
 //! task and its timers then stay on that thread.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
@@ -30,6 +31,8 @@ struct Worker {
     queue: mpsc::UnboundedSender<Accepted>,
     /// Connections handed to this worker and not yet finished.
     load: Arc<AtomicUsize>,
+    /// Its thread is gone; never chosen again.
+    stopped: AtomicBool,
 }
 
 /// The pool of connection threads.
@@ -54,22 +57,42 @@ impl ConnectionThreads {
         let mut workers = Vec::with_capacity(threads);
         let mut exited = Vec::with_capacity(threads);
         for index in 0..threads {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
             let (queue, jobs) = mpsc::unbounded_channel();
             let (done, exit) = oneshot::channel();
+            let (built, ready) = std::sync::mpsc::channel();
             let load = Arc::new(AtomicUsize::new(0));
             let worker_load = load.clone();
             let shared = shared.clone();
             let shutdown = shutdown.clone();
+            // The runtime is built on its own thread: a runtime dropped inside the caller's
+            // async context (should spawning fail) would panic.
             std::thread::Builder::new()
                 .name(format!("virtgate-conn-{index}"))
                 .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => {
+                            let _ = built.send(Ok(()));
+                            runtime
+                        }
+                        Err(e) => {
+                            let _ = built.send(Err(e));
+                            return;
+                        }
+                    };
                     runtime.block_on(run_worker(jobs, shared, shutdown, worker_load));
                     let _ = done.send(());
                 })?;
-            workers.push(Worker { queue, load });
+            ready
+                .recv()
+                .map_err(|_| std::io::Error::other("connection thread exited while starting"))??;
+            workers.push(Worker {
+                queue,
+                load,
+                stopped: AtomicBool::new(false),
+            });
             exited.push(exit);
         }
         Ok(Self {
@@ -85,11 +108,18 @@ impl ConnectionThreads {
         let count = self.workers.len();
         let worker = (0..count)
             .map(|offset| &self.workers[(start + offset) % count])
-            .min_by_key(|w| w.load.load(Ordering::Relaxed))
+            .min_by_key(|w| {
+                if w.stopped.load(Ordering::Relaxed) {
+                    usize::MAX
+                } else {
+                    w.load.load(Ordering::Relaxed)
+                }
+            })
             .expect("at least one connection thread");
         worker.load.fetch_add(1, Ordering::Relaxed);
         if let Err(mpsc::error::SendError(lost)) = worker.queue.send(accepted) {
             worker.load.fetch_sub(1, Ordering::Relaxed);
+            worker.stopped.store(true, Ordering::Relaxed);
             warn!(peer = %lost.peer, "connection dropped: its connection thread has stopped");
         }
     }
@@ -137,8 +167,20 @@ async fn run_worker(
             _ = stop.wait_for(|stop| *stop) => break,
         }
     }
-    while connections.join_next().await.is_some() {}
+    // Relayed sessions close promptly on the stop signal; one still in its handshake or waiting
+    // on a silent peer is cut off after the grace period rather than holding up the exit.
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+        warn!(
+            connections = connections.len(),
+            "connections still open {SHUTDOWN_GRACE:?} after the stop signal; closing them"
+        );
+        connections.shutdown().await;
+    }
 }
+
+/// How long a stopping gateway waits for its connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Takes one connection off a worker's load when dropped.
 struct Counted(Arc<AtomicUsize>);

@@ -1178,3 +1178,39 @@ for i in range(20):
         "every pipelined call got its reply",
     );
 }
+
+#[test]
+fn threads_sharing_one_python_libvirt_connection_all_get_their_answers() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway_with_h1(dir.path(), &libvirtd, libvirtd.port());
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    // The libvirt client library sends the calls of several threads on one connection without
+    // waiting for each other's replies: the pipelining a real client does.
+    let script = r#"
+import os, threading, time, libvirt
+conn = libvirt.open(os.environ["URI"])
+expected = (conn.getLibVersion(), conn.lookupByName("test").UUIDString())
+results, failures = [], []
+def worker():
+    try:
+        for _ in range(200):
+            results.append((conn.getLibVersion(), conn.lookupByName("test").UUIDString()))
+    except libvirt.libvirtError as e:
+        failures.append(str(e))
+threads = [threading.Thread(target=worker, daemon=True) for _ in range(8)]
+for t in threads: t.start()
+deadline = time.monotonic() + 60
+for t in threads: t.join(max(0, deadline - time.monotonic()))
+stuck = sum(t.is_alive() for t in threads)
+print(len(results), sum(r == expected for r in results), stuck, failures[:1])
+os._exit(0)
+"#;
+    let out = python(&gw.uri("127.0.0.1", "h1", &alice), script);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1600 1600 0 []",
+        "calls, correct answers, threads stuck, first failure: {}",
+        text(&out)
+    );
+}

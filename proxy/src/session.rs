@@ -423,8 +423,11 @@ async fn session(
         .await;
     }
     if target.addresses.is_empty() {
-        target.addresses = tokio::net::lookup_host((target.name.as_str(), target.port))
+        let lookup = tokio::net::lookup_host((target.name.as_str(), target.port));
+        target.addresses = tokio::time::timeout(cfg.backend_connect_timeout, lookup)
             .await
+            .ok()
+            .and_then(Result::ok)
             .map(|a| a.map(|s| s.ip()).collect())
             .unwrap_or_default();
     }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use crate::frame::{self, err, Header, HEADER_LEN};
 use crate::metrics::ProxyMetrics;
@@ -57,37 +57,26 @@ struct Shared<'a> {
     last_packet_ms: AtomicU64,
     epoch: Instant,
     write_timeout: Duration,
-    /// Set once the client has closed its sending side; writing the last reply then wakes
-    /// `drained`.
+    /// Set once the client has closed its sending side; the pump to the client then ends
+    /// (`Drained`) once the last reply has been written.
     client_done: AtomicBool,
     /// Frames to the client are being written (replies no longer in `in_flight` but not sent).
     writing_to_client: AtomicBool,
-    drained: Notify,
 }
 
 impl Shared<'_> {
-    /// After the client closed its side: wakes the relay once the last reply has been written.
-    fn notify_if_drained(&self) {
-        if self
-            .in_flight
+    fn nothing_in_flight(&self) -> bool {
+        self.in_flight
             .lock()
             .expect("in-flight lock poisoned")
             .is_empty()
-        {
-            self.drained.notify_one();
-        }
     }
 
     /// Records that the client closed its side; true when calls are still waiting for replies
     /// or a reply is being written.
     fn client_closed(&self) -> bool {
         self.client_done.store(true, Ordering::Relaxed);
-        self.writing_to_client.load(Ordering::Relaxed)
-            || !self
-                .in_flight
-                .lock()
-                .expect("in-flight lock poisoned")
-                .is_empty()
+        self.writing_to_client.load(Ordering::Relaxed) || !self.nothing_in_flight()
     }
 
     fn touch(&self) {
@@ -102,6 +91,8 @@ enum PumpEnd {
     Protocol(&'static str),
     /// The receiving side accepted nothing for `write_timeout`.
     Stalled,
+    /// The client has closed its side and every reply it was owed has been written.
+    Drained,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -133,7 +124,6 @@ where
         write_timeout,
         client_done: AtomicBool::new(false),
         writing_to_client: AtomicBool::new(false),
-        drained: Notify::new(),
         last_packet_ms: AtomicU64::new(0),
         epoch: Instant::now(),
     };
@@ -195,7 +185,6 @@ where
             );
             tokio::select! {
                 end = &mut down => (Direction::ToClient, Some(end)),
-                _ = shared.drained.notified() => first,
                 _ = &mut idle => (Direction::ToHost, None),
                 _ = shutdown.changed() => (Direction::ToClient, None),
             }
@@ -220,7 +209,9 @@ where
             side: "client",
             reason: "stalled",
         },
-        (Direction::ToHost, Some(_)) => RelayEnd::ClientClosed,
+        (Direction::ToHost, Some(_)) | (Direction::ToClient, Some(PumpEnd::Drained)) => {
+            RelayEnd::ClientClosed
+        }
         (Direction::ToClient, Some(end)) => {
             // The host went away (or broke the framing): fail every call still waiting, so the
             // client reports an error instead of waiting for a reply that will never come.
@@ -260,9 +251,11 @@ where
                     reason,
                 },
                 _ if half_closed && waiting.is_empty() => RelayEnd::ClientClosed,
-                PumpEnd::Eof | PumpEnd::Io | PumpEnd::Stalled => RelayEnd::HostClosed {
-                    failed_calls: waiting.len(),
-                },
+                PumpEnd::Eof | PumpEnd::Io | PumpEnd::Stalled | PumpEnd::Drained => {
+                    RelayEnd::HostClosed {
+                        failed_calls: waiting.len(),
+                    }
+                }
             }
         }
     };
@@ -361,8 +354,11 @@ where
             }
             bytes.inc_by(complete as u64);
             *total += complete as u64;
-            if direction == Direction::ToClient && shared.client_done.load(Ordering::Relaxed) {
-                shared.notify_if_drained();
+            if direction == Direction::ToClient
+                && shared.client_done.load(Ordering::Relaxed)
+                && shared.nothing_in_flight()
+            {
+                return PumpEnd::Drained;
             }
             buf.copy_within(complete..filled, 0);
             filled -= complete;

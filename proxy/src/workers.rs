@@ -39,7 +39,7 @@ struct Worker {
 pub(crate) struct ConnectionThreads {
     workers: Vec<Worker>,
     next: AtomicUsize,
-    exited: std::sync::Mutex<Vec<oneshot::Receiver<()>>>,
+    exited: Vec<oneshot::Receiver<()>>,
 }
 
 impl ConnectionThreads {
@@ -98,7 +98,7 @@ impl ConnectionThreads {
         Ok(Self {
             workers,
             next: AtomicUsize::new(0),
-            exited: std::sync::Mutex::new(exited),
+            exited,
         })
     }
 
@@ -126,8 +126,11 @@ impl ConnectionThreads {
 
     /// Waits until every thread has finished its connections (after shutdown was signalled).
     pub async fn join(self) {
-        let exited = std::mem::take(&mut *self.exited.lock().expect("not poisoned"));
-        drop(self.workers);
+        let Self {
+            workers, exited, ..
+        } = self;
+        // Closing the queues lets each worker finish once its connections have.
+        drop(workers);
         for exit in exited {
             let _ = exit.await;
         }

@@ -50,9 +50,9 @@ fn gateway_with_h1(dir: &std::path::Path, libvirtd: &Libvirtd, port: u16) -> Gat
 }
 
 /// Python prelude of a raw libvirt client: TLS with the identity in `PKI` to `PORT` (receive
-/// buffer `RCVBUF` when set), the 0x01 byte, AUTH_LIST, CONNECT_OPEN of h1; then `call()` and
-/// `read_packet()` (None at end of stream) for the rest of the script, on socket `s`.
-const RAW_CLIENT: &str = r#"
+/// buffer `RCVBUF` when set) and the 0x01 byte; then `call()` and `read_packet()` (None at end of
+/// stream) for the rest of the script, on socket `s`.
+const RAW_CONNECT: &str = r#"
 import os, socket, ssl, struct, time
 pki = os.environ["PKI"]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False
@@ -81,6 +81,10 @@ def read_packet():
     (n,) = struct.unpack(">I", head)
     body = recv_exactly(n - 4)
     return None if body is None else head + body
+"#;
+
+/// After `RAW_CONNECT`: AUTH_LIST and CONNECT_OPEN of h1.
+const RAW_OPEN: &str = r#"
 s.sendall(call(66, 0)); read_packet()
 name = b"test://h1/default"
 s.sendall(call(1, 1, struct.pack(">II", 1, len(name)) + name + b"\0" * ((4 - len(name) % 4) % 4) + struct.pack(">I", 0)))
@@ -979,7 +983,7 @@ fn a_client_that_stops_reading_is_cut_off_and_counted() {
     // A raw libvirt client with a 4 KiB receive buffer: open h1, pipeline 6000 calls whose replies
     // are kilobytes of capabilities XML (more than the kernel buffers hold), and stop reading.
     let script = format!(
-        "{RAW_CLIENT}{}",
+        "{RAW_CONNECT}{RAW_OPEN}{}",
         r#"
 s.settimeout(8)
 try:
@@ -1050,11 +1054,7 @@ fn stopping_the_gateway_closes_open_sessions_and_exits_cleanly() {
     gw.approve("h1");
     let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
     // A client that completes TLS and then says nothing, holding a session before CONNECT_OPEN.
-    let silent = format!(
-        "{}{}",
-        RAW_CLIENT.split("s.sendall(call(66, 0))").next().unwrap(),
-        "print('held', flush=True)\ntime.sleep(120)\n"
-    );
+    let silent = format!("{RAW_CONNECT}print('held', flush=True)\ntime.sleep(120)\n");
     let mut held = std::process::Command::new("/usr/bin/python3")
         .args(["-c", &silent])
         .env("PKI", &alice.pki)
@@ -1120,7 +1120,7 @@ fn assert_every_call_answered(send: &str, calls: u32, what: &str) {
     let gw = gateway_with_h1(dir.path(), &libvirtd, libvirtd.port());
     let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
     let script = format!(
-        "{RAW_CLIENT}{send}{}",
+        "{RAW_CONNECT}{RAW_OPEN}{send}{}",
         r#"
 s.settimeout(10)
 replies = []

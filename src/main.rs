@@ -4,6 +4,7 @@
 
 mod cmd;
 mod config;
+mod directory;
 mod logging;
 
 use std::path::PathBuf;

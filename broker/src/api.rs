@@ -12,10 +12,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tracing::{debug, info, warn};
+use virtgate_api::{
+    ApproveRequest, CertificateRow, ErrorBody, ForgetResponse, Host, HostDetail, WatchResponse,
+};
 
 use crate::inventory::{Inventory, InventoryError};
 use crate::metrics::Metrics;
@@ -74,7 +76,12 @@ fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> 
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
-    json_response(status, &json!({ "error": message.into() }))
+    json_response(
+        status,
+        &ErrorBody {
+            error: message.into(),
+        },
+    )
 }
 
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
@@ -159,22 +166,18 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, ["v1", "hosts"]) => json_response(StatusCode::OK, &state.inventory.hosts()),
         (&Method::GET, ["v1", "hosts", name]) => match state.inventory.host(name) {
             Some(host) => {
-                let history = state
-                    .inventory
-                    .certificate_history(name)
-                    .unwrap_or_default();
-                let history: Vec<_> = history
-                    .into_iter()
-                    .map(|(address, cert, first, last)| json!({"address": address, "first_seen": first, "last_seen": last, "certificate": cert}))
-                    .collect();
-                let events = state
-                    .inventory
-                    .events(Some(name), 0, 50)
-                    .unwrap_or_default();
-                json_response(
-                    StatusCode::OK,
-                    &json!({"host": host, "certificate_history": history, "events": events}),
-                )
+                let detail = HostDetail {
+                    host,
+                    certificate_history: state
+                        .inventory
+                        .certificate_history(name)
+                        .unwrap_or_default(),
+                    events: state
+                        .inventory
+                        .events(Some(name), 0, 50)
+                        .unwrap_or_default(),
+                };
+                json_response(StatusCode::OK, &detail)
             }
             None => error(
                 StatusCode::NOT_FOUND,
@@ -192,7 +195,8 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
                     )
                 }
             };
-            json_response(StatusCode::OK, &state.inventory.certificates(within))
+            let rows = certificate_rows(&state.inventory.hosts(), state.inventory.now(), within);
+            json_response(StatusCode::OK, &rows)
         }
         (&Method::GET, ["v1", "events"]) => {
             let host = query_param(&req, "host").map(percent_decode);
@@ -228,10 +232,7 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
                 }
             };
             if action == "approve" {
-                let pin = serde_json::from_slice::<serde_json::Value>(&body)
-                    .ok()
-                    .and_then(|v| v.get("pin").and_then(|p| p.as_str()).map(str::to_string));
-                let Some(pin) = pin else {
+                let Ok(ApproveRequest { pin }) = serde_json::from_slice(&body) else {
                     return error(
                         StatusCode::BAD_REQUEST,
                         "body must be JSON {\"pin\": \"<SPKI SHA-256 hex>\"}",
@@ -242,11 +243,12 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
                     Err(e) => inventory_error(e),
                 }
             } else {
-                match state
-                    .inventory
-                    .forget(&name, "forgotten by an operator", "forgotten")
-                {
-                    Ok(true) => json_response(StatusCode::OK, &json!({"forgotten": name})),
+                match state.inventory.forget(
+                    &name,
+                    "forgotten by an operator",
+                    virtgate_api::EventKind::Forgotten,
+                ) {
+                    Ok(true) => json_response(StatusCode::OK, &ForgetResponse { forgotten: name }),
                     Ok(false) => error(StatusCode::NOT_FOUND, format!("no host named {name:?}")),
                     Err(e) => inventory_error(e),
                 }
@@ -292,10 +294,50 @@ async fn watch(state: &ApiState, req: &Request<Incoming>) -> Response<Body> {
         }
     };
     let _ = tokio::time::timeout(timeout, wait).await;
-    json_response(
-        StatusCode::OK,
-        &json!({"revision": state.inventory.revision(), "hosts": state.inventory.hosts()}),
-    )
+    let (revision, hosts) = state.inventory.snapshot();
+    json_response(StatusCode::OK, &WatchResponse { revision, hosts })
+}
+
+/// Every certificate hosts present now, sorted by expiry; optionally only those expiring within
+/// `within`. A view over the hosts, built per request.
+fn certificate_rows(hosts: &[Host], now: i64, within: Option<Duration>) -> Vec<CertificateRow> {
+    let mut rows = Vec::new();
+    for host in hosts {
+        for endpoint in &host.endpoints {
+            for cert in &endpoint.chain {
+                let expires_in = cert.not_after - now;
+                if within.is_some_and(|w| expires_in > w.as_secs() as i64) {
+                    continue;
+                }
+                let findings = host
+                    .findings
+                    .iter()
+                    .filter(|f| f.certificate.as_deref() == Some(cert.sha256.as_str()))
+                    .map(|f| f.kind.as_str().to_string())
+                    .collect();
+                let role = if cert.position == 0 {
+                    "host"
+                } else {
+                    "host_chain"
+                };
+                rows.push(CertificateRow {
+                    host: host.name.clone(),
+                    address: endpoint.address,
+                    role: role.into(),
+                    cert: cert.clone(),
+                    expires_in,
+                    findings,
+                });
+            }
+        }
+    }
+    rows.sort_by(|a, b| {
+        a.cert
+            .not_after
+            .cmp(&b.cert.not_after)
+            .then(a.host.cmp(&b.host))
+    });
+    rows
 }
 
 fn percent_decode(s: &str) -> String {

@@ -12,16 +12,18 @@
 mod api;
 pub mod cert;
 pub mod config;
+mod findings;
 pub mod inventory;
 pub mod metrics;
 pub mod model;
-pub mod probe;
+mod probe;
 mod service;
-pub mod store;
-pub mod tls;
+mod store;
+mod tls;
 
 pub use config::{BrokerConfig, FirstSight, StaticHost};
-pub use model::{CertificateRow, Event, Host, HostState, TrustState};
+pub use inventory::{Clock, SystemClock};
+pub use model::{CertificateRow, Event, EventKind, Host, HostState, TrustState};
 pub use service::{
     load_or_create_token, start, start_with, RunningBroker, ADMIN_TOKEN_FILE, DATABASE_FILE,
 };

@@ -6,43 +6,9 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::ClientConfig;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-
-/// Why a probe failed; the label of `virtgate_probe_errors_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProbeErrorReason {
-    Timeout,
-    Refused,
-    Unreachable,
-    Tls,
-    NoCertificate,
-    Other,
-}
-
-impl ProbeErrorReason {
-    pub const ALL: [ProbeErrorReason; 6] = [
-        Self::Timeout,
-        Self::Refused,
-        Self::Unreachable,
-        Self::Tls,
-        Self::NoCertificate,
-        Self::Other,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Timeout => "timeout",
-            Self::Refused => "refused",
-            Self::Unreachable => "unreachable",
-            Self::Tls => "tls",
-            Self::NoCertificate => "no_certificate",
-            Self::Other => "other",
-        }
-    }
-}
+pub use virtgate_api::ProbeErrorReason;
 
 #[derive(Debug, Clone)]
 pub struct ProbeError {

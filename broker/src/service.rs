@@ -16,8 +16,9 @@ use virtgate_discovery::{Browser, DiscoveryConfig};
 use crate::api::{self, ApiState};
 use crate::cert::{parse_certificate, CertInfo, Windows};
 use crate::config::BrokerConfig;
-use crate::inventory::{now_unix, Inventory, Policy};
+use crate::inventory::{Inventory, SystemClock, TrustPolicy};
 use crate::metrics::Metrics;
+use crate::model::EventKind;
 use crate::probe::{probe, ProbeError, ProbeErrorReason, ProbeResult};
 use crate::store::Store;
 use crate::tls::{self, TrustAnchors};
@@ -124,7 +125,7 @@ pub async fn start_with(
         }
     };
     let tls_config = tls::probe_client_config(client_identity)?;
-    let policy = Policy {
+    let policy = TrustPolicy {
         windows: Windows {
             warning: config.warning_window,
             critical: config.critical_window,
@@ -132,7 +133,7 @@ pub async fn start_with(
         first_sight: config.first_sight,
         anchors,
     };
-    let inventory = Arc::new(Inventory::open(store, policy)?);
+    let inventory = Arc::new(Inventory::open(store, policy, Arc::new(SystemClock))?);
     let metrics = Arc::new(Metrics::new());
     metrics.set_own_certificates(own_certificates(config, &extra_own_certificates)?);
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -284,9 +285,9 @@ async fn sweep_retention(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                for name in inventory.unseen_longer_than(now_unix(), retention) {
+                for name in inventory.unseen_longer_than(inventory.now(), retention) {
                     let why = format!("not seen for more than {}", humantime::format_duration(retention));
-                    if let Err(e) = inventory.forget(&name, &why, "expired_retention") {
+                    if let Err(e) = inventory.forget(&name, &why, EventKind::ExpiredRetention) {
                         warn!(host = %name, error = %e, "could not expire host");
                     }
                 }
@@ -321,7 +322,7 @@ impl ProbeScheduler {
             tokio::select! {
                 Some(name) = requests.recv() => this.clone().spawn(name, &mut running),
                 _ = tick.tick() => {
-                    for name in this.inventory.due_for_probe(now_unix(), this.interval) {
+                    for name in this.inventory.due_for_probe(this.inventory.now(), this.interval) {
                         this.clone().spawn(name, &mut running);
                     }
                 }

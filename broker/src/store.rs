@@ -5,10 +5,11 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
-use crate::cert::CertInfo;
-use crate::model::{Event, Host};
+use virtgate_api::{CertInfo, CertificateHistoryEntry, Event, EventKind, Host};
+
+use crate::inventory::NewEvent;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -59,12 +60,12 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX events_host ON events(host, id);",
 ];
 
-pub struct Store {
+pub(crate) struct Store {
     conn: Connection,
 }
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
         let open_err = |source| StoreError::Open {
             path: path.display().to_string(),
             source,
@@ -103,13 +104,14 @@ impl Store {
         Ok(())
     }
 
-    pub fn schema_version(&self) -> Result<i64, StoreError> {
+    #[cfg(test)]
+    pub(crate) fn schema_version(&self) -> Result<i64, StoreError> {
         Ok(self
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
-    pub fn load_hosts(&self) -> Result<Vec<Host>, StoreError> {
+    pub(crate) fn load_hosts(&self) -> Result<Vec<Host>, StoreError> {
         let mut stmt = self
             .conn
             .prepare("SELECT doc, pin FROM hosts ORDER BY name")?;
@@ -128,11 +130,11 @@ impl Store {
     }
 
     /// Saves a host, the certificates it presents now and any events, in one transaction.
-    pub fn save(
+    pub(crate) fn save(
         &mut self,
         host: &Host,
         ders: &[(String, Vec<u8>)],
-        events: &[(i64, String, String)],
+        events: &[NewEvent],
     ) -> Result<Vec<Event>, StoreError> {
         let tx = self.conn.transaction()?;
         tx.execute(
@@ -168,17 +170,17 @@ impl Store {
             }
         }
         let mut written = Vec::new();
-        for (at, kind, detail) in events {
+        for e in events {
             tx.execute(
                 "INSERT INTO events (at, host, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-                params![at, host.name, kind, detail],
+                params![e.at, host.name, e.kind.as_str(), e.detail],
             )?;
             written.push(Event {
                 id: tx.last_insert_rowid(),
-                at: *at,
+                at: e.at,
                 host: host.name.clone(),
-                kind: kind.clone(),
-                detail: detail.clone(),
+                kind: e.kind,
+                detail: e.detail.clone(),
             });
         }
         tx.commit()?;
@@ -186,13 +188,7 @@ impl Store {
     }
 
     /// Deletes a host and its certificate history; the event log keeps a `kind` entry.
-    pub fn forget(
-        &mut self,
-        name: &str,
-        at: i64,
-        kind: &str,
-        detail: &str,
-    ) -> Result<bool, StoreError> {
+    pub(crate) fn forget(&mut self, name: &str, event: &NewEvent) -> Result<bool, StoreError> {
         let tx = self.conn.transaction()?;
         let existed = tx.execute("DELETE FROM hosts WHERE name = ?1", params![name])? > 0;
         tx.execute(
@@ -206,42 +202,57 @@ impl Store {
         if existed {
             tx.execute(
                 "INSERT INTO events (at, host, kind, detail) VALUES (?1, ?2, ?3, ?4)",
-                params![at, name, kind, detail],
+                params![event.at, name, event.kind.as_str(), event.detail],
             )?;
         }
         tx.commit()?;
         Ok(existed)
     }
 
-    pub fn events(
+    /// The newest `limit` events after `after_id`, oldest first. One query per case, so the
+    /// per-host one walks the `events_host` index instead of the whole log.
+    pub(crate) fn events(
         &self,
         host: Option<&str>,
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, at, host, kind, detail FROM events
-             WHERE (?1 IS NULL OR host = ?1) AND id > ?2 ORDER BY id DESC LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![host, after_id, limit as i64], |r| {
+        let row = |r: &rusqlite::Row<'_>| {
             Ok(Event {
                 id: r.get(0)?,
                 at: r.get(1)?,
                 host: r.get(2)?,
-                kind: r.get(3)?,
+                kind: EventKind::parse(&r.get::<_, String>(3)?),
                 detail: r.get(4)?,
             })
-        })?;
-        let mut events: Vec<Event> = rows.collect::<Result<_, _>>()?;
+        };
+        let mut events: Vec<Event> = match host {
+            Some(host) => self
+                .conn
+                .prepare_cached(
+                    "SELECT id, at, host, kind, detail FROM events
+                     WHERE host = ?1 AND id > ?2 ORDER BY id DESC LIMIT ?3",
+                )?
+                .query_map(params![host, after_id, limit as i64], row)?
+                .collect::<Result<_, _>>()?,
+            None => self
+                .conn
+                .prepare_cached(
+                    "SELECT id, at, host, kind, detail FROM events
+                     WHERE id > ?1 ORDER BY id DESC LIMIT ?2",
+                )?
+                .query_map(params![after_id, limit as i64], row)?
+                .collect::<Result<_, _>>()?,
+        };
         events.reverse();
         Ok(events)
     }
 
     /// Every certificate a host has presented, with when it was first and last seen.
-    pub fn certificate_history(
+    pub(crate) fn certificate_history(
         &self,
         host: &str,
-    ) -> Result<Vec<(String, CertInfo, i64, i64)>, StoreError> {
+    ) -> Result<Vec<CertificateHistoryEntry>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT hc.address, c.info, MIN(hc.first_seen), MAX(hc.last_seen)
              FROM host_certificates hc JOIN certificates c ON c.sha256 = hc.sha256
@@ -257,29 +268,45 @@ impl Store {
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (address, info, first, last) = row?;
-            out.push((address, serde_json::from_str(&info)?, first, last));
+            let (address, info, first_seen, last_seen) = row?;
+            let certificate: CertInfo = serde_json::from_str(&info)?;
+            out.push(CertificateHistoryEntry {
+                address,
+                first_seen,
+                last_seen,
+                certificate,
+            });
         }
         Ok(out)
-    }
-
-    pub fn has_certificate(&self, sha256: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT 1 FROM certificates WHERE sha256 = ?1",
-                params![sha256],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_per_host_events_query_walks_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("i.sqlite")).unwrap();
+        let plan: Vec<String> = store
+            .conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT id, at, host, kind, detail FROM events
+                 WHERE host = ?1 AND id > ?2 ORDER BY id DESC LIMIT ?3",
+            )
+            .unwrap()
+            .query_map(params!["h1", 0, 50], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING INDEX events_host")),
+            "{plan:?}"
+        );
+    }
+
     use super::*;
-    use crate::model::{HostSource, TrustState};
+    use virtgate_api::{HostSource, TrustState};
 
     #[test]
     fn migrations_run_once_and_hosts_round_trip_with_the_pin_column_as_authority() {
@@ -297,7 +324,11 @@ mod tests {
         {
             let mut store = Store::open(&path).unwrap();
             let events = store
-                .save(&host, &[], &[(100, "approved".into(), "pin ab…".into())])
+                .save(
+                    &host,
+                    &[],
+                    &[NewEvent::new(100, EventKind::Approved, "pin ab…")],
+                )
                 .unwrap();
             assert_eq!(events.len(), 1);
         }
@@ -305,7 +336,7 @@ mod tests {
         assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
         assert_eq!(store.load_hosts().unwrap(), vec![host]);
         let events = store.events(Some("h1"), 0, 10).unwrap();
-        assert_eq!(events[0].kind, "approved");
+        assert_eq!(events[0].kind, EventKind::Approved);
     }
 
     #[test]
@@ -314,12 +345,13 @@ mod tests {
         let mut store = Store::open(&dir.path().join("i.sqlite")).unwrap();
         let host = Host::new("h1", HostSource::Mdns, 16514, vec![], 1);
         store.save(&host, &[], &[]).unwrap();
-        assert!(store.forget("h1", 2, "forgotten", "by operator").unwrap());
+        let forgotten = |at| NewEvent::new(at, EventKind::Forgotten, "by operator");
+        assert!(store.forget("h1", &forgotten(2)).unwrap());
         assert!(store.load_hosts().unwrap().is_empty());
-        assert!(!store.forget("h1", 3, "forgotten", "again").unwrap());
+        assert!(!store.forget("h1", &forgotten(3)).unwrap());
         assert_eq!(
             store.events(None, 0, 10).unwrap().last().unwrap().kind,
-            "forgotten"
+            EventKind::Forgotten
         );
     }
 

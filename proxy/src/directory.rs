@@ -1,149 +1,104 @@
-//! Where host names resolve: the broker's inventory, in this process (`virtgate up`) or followed
-//! over the broker's watch API (`virtgate proxy --broker URL`).
+//! The proxy's view of the hosts it may reach: a table of targets, each saying how to connect
+//! (the pin or CA that must vouch for the host) or why to refuse, published through a `watch`
+//! channel. The proxy does not know where the table comes from: the binary maps the broker's
+//! inventory into it, in process (`virtgate up`) or followed over the API (`virtgate proxy`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::Arc;
 
-use tracing::{info, warn};
-use virtgate_broker::inventory::Inventory;
-use virtgate_broker::{Host, HostState, TrustState};
+use tokio::sync::watch;
 
-/// What the proxy needs to know about a host.
-#[derive(Debug, Clone, PartialEq)]
+/// Why a host in the table is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefuseReason {
+    /// The host cannot be reached now (its last probe failed, or it left the LAN).
+    Unreachable,
+    /// The host's key is not trusted (awaiting approval, changed, or not seen yet).
+    Untrusted,
+}
+
+/// Whether the gateway connects to a host on a client's behalf, and how it checks the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Connect; accept the host only if it presents `pin` (SPKI SHA-256 hex) or, when
+    /// `allow_ca`, a chain to the backend CAs that covers its name.
+    Connect { pin: Option<String>, allow_ca: bool },
+    /// Refuse: `message` goes to the client (virsh prints it), `detail` to the log line.
+    Refuse {
+        reason: RefuseReason,
+        message: String,
+        detail: String,
+    },
+}
+
+/// What the proxy needs to know about one host.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostTarget {
     pub name: String,
+    /// Empty: resolve `name` with the system resolver when connecting.
     pub addresses: Vec<IpAddr>,
     pub port: u16,
-    pub state: HostState,
-    pub trust: TrustState,
-    pub trust_detail: String,
-    pub pin: Option<String>,
+    pub admission: Admission,
 }
 
-impl From<&Host> for HostTarget {
-    fn from(h: &Host) -> Self {
+/// Every host the proxy knows, by lower-case name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostTable {
+    hosts: HashMap<String, HostTarget>,
+}
+
+impl HostTable {
+    /// Builds the table; names are matched without regard to case (as URIs and policy do).
+    pub fn new(targets: impl IntoIterator<Item = HostTarget>) -> Self {
         Self {
-            name: h.name.clone(),
-            addresses: h.addresses.clone(),
-            port: h.port,
-            state: h.state,
-            trust: h.trust,
-            trust_detail: h.trust_detail.clone(),
-            pin: h.pin.clone(),
+            hosts: targets
+                .into_iter()
+                .map(|t| (t.name.to_ascii_lowercase(), t))
+                .collect(),
         }
     }
-}
 
-pub trait HostDirectory: Send + Sync + 'static {
-    fn lookup(&self, name: &str) -> Option<HostTarget>;
-}
+    /// The host named `name` (any case, one trailing dot ignored).
+    pub fn get(&self, name: &str) -> Option<&HostTarget> {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        self.hosts.get(&name.to_ascii_lowercase())
+    }
 
-/// The broker's inventory in this process.
-pub struct InventoryDirectory(pub Arc<Inventory>);
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
 
-impl HostDirectory for InventoryDirectory {
-    fn lookup(&self, name: &str) -> Option<HostTarget> {
-        self.0.host(name).as_ref().map(HostTarget::from)
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
     }
 }
 
-/// A copy of a remote broker's inventory, kept current by long-polling `GET /v1/watch`.
-pub struct WatchedDirectory {
-    hosts: RwLock<HashMap<String, HostTarget>>,
-}
+/// The current table; a new one is published whenever the inventory changes.
+pub type HostTableWatch = watch::Receiver<Arc<HostTable>>;
 
-impl HostDirectory for WatchedDirectory {
-    fn lookup(&self, name: &str) -> Option<HostTarget> {
-        self.hosts
-            .read()
-            .expect("directory lock poisoned")
-            .get(name)
-            .cloned()
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl WatchedDirectory {
-    /// Starts following `base` (e.g. `http://127.0.0.1:16580`); the first copy is awaited up to
-    /// `first_within` so the proxy does not start with an empty directory.
-    pub async fn follow(base: &str, first_within: Duration) -> Arc<Self> {
-        let dir = Arc::new(Self {
-            hosts: RwLock::new(HashMap::new()),
-        });
-        let authority = base
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
-        let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
-        let follower = dir.clone();
-        tokio::spawn(async move {
-            let mut first = Some(first_tx);
-            let mut since = 0u64;
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                match watch_once(&authority, since).await {
-                    Ok((revision, hosts)) => {
-                        backoff = Duration::from_millis(200);
-                        let map = hosts
-                            .iter()
-                            .map(|h| (h.name.clone(), HostTarget::from(h)))
-                            .collect();
-                        *follower.hosts.write().expect("directory lock poisoned") = map;
-                        if since == 0 {
-                            info!(broker = %authority, hosts = hosts.len(), "following the broker's inventory");
-                        }
-                        since = revision;
-                        if let Some(tx) = first.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Err(e) => {
-                        warn!(broker = %authority, error = %e, "cannot follow the broker; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                    }
-                }
-            }
-        });
-        let _ = tokio::time::timeout(first_within, first_rx).await;
-        dir
+    fn target(name: &str) -> HostTarget {
+        HostTarget {
+            name: name.into(),
+            addresses: vec![],
+            port: 16514,
+            admission: Admission::Connect {
+                pin: None,
+                allow_ca: true,
+            },
+        }
     }
-}
 
-async fn watch_once(authority: &str, since: u64) -> Result<(u64, Vec<Host>), String> {
-    use http_body_util::{BodyExt, Empty};
-    use hyper::body::Bytes;
-    let stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get(format!("/v1/watch?since={since}&timeout=30s"))
-        .header("host", authority)
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let response = tokio::time::timeout(Duration::from_secs(70), sender.send_request(req))
-        .await
-        .map_err(|_| "watch timed out".to_string())?
-        .map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("broker answered {}", response.status()));
+    #[test]
+    fn hosts_are_found_whatever_the_case_and_a_trailing_dot() {
+        let table = HostTable::new([target("H7.example.com"), target("h1")]);
+        assert_eq!(table.get("h7.example.com").unwrap().name, "H7.example.com");
+        assert!(table.get("H1").is_some());
+        assert!(table.get("h1.").is_some());
+        assert!(table.get("h2").is_none());
     }
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    #[derive(serde::Deserialize)]
-    struct Watch {
-        revision: u64,
-        hosts: Vec<Host>,
-    }
-    let w: Watch = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-    Ok((w.revision, w.hosts))
 }

@@ -3,10 +3,11 @@
 //! Owns: client TLS termination and authentication (certificate, DN allow-list), the part of the
 //! libvirt RPC protocol the gateway answers itself before CONNECT_OPEN (AUTH_LIST, keepalive
 //! feature, PINGs), routing CONNECT_OPEN by the host named in the URI, per-identity policy
-//! (deny / read-only / read-write), backend mTLS with host keys checked against the broker's
-//! pins, the frame relay and its metrics.
-//! Must not: decide host trust itself (the broker's inventory does), contact any host before the
-//! client is authenticated and authorised for it, or log secrets.
+//! (deny / read-only / read-write), backend mTLS with host keys checked against the pins of its
+//! host table, the frame relay and its metrics.
+//! Must not: decide host trust itself (its host table says, fed by its owner from the broker's
+//! inventory), depend on the broker, its store or discovery, contact any host before the client
+//! is authenticated and authorised for it, or log secrets.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -29,7 +30,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 pub use config::{HostListener, ProxyConfig};
-pub use directory::{HostDirectory, HostTarget, InventoryDirectory, WatchedDirectory};
+pub use directory::{Admission, HostTable, HostTableWatch, HostTarget, RefuseReason};
 pub use metrics::ProxyMetrics;
 pub use policy::{Mode, Rule};
 pub use tls::{TlsFiles, TlsMaterial};
@@ -87,11 +88,12 @@ impl RunningProxy {
     }
 }
 
-/// Starts the listeners. `files` locates the TLS material; `directory` resolves host names.
+/// Starts the listeners. `files` locates the TLS material; `hosts` is the table of hosts the
+/// gateway may reach, kept current by its owner.
 pub async fn start(
     config: &ProxyConfig,
     files: TlsFiles,
-    directory: Arc<dyn HostDirectory>,
+    hosts: HostTableWatch,
     registry: &prometheus::Registry,
 ) -> Result<RunningProxy, ProxyError> {
     if config.rules.is_empty() {
@@ -106,7 +108,7 @@ pub async fn start(
         config: config.clone(),
         policy: policy::Policy::new(&config.rules)?,
         allowed_dn: policy::DnAllowList::new(&config.allowed_dn)?,
-        directory,
+        hosts,
         tls: tls_rx,
         metrics,
     });

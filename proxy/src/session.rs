@@ -24,13 +24,12 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{info, warn};
 
 use crate::config::ProxyConfig;
-use crate::directory::{HostDirectory, HostTarget};
+use crate::directory::{Admission, HostTableWatch, HostTarget, RefuseReason};
 use crate::frame::{self, err, xdr, FrameError, Header};
 use crate::metrics::ProxyMetrics;
 use crate::policy::{DnAllowList, Mode, Policy};
 use crate::relay::{relay, RelayEnd};
 use crate::tls::{cn_of, subject_dn, TlsMaterial};
-use virtgate_broker::TrustState;
 
 /// Largest packet accepted before CONNECT_OPEN: the pre-open calls are tiny.
 const PREOPEN_MAX_LEN: u32 = 64 * 1024;
@@ -39,7 +38,7 @@ pub(crate) struct Shared {
     pub config: ProxyConfig,
     pub policy: Policy,
     pub allowed_dn: DnAllowList,
-    pub directory: Arc<dyn HostDirectory>,
+    pub hosts: HostTableWatch,
     pub tls: watch::Receiver<Arc<TlsMaterial>>,
     pub metrics: ProxyMetrics,
 }
@@ -378,7 +377,7 @@ async fn session(
     out.mode = Some(mode);
 
     // Inventory and trust.
-    let Some(mut target) = shared.directory.lookup(&host) else {
+    let Some(mut target) = shared.hosts.borrow().get(&host).cloned() else {
         let message = format!(
             "virtgate: unknown host {host}; `virtgate hosts` lists the hosts this gateway knows"
         );
@@ -392,36 +391,21 @@ async fn session(
         )
         .await;
     };
-    if target.state == virtgate_broker::HostState::Absent
-        || (target.state == virtgate_broker::HostState::Down && !target.trust.is_trusted())
-    {
-        let message = format!("virtgate: host {host} is unreachable (the broker's last probe failed or it left the LAN); see `virtgate hosts`");
-        return refuse_open(
-            &mut client,
-            &open_header,
-            out,
-            "backend_unreachable",
+    let (pin, allow_ca) = match &target.admission {
+        Admission::Connect { pin, allow_ca } => (pin.clone(), *allow_ca),
+        Admission::Refuse {
+            reason,
             message,
-            format!("host state {}", target.state.as_str()),
-        )
-        .await;
-    }
-    if !target.trust.is_trusted() {
-        let message = match target.trust {
-            TrustState::Pending => format!("virtgate: host {host} is not trusted yet: its key awaits approval (`virtgate hosts approve {host}`)"),
-            TrustState::Changed => format!("virtgate: host {host} presents a key that differs from its approved pin; refusing until an operator re-approves it (`virtgate hosts`)"),
-            _ => format!("virtgate: host {host} has not been probed yet; try again in a moment"),
-        };
-        return refuse_open(
-            &mut client,
-            &open_header,
-            out,
-            "untrusted_host",
-            message,
-            format!("trust state {}", target.trust.as_str()),
-        )
-        .await;
-    }
+            detail,
+        } => {
+            let result = match reason {
+                RefuseReason::Unreachable => "backend_unreachable",
+                RefuseReason::Untrusted => "untrusted_host",
+            };
+            let detail = detail.clone();
+            return refuse_open(&mut client, &open_header, out, result, message, detail).await;
+        }
+    };
     if target.addresses.is_empty() {
         let lookup = tokio::net::lookup_host((target.name.as_str(), target.port));
         target.addresses = tokio::time::timeout(cfg.backend_connect_timeout, lookup)
@@ -434,7 +418,15 @@ async fn session(
 
     // The host.
     let connect_started = Instant::now();
-    let mut backend = match connect_backend(&material, &target, cfg.backend_connect_timeout).await {
+    let mut backend = match connect_backend(
+        &material,
+        &target,
+        pin,
+        allow_ca,
+        cfg.backend_connect_timeout,
+    )
+    .await
+    {
         Ok(b) => b,
         Err((result, why)) => {
             let message = format!("virtgate: cannot reach host {host}: {why}");
@@ -692,6 +684,8 @@ type Backend = tokio_rustls::client::TlsStream<TcpStream>;
 async fn connect_backend(
     material: &TlsMaterial,
     target: &HostTarget,
+    pin: Option<String>,
+    allow_ca: bool,
     budget: Duration,
 ) -> Result<Backend, (&'static str, String)> {
     let deadline = Instant::now() + budget;
@@ -706,7 +700,7 @@ async fn connect_backend(
         .map_err(|e| ("backend_unreachable", e))?;
     let _ = tcp.set_nodelay(true);
     let config = material
-        .backend_config(target.pin.clone(), target.trust == TrustState::TrustedCa)
+        .backend_config(pin, allow_ca)
         .map_err(|e| ("backend_rejected", e.to_string()))?;
     let server_name = match target.name.parse::<IpAddr>() {
         Ok(ip) => ServerName::IpAddress(ip.into()),

@@ -37,8 +37,8 @@ pub enum ProxyTlsError {
         "proxy.{0} is not set; set it, or run `virtgate up`, which generates a development PKI"
     )]
     Missing(&'static str),
-    #[error(transparent)]
-    File(#[from] virtgate_broker::tls::TlsSetupError),
+    #[error("{path} holds no {what} in PEM form")]
+    Empty { path: String, what: &'static str },
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
@@ -52,13 +52,32 @@ fn read(path: &Path) -> Result<Vec<u8>, ProxyTlsError> {
     })
 }
 
-/// PEM certificates, read the same way the broker reads them.
+/// PEM certificates.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ProxyTlsError> {
-    Ok(virtgate_broker::tls::read_certs(path)?)
+    let data = read(path)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(ProxyTlsError::Empty {
+            path: path.display().to_string(),
+            what: "certificate",
+        });
+    }
+    Ok(certs)
 }
 
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ProxyTlsError> {
-    Ok(virtgate_broker::tls::read_key(path)?)
+    let data = read(path)?;
+    rustls_pemfile::private_key(&mut data.as_slice())
+        .map_err(|e| ProxyTlsError::Invalid {
+            what: path.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .ok_or(ProxyTlsError::Empty {
+            path: path.display().to_string(),
+            what: "private key",
+        })
 }
 
 fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, ProxyTlsError> {

@@ -2,10 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
-use virtgate_proxy::InventoryDirectory;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Override};
 
@@ -60,17 +60,19 @@ pub async fn run_up(config: &Config) -> anyhow::Result<()> {
     let broker = virtgate_broker::start_with(&config.broker, &config.discovery, own)
         .await
         .context("cannot start the broker")?;
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
     let proxy = match files {
-        Some(files) => Some(
-            virtgate_proxy::start(
-                &config.proxy,
-                files,
-                Arc::new(InventoryDirectory(broker.inventory.clone())),
-                broker.metrics.registry(),
+        Some(files) => {
+            let (hosts, publish) =
+                crate::directory::from_inventory(broker.inventory.clone(), shutdown.child_token());
+            tasks.spawn(publish);
+            Some(
+                virtgate_proxy::start(&config.proxy, files, hosts, broker.metrics.registry())
+                    .await
+                    .context("cannot start the proxy")?,
             )
-            .await
-            .context("cannot start the proxy")?,
-        ),
+        }
         None => None,
     };
     let api = broker.api_addr;
@@ -105,6 +107,8 @@ pub async fn run_up(config: &Config) -> anyhow::Result<()> {
     if let Some(p) = proxy {
         p.shutdown().await;
     }
+    shutdown.cancel();
+    while tasks.join_next().await.is_some() {}
     broker.shutdown().await;
     Ok(())
 }

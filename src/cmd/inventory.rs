@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use anyhow::bail;
-use serde_json::{json, Value};
+use virtgate_api::{CertificateRow, Host};
 
-use super::api_client::{ApiClient, ClientArgs};
+use super::api_client::{self, ClientArgs};
 use super::table::Table;
 use crate::config::Config;
 
@@ -47,10 +47,9 @@ pub struct CertsArgs {
 }
 
 pub async fn hosts(config: &Config, args: HostsArgs) -> anyhow::Result<()> {
-    let client = ApiClient::new(config, &args.client)?;
     match args.action {
         None => {
-            let hosts = client.get("/v1/hosts").await?;
+            let hosts = api_client::reader(config, &args.client)?.hosts().await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&hosts)?);
             } else {
@@ -58,33 +57,26 @@ pub async fn hosts(config: &Config, args: HostsArgs) -> anyhow::Result<()> {
             }
         }
         Some(HostsAction::Approve { name, pin }) => {
+            let client = api_client::admin(config, &args.client)?;
             let pin = match pin {
                 Some(p) => p,
                 None => {
-                    let detail = client.get(&format!("/v1/hosts/{}", encode(&name))).await?;
-                    let Some(p) = detail["host"]["presented_pin"].as_str() else {
+                    let detail = client.host(&name).await?;
+                    let Some(p) = detail.host.presented_pin else {
                         bail!(
                             "host {name} presents no certificate yet; wait for a successful probe"
                         );
                     };
                     println!("host {name} presents key {p}");
-                    p.to_string()
+                    p
                 }
             };
-            let host = client
-                .post(
-                    &format!("/v1/hosts/{}/approve", encode(&name)),
-                    json!({ "pin": pin }),
-                )
-                .await?;
-            println!(
-                "approved: {name} is now {}",
-                host["trust"].as_str().unwrap_or("?")
-            );
+            let host = client.approve(&name, &pin).await?;
+            println!("approved: {name} is now {}", host.trust.as_str());
         }
         Some(HostsAction::Forget { name }) => {
-            client
-                .post(&format!("/v1/hosts/{}/forget", encode(&name)), json!({}))
+            api_client::admin(config, &args.client)?
+                .forget(&name)
                 .await?;
             println!("forgotten: {name}");
         }
@@ -93,30 +85,14 @@ pub async fn hosts(config: &Config, args: HostsArgs) -> anyhow::Result<()> {
 }
 
 pub async fn certs(config: &Config, args: CertsArgs) -> anyhow::Result<()> {
-    let client = ApiClient::new(config, &args.client)?;
-    let path = match args.expiring {
-        Some(d) => format!("/v1/certificates?expiring_within={}s", d.as_secs()),
-        None => "/v1/certificates".to_string(),
-    };
-    let certs = client.get(&path).await?;
+    let client = api_client::reader(config, &args.client)?;
+    let certs = client.certificates(args.expiring).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&certs)?);
     } else {
         print!("{}", certs_table(&certs));
     }
     Ok(())
-}
-
-fn encode(name: &str) -> String {
-    name.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 fn days_left(seconds: i64) -> String {
@@ -137,18 +113,7 @@ fn date(unix: i64) -> String {
         .unwrap_or_default()
 }
 
-fn strs(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn hosts_table(hosts: &Value) -> String {
-    let hosts = hosts.as_array().cloned().unwrap_or_default();
+fn hosts_table(hosts: &[Host]) -> String {
     if hosts.is_empty() {
         return "no hosts in the inventory yet (static hosts: [[broker.hosts]]; LAN hosts appear when announced)\n".into();
     }
@@ -162,41 +127,28 @@ fn hosts_table(hosts: &Value) -> String {
         "LEAF EXPIRES",
         "FINDINGS",
     ]);
-    for h in &hosts {
-        let expiry = h["endpoints"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["chain"][0]["not_after"].as_i64())
-            .min()
+    for h in hosts {
+        let expiry = h
+            .earliest_expiry()
             .map(|t| days_left(t - now))
             .unwrap_or_else(|| "-".into());
-        let mut findings: Vec<String> = h["findings"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|f| f["kind"].as_str().map(str::to_string))
-            .collect();
+        let mut findings: Vec<&str> = h.findings.iter().map(|f| f.kind.as_str()).collect();
         findings.dedup();
+        let addresses: Vec<String> = h.addresses.iter().map(|a| a.to_string()).collect();
         table.row(vec![
-            h["name"].as_str().unwrap_or("?").to_string(),
-            h["state"].as_str().unwrap_or("?").to_string(),
-            h["trust"].as_str().unwrap_or("?").to_string(),
-            h["port"].to_string(),
-            strs(&h["addresses"]).join(" "),
+            h.name.clone(),
+            h.state.as_str().to_string(),
+            h.trust.as_str().to_string(),
+            h.port.to_string(),
+            addresses.join(" "),
             expiry,
-            if findings.is_empty() {
-                "-".into()
-            } else {
-                findings.join(",")
-            },
+            list_or_dash(&findings),
         ]);
     }
     table.render()
 }
 
-fn certs_table(certs: &Value) -> String {
-    let certs = certs.as_array().cloned().unwrap_or_default();
+fn certs_table(certs: &[CertificateRow]) -> String {
     if certs.is_empty() {
         return "no certificates match\n".into();
     }
@@ -211,23 +163,27 @@ fn certs_table(certs: &Value) -> String {
         "SERIAL",
         "FINDINGS",
     ]);
-    for c in &certs {
-        let findings = strs(&c["findings"]);
+    for c in certs {
+        let findings: Vec<&str> = c.findings.iter().map(String::as_str).collect();
         table.row(vec![
-            date(c["not_after"].as_i64().unwrap_or_default()),
-            days_left(c["expires_in"].as_i64().unwrap_or_default()),
-            c["host"].as_str().unwrap_or("?").to_string(),
-            c["address"].as_str().unwrap_or("?").to_string(),
-            c["role"].as_str().unwrap_or("?").to_string(),
-            c["subject_cn"].as_str().unwrap_or("").to_string(),
-            c["issuer_cn"].as_str().unwrap_or("").to_string(),
-            c["serial"].as_str().unwrap_or("").to_string(),
-            if findings.is_empty() {
-                "-".into()
-            } else {
-                findings.join(",")
-            },
+            date(c.cert.not_after),
+            days_left(c.expires_in),
+            c.host.clone(),
+            c.address.to_string(),
+            c.role.clone(),
+            c.cert.subject_cn.clone(),
+            c.cert.issuer_cn.clone(),
+            c.cert.serial.clone(),
+            list_or_dash(&findings),
         ]);
     }
     table.render()
+}
+
+fn list_or_dash(items: &[&str]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(",")
+    }
 }

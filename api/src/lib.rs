@@ -1,0 +1,22 @@
+//! The broker's `/v1` HTTP contract: the types it serialises and the one client that reads them.
+//!
+//! Owns: the wire vocabulary of the inventory (hosts, endpoints, certificates, findings, events,
+//! trust and host states, watch answers), the typed client the CLI uses (hosts, certificates,
+//! approve, forget) and the follower a separate proxy uses to keep a copy of the inventory.
+//! Must not: decide trust or admission (the broker decides trust; the binary maps it to what the
+//! proxy does), link the broker's store or discovery, or log the admin token.
+#![forbid(unsafe_code)]
+
+pub mod cert;
+pub mod client;
+pub mod follow;
+pub mod model;
+
+pub use cert::{CertInfo, Finding, FindingKind};
+pub use client::{BrokerUrl, Client, ClientError};
+pub use follow::{Followed, Follower};
+pub use model::{
+    ApproveRequest, CertificateHistoryEntry, CertificateRow, Endpoint, ErrorBody, Event, EventKind,
+    ForgetResponse, Host, HostDetail, HostSource, HostState, ProbeErrorReason, TrustState,
+    WatchResponse,
+};

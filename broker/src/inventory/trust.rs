@@ -1,0 +1,222 @@
+//! The trust state machine: given what a host presented and what its chain proves, what does
+//! virtgate trust now? A pure function of its inputs, so every transition is tested in a table.
+
+use virtgate_api::{EventKind, Host, TrustState};
+
+use crate::config::FirstSight;
+use crate::tls::ChainVerdict;
+
+const CA_VERIFIED: &str = "chain verifies to a configured CA and covers the host name";
+const PIN_MATCHES: &str = "presented key matches the approved pin";
+
+/// What the host's trust becomes after a probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TrustDecision {
+    pub trust: TrustState,
+    /// The approved pin after the decision.
+    pub pin: Option<String>,
+    pub detail: String,
+    /// What the event log should record, if this is news.
+    pub event: Option<(EventKind, String)>,
+}
+
+/// Decides trust for a host that presented the key `presented` (SPKI SHA-256 hex).
+///
+/// - No pin yet: a CA-verified chain pins itself (`trusted_ca`); otherwise the first sight rule
+///   applies (`tofu` pins, `approve` waits as `pending`).
+/// - The approved pin presented: `pinned` (or `trusted_ca` when the chain also verifies).
+/// - Another key: a CA-verified renewal re-pins by itself; anything else is `changed`, refused
+///   until an operator approves the new key.
+pub(crate) fn decide(
+    previous: &Host,
+    presented: &str,
+    verdict: &ChainVerdict,
+    first_sight: FirstSight,
+) -> TrustDecision {
+    let ca_ok = *verdict == ChainVerdict::Trusted;
+    let short = &presented[..presented.len().min(16)];
+    let name = &previous.name;
+    match previous.pin.as_deref() {
+        None if ca_ok => TrustDecision {
+            trust: TrustState::TrustedCa,
+            pin: Some(presented.to_string()),
+            detail: CA_VERIFIED.into(),
+            event: Some((EventKind::CaPinned, format!("pinned {short}… (CA-verified)"))),
+        },
+        None => match first_sight {
+            FirstSight::Tofu => TrustDecision {
+                trust: TrustState::Pinned,
+                pin: Some(presented.to_string()),
+                detail: "pinned on first use (first_sight = \"tofu\")".into(),
+                event: Some((EventKind::AutoPinned, format!("pinned {short}… on first use"))),
+            },
+            FirstSight::Approve => TrustDecision {
+                trust: TrustState::Pending,
+                pin: None,
+                detail: format!(
+                    "new key {short}…; approve it with `virtgate hosts approve {name} --pin {presented}`"
+                ),
+                event: (previous.trust != TrustState::Pending).then(|| {
+                    (EventKind::Pending, format!("key {presented} awaits approval"))
+                }),
+            },
+        },
+        Some(pin) if pin == presented => TrustDecision {
+            trust: if ca_ok {
+                TrustState::TrustedCa
+            } else {
+                TrustState::Pinned
+            },
+            pin: Some(pin.to_string()),
+            detail: if ca_ok { CA_VERIFIED } else { PIN_MATCHES }.into(),
+            event: None,
+        },
+        Some(pin) if ca_ok => TrustDecision {
+            trust: TrustState::TrustedCa,
+            pin: Some(presented.to_string()),
+            detail: "renewed certificate verifies to a configured CA; pin updated".into(),
+            event: Some((
+                EventKind::CertRenewed,
+                format!(
+                    "pin {}… replaced by {short}… (CA-verified renewal)",
+                    &pin[..pin.len().min(16)]
+                ),
+            )),
+        },
+        Some(pin) => TrustDecision {
+            trust: TrustState::Changed,
+            pin: Some(pin.to_string()),
+            detail: format!(
+                "presents key {presented} but the approved pin is {pin}; if the change is legitimate run `virtgate hosts approve {name} --pin {presented}`"
+            ),
+            event: (previous.trust != TrustState::Changed).then(|| {
+                (
+                    EventKind::KeyChanged,
+                    format!("approved pin {pin}, presented {presented}"),
+                )
+            }),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtgate_api::HostSource;
+
+    const APPROVED: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const OTHER: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[derive(Clone, Copy, Debug)]
+    enum PinBefore {
+        None,
+        Same,
+        Other,
+    }
+
+    fn host(pin: PinBefore, trust: TrustState) -> Host {
+        let mut h = Host::new("h1", HostSource::Static, 16514, vec![], 0);
+        h.pin = match pin {
+            PinBefore::None => None,
+            PinBefore::Same => Some(APPROVED.into()),
+            PinBefore::Other => Some(OTHER.into()),
+        };
+        h.trust = trust;
+        h
+    }
+
+    /// (pin before) × (CA verified) × (first sight) → (trust, pin after, event).
+    #[test]
+    fn every_combination_of_pin_chain_and_first_sight_has_one_outcome() {
+        use EventKind as E;
+        use FirstSight::{Approve, Tofu};
+        use PinBefore as P;
+        use TrustState as T;
+        let presented = APPROVED;
+        #[rustfmt::skip]
+        let table: &[(P, bool, FirstSight, T, Option<&str>, Option<E>)] = &[
+            (P::None,  true,  Approve, T::TrustedCa, Some(APPROVED), Some(E::CaPinned)),
+            (P::None,  true,  Tofu,    T::TrustedCa, Some(APPROVED), Some(E::CaPinned)),
+            (P::None,  false, Approve, T::Pending,   None,           Some(E::Pending)),
+            (P::None,  false, Tofu,    T::Pinned,    Some(APPROVED), Some(E::AutoPinned)),
+            (P::Same,  true,  Approve, T::TrustedCa, Some(APPROVED), None),
+            (P::Same,  true,  Tofu,    T::TrustedCa, Some(APPROVED), None),
+            (P::Same,  false, Approve, T::Pinned,    Some(APPROVED), None),
+            (P::Same,  false, Tofu,    T::Pinned,    Some(APPROVED), None),
+            (P::Other, true,  Approve, T::TrustedCa, Some(APPROVED), Some(E::CertRenewed)),
+            (P::Other, true,  Tofu,    T::TrustedCa, Some(APPROVED), Some(E::CertRenewed)),
+            (P::Other, false, Approve, T::Changed,   Some(OTHER),    Some(E::KeyChanged)),
+            (P::Other, false, Tofu,    T::Changed,   Some(OTHER),    Some(E::KeyChanged)),
+        ];
+        for &(pin, ca, first_sight, trust, pin_after, event) in table {
+            let verdict = if ca {
+                ChainVerdict::Trusted
+            } else {
+                ChainVerdict::Untrusted("UnknownIssuer".into())
+            };
+            let d = decide(
+                &host(pin, TrustState::Unknown),
+                presented,
+                &verdict,
+                first_sight,
+            );
+            let case = format!("pin {pin:?}, CA verified {ca}, first sight {first_sight:?}");
+            assert_eq!(d.trust, trust, "{case}");
+            assert_eq!(d.pin.as_deref(), pin_after, "{case}");
+            assert_eq!(d.event.map(|(k, _)| k), event, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_state_already_reported_is_not_logged_again() {
+        let untrusted = ChainVerdict::Untrusted("UnknownIssuer".into());
+        let pending = host(PinBefore::None, TrustState::Pending);
+        assert_eq!(
+            decide(&pending, APPROVED, &untrusted, FirstSight::Approve).event,
+            None
+        );
+        let changed = host(PinBefore::Other, TrustState::Changed);
+        let d = decide(&changed, APPROVED, &untrusted, FirstSight::Approve);
+        assert_eq!((d.trust, d.event), (TrustState::Changed, None));
+    }
+
+    #[test]
+    fn a_chain_to_a_ca_that_fails_for_another_reason_does_not_verify() {
+        let expired = ChainVerdict::TrustedIssuerOnly("expired".into());
+        let d = decide(
+            &host(PinBefore::None, TrustState::Unknown),
+            APPROVED,
+            &expired,
+            FirstSight::Approve,
+        );
+        assert_eq!(d.trust, TrustState::Pending);
+        let d = decide(
+            &host(PinBefore::Other, TrustState::Pinned),
+            APPROVED,
+            &expired,
+            FirstSight::Approve,
+        );
+        assert_eq!(
+            d.trust,
+            TrustState::Changed,
+            "only a verified chain re-pins by itself"
+        );
+    }
+
+    #[test]
+    fn the_operator_is_told_the_exact_approve_command() {
+        let untrusted = ChainVerdict::NoAnchors;
+        let d = decide(
+            &host(PinBefore::Other, TrustState::Pinned),
+            APPROVED,
+            &untrusted,
+            FirstSight::Approve,
+        );
+        assert!(
+            d.detail
+                .ends_with(&format!("virtgate hosts approve h1 --pin {APPROVED}`")),
+            "{}",
+            d.detail
+        );
+    }
+}

@@ -16,7 +16,9 @@ use crate::files::{
     ensure_dir, read_to_string, write_file, CaFiles, ClientFiles, Existing, ServerFiles, CA_CERT,
     CA_KEY, CERT_MODE, KEY_MODE,
 };
+use crate::identity::certificate_pem;
 use crate::pem::{certificate_ders, is_ca, parse_cert};
+use crate::rules::parse_certificate;
 use crate::PkiError;
 
 /// Default validity of a new CA.
@@ -107,7 +109,7 @@ impl Ca {
             Some(cn) => cn.clone(),
             None => {
                 let id = params.key_identifier(&key);
-                format!("{} CA {}", options.organization, hex(&id[..4]))
+                format!("{} CA {}", options.organization, hex::encode(&id[..4]))
             }
         };
         let mut dn = DistinguishedName::new();
@@ -202,7 +204,8 @@ impl Ca {
             Issuer::from_ca_cert_der(&der.as_slice().into(), key).map_err(PkiError::Sign)?;
         Ok(Ca {
             files,
-            cert_pem: cert_text_for(&der),
+            // A CA loaded from a bundle hands out only itself.
+            cert_pem: certificate_pem(&der),
             cert_der: der,
             subject,
             not_after,
@@ -227,7 +230,8 @@ impl Ca {
         &self.cert_der
     }
 
-    /// Subject DN as printed by x509-parser, e.g. `O=virtgate, CN=virtgate CA 1a2b3c4d`.
+    /// Subject DN as [`subject_dn`](crate::subject_dn) writes it, e.g.
+    /// `O=virtgate,CN=virtgate CA 1a2b3c4d`.
     pub fn subject(&self) -> &str {
         &self.subject
     }
@@ -295,8 +299,8 @@ impl Ca {
             .map_err(PkiError::Sign)?;
         let der = cert.der().to_vec();
         let (subject, not_after) = subject_and_expiry(&der);
-        let (dns_names, ip_addresses) = parse_cert(&der)
-            .map(|c| crate::pem::sans(&c))
+        let (dns_names, ip_addresses) = parse_certificate(&der, 0)
+            .map(|info| (info.dns_names, info.ip_addresses))
             .unwrap_or_default();
         Ok(Issued {
             cert_pem: cert.pem(),
@@ -309,51 +313,16 @@ impl Ca {
     }
 }
 
+/// The subject DN string and the end of validity of a certificate this CA made or loaded.
 fn subject_and_expiry(der: &[u8]) -> (String, OffsetDateTime) {
-    match parse_cert(der) {
-        Ok(c) => (
-            c.subject().to_string(),
-            c.validity().not_after.to_datetime(),
+    match parse_certificate(der, 0) {
+        Ok(info) => (
+            info.subject,
+            OffsetDateTime::from_unix_timestamp(info.not_after)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
         ),
         Err(_) => (String::new(), OffsetDateTime::UNIX_EPOCH),
     }
-}
-
-/// PEM of one certificate, so a CA loaded from a bundle hands out only itself.
-fn cert_text_for(der: &[u8]) -> String {
-    let b64 = base64(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn invalid_name(name: &str, reason: &str) -> PkiError {
@@ -466,7 +435,8 @@ impl ClientRequest {
 pub struct Issued {
     pub cert_pem: String,
     pub key_pem: String,
-    /// Subject DN as x509-parser prints it, e.g. `C=GB, O=Example, CN=alice`.
+    /// Subject DN as [`subject_dn`](crate::subject_dn) writes it, e.g.
+    /// `C=GB,O=Example,CN=alice`: what a proxy rule or `tls_allowed_dn_list` matches.
     pub subject: String,
     pub dns_names: Vec<String>,
     pub ip_addresses: Vec<IpAddr>,
@@ -687,19 +657,6 @@ mod tests {
             req.dns = vec![bad.into()];
             let err = req.subject_alt_names().unwrap_err().to_string();
             assert!(err.contains(&format!("{bad:?}")), "{err}");
-        }
-    }
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        for (input, want) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(base64(input.as_bytes()), want);
         }
     }
 }

@@ -1,4 +1,8 @@
 //! `check`: what `virt-pki-validate` does for libvirt, plus what the gateway needs (SANs).
+//!
+//! What is wrong with a single certificate is decided by the shared judge
+//! ([`certificate_findings`]) and only worded here, for a person fixing files; this module adds
+//! what is not about one certificate: the file layouts, modes, keys and the chain to the CA.
 
 use std::fmt;
 use std::fs;
@@ -8,9 +12,15 @@ use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 use x509_parser::certificate::X509Certificate;
 
+use crate::dn::dn_string;
 use crate::files::{CA_CERT, CA_KEY, CLIENT_CERT, CLIENT_KEY, SERVER_CERT, SERVER_KEY};
+use crate::identity::name_is_covered;
 use crate::keys::{self, PublicHalf};
-use crate::pem::{self, describe_sans, format_time, is_ca, name_is_covered, parse_cert};
+use crate::pem::{self, describe_sans, format_unix, is_ca, parse_cert};
+use crate::rules::{
+    certificate_findings, libvirt_key_usage_missing, parse_certificate, CertInfo, Finding,
+    FindingKind, Role, Severity, Windows,
+};
 use crate::PkiError;
 
 /// How bad a finding is.
@@ -23,9 +33,18 @@ pub enum Level {
     Problem,
 }
 
+impl From<Severity> for Level {
+    fn from(severity: Severity) -> Level {
+        match severity {
+            Severity::Warning => Level::Warning,
+            Severity::Problem => Level::Problem,
+        }
+    }
+}
+
 /// One line of a [`Report`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
+pub struct CheckFinding {
     pub level: Level,
     /// What it is about: a file name, or `hostname NAME`.
     pub about: String,
@@ -62,19 +81,19 @@ impl fmt::Display for Layout {
 pub struct Report {
     pub target: PathBuf,
     pub layouts: Vec<Layout>,
-    pub findings: Vec<Finding>,
+    pub findings: Vec<CheckFinding>,
 }
 
 impl Report {
-    pub fn problems(&self) -> impl Iterator<Item = &Finding> {
+    pub fn problems(&self) -> impl Iterator<Item = &CheckFinding> {
         self.at(Level::Problem)
     }
 
-    pub fn warnings(&self) -> impl Iterator<Item = &Finding> {
+    pub fn warnings(&self) -> impl Iterator<Item = &CheckFinding> {
         self.at(Level::Warning)
     }
 
-    fn at(&self, level: Level) -> impl Iterator<Item = &Finding> {
+    fn at(&self, level: Level) -> impl Iterator<Item = &CheckFinding> {
         self.findings.iter().filter(move |f| f.level == level)
     }
 
@@ -158,29 +177,29 @@ pub fn check(path: &Path, options: &CheckOptions) -> Result<Report, PkiError> {
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Server,
-    Client,
-    /// A leaf certificate of unknown purpose (single-file mode, no EKU).
-    Leaf,
+/// The command that makes a replacement for a certificate of `role`.
+fn renew(role: Role) -> &'static str {
+    match role {
+        Role::Server => "`virtgate pki issue server --force ...`",
+        Role::Client => "`virtgate pki issue client --force ...`",
+        Role::Any => "`virtgate pki issue server|client --force ...`",
+        Role::Authority => "`virtgate pki init` (a new CA)",
+    }
 }
 
-impl Role {
-    fn renew(self) -> &'static str {
-        match self {
-            Role::Server => "`virtgate pki issue server --force ...`",
-            Role::Client => "`virtgate pki issue client --force ...`",
-            Role::Leaf => "`virtgate pki issue server|client --force ...`",
-        }
-    }
+/// What a CA certificate's fix is: a new CA, and everything it signed again.
+const RENEW_CA: &str =
+    "create a new CA with `virtgate pki init` and re-issue every certificate it signed";
+
+fn has(findings: &[Finding], kind: FindingKind) -> bool {
+    findings.iter().any(|f| f.kind == kind)
 }
 
 struct Checker<'a> {
     now: OffsetDateTime,
     options: &'a CheckOptions,
     layouts: Vec<Layout>,
-    findings: Vec<Finding>,
+    findings: Vec<CheckFinding>,
 }
 
 /// `servercert.pem` → `serverkey.pem`, or the `private/` subdirectory of the system layout
@@ -199,7 +218,7 @@ fn file_name(path: &Path) -> String {
 
 impl Checker<'_> {
     fn push(&mut self, level: Level, about: &str, message: String) {
-        self.findings.push(Finding {
+        self.findings.push(CheckFinding {
             level,
             about: about.to_string(),
             message,
@@ -216,6 +235,21 @@ impl Checker<'_> {
 
     fn problem(&mut self, about: &str, message: String) {
         self.push(Level::Problem, about, message);
+    }
+
+    /// A line for a finding of the shared judge, at the level its kind has.
+    fn judged(&mut self, kind: FindingKind, about: &str, message: String) {
+        self.push(kind.severity().into(), about, message);
+    }
+
+    /// The shared judge's findings on one certificate. `check` has one warning window, so
+    /// `expiring_soon` and `expiring_critical` read the same here.
+    fn judge(&self, info: &CertInfo, role: Role) -> Vec<Finding> {
+        let windows = Windows {
+            warning: self.options.warn_within.try_into().unwrap_or_default(),
+            critical: std::time::Duration::ZERO,
+        };
+        certificate_findings(info, self.now.unix_timestamp(), windows, role)
     }
 
     fn directory(&mut self, dir: &Path) {
@@ -333,18 +367,21 @@ impl Checker<'_> {
                 return;
             }
         };
+        let encrypted_key = pem::has_encrypted_key(&text);
         let blocks = match pem::blocks(&text) {
             Ok(b) => b,
+            // A legacy encrypted key does not decode; `key` says what is wrong with it.
+            Err(_) if encrypted_key => Vec::new(),
             Err(e) => {
                 self.problem(&about, format!("{e}; restore the file from its source"));
                 return;
             }
         };
-        let has_key = blocks.iter().any(|b| b.label.ends_with("PRIVATE KEY"));
+        let has_key = encrypted_key || blocks.iter().any(|b| b.label.ends_with("PRIVATE KEY"));
         let certs: Vec<Vec<u8>> = blocks
-            .iter()
+            .into_iter()
             .filter(|b| b.label == "CERTIFICATE")
-            .map(|b| b.der.clone())
+            .map(|b| b.der)
             .collect();
         if !has_key && certs.is_empty() {
             self.problem(
@@ -353,29 +390,10 @@ impl Checker<'_> {
             );
             return;
         }
-        let dir = path.parent().unwrap_or(Path::new("."));
         if has_key {
-            // A key's certificate sits next to it under libvirt's name for it.
-            let cert_name = match about.as_str() {
-                SERVER_KEY => Some(SERVER_CERT),
-                CLIENT_KEY => Some(CLIENT_CERT),
-                CA_KEY => Some(CA_CERT),
-                _ => None,
-            };
-            let public: Vec<PublicHalf> = cert_name
-                .and_then(|n| fs::read_to_string(dir.join(n)).ok())
-                .and_then(|t| pem::certificate_ders(&t).ok())
-                .and_then(|ders| ders.first().cloned())
-                .and_then(|der| {
-                    parse_cert(&der)
-                        .ok()
-                        .and_then(|c| keys::from_certificate(&c))
-                })
-                .into_iter()
-                .collect();
-            self.key(path, cert_name.unwrap_or("its certificate"), &public);
+            self.key_file(path, &about);
         }
-        let Some(first) = certs.first() else {
+        if certs.is_empty() {
             if !self.options.hostnames.is_empty() {
                 self.problem(
                     "--hostname",
@@ -383,8 +401,37 @@ impl Checker<'_> {
                 );
             }
             return;
+        }
+        self.certificate_file(path, &about, &certs);
+    }
+
+    /// A key file on its own: its certificate sits next to it under libvirt's name for it.
+    fn key_file(&mut self, path: &Path, about: &str) {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let cert_name = match about {
+            SERVER_KEY => Some(SERVER_CERT),
+            CLIENT_KEY => Some(CLIENT_CERT),
+            CA_KEY => Some(CA_CERT),
+            _ => None,
         };
-        let first_is_ca = parse_cert(first).is_ok_and(|c| is_ca(&c));
+        let public: Vec<PublicHalf> = cert_name
+            .and_then(|n| fs::read_to_string(dir.join(n)).ok())
+            .and_then(|t| pem::certificate_ders(&t).ok())
+            .and_then(|ders| ders.first().cloned())
+            .and_then(|der| {
+                parse_cert(&der)
+                    .ok()
+                    .and_then(|c| keys::from_certificate(&c))
+            })
+            .into_iter()
+            .collect();
+        self.key(path, cert_name.unwrap_or("its certificate"), &public);
+    }
+
+    /// A certificate file on its own: a CA (bundle), or a leaf checked against the
+    /// `cacert.pem` next to it.
+    fn certificate_file(&mut self, path: &Path, about: &str, certs: &[Vec<u8>]) {
+        let first_is_ca = parse_cert(&certs[0]).is_ok_and(|c| is_ca(&c));
         if first_is_ca || about == CA_CERT {
             self.ca_bundle(path);
             if !self.options.hostnames.is_empty() {
@@ -395,13 +442,13 @@ impl Checker<'_> {
             }
             return;
         }
-        let sibling_ca = dir.join(CA_CERT);
+        let sibling_ca = path.parent().unwrap_or(Path::new(".")).join(CA_CERT);
         let cas = if sibling_ca.exists() {
             pem::certificate_ders(&fs::read_to_string(&sibling_ca).unwrap_or_default())
                 .unwrap_or_default()
         } else {
             self.warning(
-                &about,
+                about,
                 format!(
                     "no {CA_CERT} next to it, so its issuer was not verified; check the whole \
                      directory, or put the CA certificate next to it"
@@ -409,22 +456,29 @@ impl Checker<'_> {
             );
             Vec::new()
         };
-        let role = match about.as_str() {
-            SERVER_CERT => Role::Server,
-            CLIENT_CERT => Role::Client,
-            _ => match parse_cert(first).ok().and_then(|c| {
-                c.extended_key_usage()
-                    .ok()
-                    .flatten()
-                    .map(|e| (e.value.server_auth, e.value.client_auth))
-            }) {
-                Some((true, _)) => Role::Server,
-                Some((false, true)) => Role::Client,
-                _ if !self.options.hostnames.is_empty() => Role::Server,
-                _ => Role::Leaf,
-            },
-        };
-        self.leaf_certificate(role, &about, &certs, &cas);
+        let role = self.role_of(about, &certs[0]);
+        self.leaf_certificate(role, about, certs, &cas);
+    }
+
+    /// A leaf's role: from libvirt's file name, else from its EKU (or `--hostname`).
+    fn role_of(&self, about: &str, der: &[u8]) -> Role {
+        match about {
+            SERVER_CERT => return Role::Server,
+            CLIENT_CERT => return Role::Client,
+            _ => {}
+        }
+        let purposes = parse_cert(der).ok().and_then(|c| {
+            c.extended_key_usage()
+                .ok()
+                .flatten()
+                .map(|e| (e.value.server_auth, e.value.client_auth))
+        });
+        match purposes {
+            Some((true, _)) => Role::Server,
+            Some((false, true)) => Role::Client,
+            _ if !self.options.hostnames.is_empty() => Role::Server,
+            _ => Role::Any,
+        }
     }
 
     /// Checks `cacert.pem` (one CA or a bundle) and returns the DER of each usable certificate.
@@ -455,51 +509,56 @@ impl Checker<'_> {
             } else {
                 about.clone()
             };
-            let cert = match parse_cert(&der) {
-                Ok(c) => c,
-                Err(e) => {
-                    self.problem(&about, format!("{e}; replace it with the CA's certificate"));
-                    continue;
-                }
-            };
-            if !is_ca(&cert) {
-                self.problem(
-                    &about,
-                    format!(
-                        "{} is not a CA certificate (no basicConstraints CA:TRUE), so GnuTLS \
-                         will not accept it as an issuer; put the CA's certificate here instead",
-                        cert.subject()
-                    ),
-                );
-                continue;
+            if self.ca_certificate(&about, &der) {
+                usable.push(der);
             }
-            if let Ok(Some(ku)) = cert.key_usage() {
-                if !ku.value.key_cert_sign() {
-                    self.problem(
-                        &about,
-                        "its Key Usage lacks keyCertSign, so nothing it signed verifies; \
-                         create a proper CA with `virtgate pki init`"
-                            .into(),
-                    );
-                }
-            }
-            if cert.subject().as_raw() == cert.issuer().as_raw()
-                && cert.verify_signature(None).is_err()
-            {
-                self.problem(
-                    &about,
-                    "its self-signature does not verify: the file is damaged; restore it".into(),
-                );
-            }
-            self.ok(&about, format!("CA certificate {}", cert.subject()));
-            self.validity(
-                &about,
-                &cert,
-                "create a new CA with `virtgate pki init` and re-issue every certificate it signed",
-            );
-            usable.push(der);
         }
         usable
+    }
+
+    /// One certificate of a CA file; whether it can act as an issuer.
+    fn ca_certificate(&mut self, about: &str, der: &[u8]) -> bool {
+        let (cert, info) = match parse_cert(der).and_then(|cert| {
+            let info = parse_certificate(der, 0).map_err(|e| e.reason)?;
+            Ok((cert, info))
+        }) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                self.problem(about, format!("{e}; replace it with the CA's certificate"));
+                return false;
+            }
+        };
+        if !info.is_ca {
+            self.problem(
+                about,
+                format!(
+                    "{} is not a CA certificate (no basicConstraints CA:TRUE), so GnuTLS \
+                     will not accept it as an issuer; put the CA's certificate here instead",
+                    info.subject
+                ),
+            );
+            return false;
+        }
+        let findings = self.judge(&info, Role::Authority);
+        if has(&findings, FindingKind::LibvirtKeyUsage) {
+            self.judged(
+                FindingKind::LibvirtKeyUsage,
+                about,
+                "its Key Usage lacks keyCertSign, so nothing it signed verifies; create a proper \
+                 CA with `virtgate pki init`"
+                    .into(),
+            );
+        }
+        if info.self_signed && cert.verify_signature(None).is_err() {
+            self.problem(
+                about,
+                "its self-signature does not verify: the file is damaged; restore it".into(),
+            );
+        }
+        self.ok(about, format!("CA certificate {}", info.subject));
+        self.validity(about, &info, &findings, RENEW_CA);
+        self.strength(about, &info, &findings, RENEW_CA);
+        true
     }
 
     fn leaf_pair(&mut self, role: Role, cert_path: &Path, key_path: &Path, cas: &[Vec<u8>]) {
@@ -526,10 +585,7 @@ impl Checker<'_> {
             {
                 Ok(ders) if ders.is_empty() => self.problem(
                     &about,
-                    format!(
-                        "holds no PEM certificate; re-issue it with {}",
-                        role.renew()
-                    ),
+                    format!("holds no PEM certificate; re-issue it with {}", renew(role)),
                 ),
                 Ok(ders) => {
                     if let Some(p) = parse_cert(&ders[0])
@@ -551,7 +607,7 @@ impl Checker<'_> {
                 format!(
                     "missing: the private key of {about} belongs here (mode 0600); without it \
                      the certificate cannot be used, re-issue both with {}",
-                    role.renew()
+                    renew(role)
                 ),
             );
         }
@@ -559,10 +615,14 @@ impl Checker<'_> {
 
     /// `ders[0]` is the certificate; any further ones are a chain sent along with it.
     fn leaf_certificate(&mut self, role: Role, about: &str, ders: &[Vec<u8>], cas: &[Vec<u8>]) {
-        let cert = match parse_cert(&ders[0]) {
-            Ok(c) => c,
+        let renew_it = format!("re-issue it with {}", renew(role));
+        let (cert, info) = match parse_cert(&ders[0]).and_then(|cert| {
+            let info = parse_certificate(&ders[0], 0).map_err(|e| e.reason)?;
+            Ok((cert, info))
+        }) {
+            Ok(parsed) => parsed,
             Err(e) => {
-                self.problem(about, format!("{e}; re-issue it with {}", role.renew()));
+                self.problem(about, format!("{e}; {renew_it}"));
                 return;
             }
         };
@@ -574,8 +634,7 @@ impl Checker<'_> {
             about,
             format!(
                 "subject {}{subject_note}; issuer {}",
-                cert.subject(),
-                cert.issuer()
+                info.subject, info.issuer
             ),
         );
         if ders.len() > 1 {
@@ -587,7 +646,7 @@ impl Checker<'_> {
                 ),
             );
         }
-        if is_ca(&cert) {
+        if info.is_ca {
             self.warning(
                 about,
                 "is a CA certificate; a host or client should have a certificate of its own \
@@ -595,191 +654,214 @@ impl Checker<'_> {
                     .into(),
             );
         }
-        self.validity(about, &cert, &format!("re-issue it with {}", role.renew()));
-        self.key_usage(role, about, &cert);
-        self.extended_key_usage(role, about, &cert);
+        let findings = self.judge(&info, role);
+        self.validity(about, &info, &findings, &renew_it);
+        self.strength(about, &info, &findings, &renew_it);
+        self.key_usage(role, about, &cert, &info, &findings);
+        self.extended_key_usage(role, about, &cert, &findings);
         if role != Role::Client {
-            self.subject_alt_names(role, about, &cert);
+            self.subject_alt_names(about, &info, &findings);
         }
         self.chain(role, about, &cert, cas);
     }
 
-    fn validity(&mut self, about: &str, cert: &X509Certificate<'_>, renew: &str) {
-        let not_before = cert.validity().not_before.to_datetime();
-        let not_after = cert.validity().not_after.to_datetime();
-        if self.now < not_before {
-            self.problem(
+    fn validity(&mut self, about: &str, info: &CertInfo, findings: &[Finding], renew_it: &str) {
+        let not_after = format_unix(info.not_after);
+        let days_left = (info.not_after - self.now.unix_timestamp()) / 86400;
+        if has(findings, FindingKind::NotYetValid) {
+            self.judged(
+                FindingKind::NotYetValid,
                 about,
                 format!(
                     "not valid before {}: check this machine's clock, or wait until then",
-                    format_time(not_before)
+                    format_unix(info.not_before)
                 ),
             );
-        } else if not_after <= self.now {
-            self.problem(
+        } else if has(findings, FindingKind::Expired) {
+            self.judged(
+                FindingKind::Expired,
                 about,
-                format!("expired on {}: {renew}", format_time(not_after)),
+                format!("expired on {not_after}: {renew_it}"),
+            );
+        } else if let Some(expiring) = findings.iter().find(|f| {
+            matches!(
+                f.kind,
+                FindingKind::ExpiringSoon | FindingKind::ExpiringCritical
+            )
+        }) {
+            self.judged(
+                expiring.kind,
+                about,
+                format!("expires in {days_left} days ({not_after}): {renew_it} soon"),
             );
         } else {
-            let left = not_after - self.now;
-            if left < self.options.warn_within {
-                self.warning(
-                    about,
-                    format!(
-                        "expires in {} days ({}): {renew} soon",
-                        left.whole_days(),
-                        format_time(not_after)
-                    ),
-                );
-            } else {
-                self.ok(
-                    about,
-                    format!(
-                        "valid until {} ({} days left)",
-                        format_time(not_after),
-                        left.whole_days()
-                    ),
-                );
-            }
+            self.ok(
+                about,
+                format!("valid until {not_after} ({days_left} days left)"),
+            );
         }
     }
 
-    /// libvirt's `virNetTLSContextCheckCertKeyUsage`, applied to its own certificate and to the
-    /// peer's in every session: a critical KU must allow both digitalSignature and
-    /// keyEncipherment, a non-critical one only earns a logged warning.
-    fn key_usage(&mut self, role: Role, about: &str, cert: &X509Certificate<'_>) {
-        match cert.key_usage() {
-            Err(e) => self.problem(
+    /// Key size, signature algorithm, and a leaf that signed itself.
+    fn strength(&mut self, about: &str, info: &CertInfo, findings: &[Finding], renew_it: &str) {
+        let mut weak = false;
+        for finding in findings {
+            let message = match finding.kind {
+                FindingKind::WeakKey => format!(
+                    "{}: the gateway (rustls) and current GnuTLS refuse keys that weak; {renew_it}",
+                    finding.detail
+                ),
+                FindingKind::WeakSignature => format!(
+                    "{}, which the gateway (rustls) and current GnuTLS refuse; {renew_it}",
+                    finding.detail
+                ),
+                FindingKind::SelfSigned => format!(
+                    "{}: peers accept it only if it is in their own {CA_CERT} or pinned; \
+                     {renew_it} from a CA",
+                    finding.detail
+                ),
+                _ => continue,
+            };
+            weak |= finding.kind != FindingKind::SelfSigned;
+            self.judged(finding.kind, about, message);
+        }
+        if !weak {
+            self.ok(
                 about,
                 format!(
-                    "its Key Usage extension is malformed ({e}); re-issue it with {}",
-                    role.renew()
+                    "{} key ({} bits), signed with {}",
+                    info.key_type, info.key_bits, info.signature_algorithm
                 ),
-            ),
-            Ok(None) => self.ok(
-                about,
-                "no Key Usage extension (libvirt accepts that)".into(),
-            ),
-            Ok(Some(ku)) => {
-                let mut missing = Vec::new();
-                if !ku.value.digital_signature() {
-                    missing.push("digitalSignature");
-                }
-                if !ku.value.key_encipherment() {
-                    missing.push("keyEncipherment");
-                }
-                let critical = if ku.critical { ", critical" } else { "" };
-                if missing.is_empty() {
-                    self.ok(
-                        about,
-                        format!("Key Usage digitalSignature + keyEncipherment{critical}"),
-                    );
-                } else if ku.critical {
-                    self.problem(
-                        about,
-                        format!(
-                            "Key Usage is critical and lacks {}: libvirt refuses this certificate \
-                             in every session (\"usage does not permit ...\"); re-issue it with {}, \
-                             which sets both",
-                            missing.join(" and "),
-                            role.renew()
-                        ),
-                    );
-                } else {
-                    self.warning(
-                        about,
-                        format!(
-                            "Key Usage lacks {}; libvirt only logs a warning because it is not \
-                             critical, but stricter peers refuse it; re-issue it with {}",
-                            missing.join(" and "),
-                            role.renew()
-                        ),
-                    );
-                }
-            }
+            );
         }
     }
 
-    fn extended_key_usage(&mut self, role: Role, about: &str, cert: &X509Certificate<'_>) {
-        let (wanted, name) = match role {
-            Role::Server => ("serverAuth", "a TLS server"),
-            Role::Client => ("clientAuth", "a TLS client"),
-            Role::Leaf => return,
+    /// libvirt's `virNetTLSCertCheckKeyUsage`, applied to its own certificate and to the
+    /// peer's in every session: a critical KU must allow both digitalSignature and
+    /// keyEncipherment, a non-critical one only earns a logged warning.
+    fn key_usage(
+        &mut self,
+        role: Role,
+        about: &str,
+        cert: &X509Certificate<'_>,
+        info: &CertInfo,
+        findings: &[Finding],
+    ) {
+        let ku = match cert.key_usage() {
+            Err(e) => {
+                let message = format!(
+                    "its Key Usage extension is malformed ({e}); re-issue it with {}",
+                    renew(role)
+                );
+                return self.problem(about, message);
+            }
+            Ok(None) => {
+                let message = "no Key Usage extension (libvirt accepts that)".to_string();
+                return self.ok(about, message);
+            }
+            Ok(Some(ku)) => ku,
+        };
+        let missing = libvirt_key_usage_missing(info, role).join(" and ");
+        if has(findings, FindingKind::LibvirtKeyUsage) {
+            self.judged(
+                FindingKind::LibvirtKeyUsage,
+                about,
+                format!(
+                    "Key Usage is critical and lacks {missing}: libvirt refuses this certificate \
+                     in every session (\"usage does not permit ...\"); re-issue it with {}, \
+                     which sets both",
+                    renew(role)
+                ),
+            );
+        } else if missing.is_empty() {
+            let critical = if ku.critical { ", critical" } else { "" };
+            self.ok(
+                about,
+                format!("Key Usage digitalSignature + keyEncipherment{critical}"),
+            );
+        } else {
+            self.warning(
+                about,
+                format!(
+                    "Key Usage lacks {missing}; libvirt only logs a warning because it is not \
+                     critical, but stricter peers refuse it; re-issue it with {}",
+                    renew(role)
+                ),
+            );
+        }
+    }
+
+    fn extended_key_usage(
+        &mut self,
+        role: Role,
+        about: &str,
+        cert: &X509Certificate<'_>,
+        findings: &[Finding],
+    ) {
+        let (wanted, name, kind) = match role {
+            Role::Server => ("serverAuth", "a TLS server", FindingKind::NotServerAuth),
+            Role::Client => ("clientAuth", "a TLS client", FindingKind::NotClientAuth),
+            Role::Any | Role::Authority => return,
         };
         match cert.extended_key_usage() {
             Err(e) => self.problem(
                 about,
                 format!(
                     "its Extended Key Usage is malformed ({e}); re-issue it with {}",
-                    role.renew()
+                    renew(role)
                 ),
             ),
             Ok(None) => self.ok(
                 about,
                 "no Extended Key Usage extension (any purpose; libvirt accepts that)".into(),
             ),
-            Ok(Some(eku)) => {
-                let has = eku.value.any
-                    || match role {
-                        Role::Server => eku.value.server_auth,
-                        _ => eku.value.client_auth,
-                    };
-                if has {
-                    self.ok(about, format!("Extended Key Usage includes {wanted}"));
-                } else {
-                    self.problem(
-                        about,
-                        format!(
-                            "Extended Key Usage lacks {wanted}: libvirt and the gateway refuse it \
-                             as {name}; re-issue it with {}",
-                            role.renew()
-                        ),
-                    );
-                }
-            }
+            Ok(Some(_)) if has(findings, kind) => self.judged(
+                kind,
+                about,
+                format!(
+                    "Extended Key Usage lacks {wanted}: libvirt and the gateway refuse it as \
+                     {name}; re-issue it with {}",
+                    renew(role)
+                ),
+            ),
+            Ok(Some(_)) => self.ok(about, format!("Extended Key Usage includes {wanted}")),
         }
     }
 
-    fn subject_alt_names(&mut self, role: Role, about: &str, cert: &X509Certificate<'_>) {
-        let (dns, ips) = pem::sans(cert);
-        if dns.is_empty() && ips.is_empty() {
-            if role == Role::Server {
-                self.problem(
-                    about,
-                    "no subjectAltName DNS names or addresses, only the CN: the gateway (rustls) \
-                     and other RFC 6125 clients never match the CN; re-issue it with \
-                     `virtgate pki issue server --name HOST --dns NAME --ip ADDR --force`, which \
-                     always writes SANs"
-                        .into(),
-                );
-            }
-        } else {
-            self.ok(about, format!("SANs {}", describe_sans(&dns, &ips)));
+    fn subject_alt_names(&mut self, about: &str, info: &CertInfo, findings: &[Finding]) {
+        let sans = describe_sans(&info.dns_names, &info.ip_addresses);
+        if has(findings, FindingKind::CnOnly) {
+            self.judged(
+                FindingKind::CnOnly,
+                about,
+                "no subjectAltName DNS names or addresses, only the CN: the gateway (rustls) \
+                 and other RFC 6125 clients never match the CN; re-issue it with \
+                 `virtgate pki issue server --name HOST --dns NAME --ip ADDR --force`, which \
+                 always writes SANs"
+                    .into(),
+            );
+        } else if !info.dns_names.is_empty() || !info.ip_addresses.is_empty() {
+            self.ok(about, format!("SANs {sans}"));
         }
         for name in &self.options.hostnames {
             let about = format!("hostname {name}");
-            if name_is_covered(&dns, &ips, name) {
+            if name_is_covered(info, name) {
                 self.ok(&about, "covered by the SANs".into());
-            } else {
-                let flag = if name
-                    .trim_matches(['[', ']'])
-                    .parse::<std::net::IpAddr>()
-                    .is_ok()
-                {
-                    "--ip"
-                } else {
-                    "--dns"
-                };
-                self.problem(
-                    &about,
-                    format!(
-                        "not covered by the SANs ({}); clients using it in their URI fail with \
-                         \"Failed to verify peer's certificate\"; re-issue with {flag} {name} \
-                         (the CN does not count)",
-                        describe_sans(&dns, &ips)
-                    ),
-                );
+                continue;
             }
+            let is_address = name
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok();
+            let flag = if is_address { "--ip" } else { "--dns" };
+            self.problem(
+                &about,
+                format!(
+                    "not covered by the SANs ({sans}); clients using it in their URI fail with \
+                     \"Failed to verify peer's certificate\"; re-issue with {flag} {name} \
+                     (the CN does not count)"
+                ),
+            );
         }
     }
 
@@ -799,7 +881,10 @@ impl Checker<'_> {
             .iter()
             .find(|ca| cert.verify_signature(Some(ca.public_key())).is_ok())
         {
-            self.ok(about, format!("signed by {} from {CA_CERT}", ca.subject()));
+            self.ok(
+                about,
+                format!("signed by {} from {CA_CERT}", dn_string(ca.subject())),
+            );
         } else if named.is_empty() {
             self.problem(
                 about,
@@ -807,8 +892,8 @@ impl Checker<'_> {
                     "issued by {}, which is not in {CA_CERT}: peers reject it (a libvirt client \
                      even refuses its own certificate before connecting); re-issue it from the \
                      CA in {CA_CERT} with {}, or add its CA to {CA_CERT}",
-                    cert.issuer(),
-                    role.renew()
+                    dn_string(cert.issuer()),
+                    renew(role)
                 ),
             );
         } else {
@@ -818,8 +903,8 @@ impl Checker<'_> {
                     "names {} as issuer, but the signature does not verify with that CA's key: \
                      it comes from another CA with the same name (or is damaged); re-issue it \
                      from the CA in {CA_CERT} with {}",
-                    cert.issuer(),
-                    role.renew()
+                    dn_string(cert.issuer()),
+                    renew(role)
                 ),
             );
         }
@@ -859,15 +944,7 @@ impl Checker<'_> {
                 return;
             }
         };
-        let blocks = pem::blocks(&text).unwrap_or_default();
-        let Some(block) = blocks.iter().find(|b| b.label.ends_with("PRIVATE KEY")) else {
-            self.problem(
-                &about,
-                "holds no PEM private key; restore the key that belongs to the certificate".into(),
-            );
-            return;
-        };
-        if block.label.contains("ENCRYPTED") {
+        if pem::has_encrypted_key(&text) {
             self.problem(
                 &about,
                 "is encrypted, and libvirt cannot ask for a passphrase; store it unencrypted \
@@ -876,10 +953,18 @@ impl Checker<'_> {
             );
             return;
         }
+        let blocks = pem::blocks(&text).unwrap_or_default();
+        let Some(block) = blocks.iter().find(|b| b.label.ends_with("PRIVATE KEY")) else {
+            self.problem(
+                &about,
+                "holds no PEM private key; restore the key that belongs to the certificate".into(),
+            );
+            return;
+        };
         if public.is_empty() {
             return;
         }
-        match keys::from_private_key(&block.label, &block.der) {
+        match keys::from_private_key(block.label, &block.der) {
             Some(half) if public.contains(&half) => {
                 self.ok(&about, format!("belongs to {cert_about}"));
             }

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use crate::ca::{issue_client, issue_server, ClientRequest, Output, ServerRequest, LOOPBACK};
 use crate::files::{ensure_dir, CaFiles, ClientFiles, ServerFiles};
-use crate::pem::{certificate_ders, name_is_covered, parse_cert, sans};
+use crate::identity::name_is_covered;
+use crate::pem::certificate_ders;
+use crate::rules::parse_certificate;
 use crate::{Ca, CaOptions, PkiError};
 
 /// Subdirectory of the data directory that holds the development PKI.
@@ -83,16 +85,15 @@ pub fn bootstrap_dev(
     let mut not_covered = Vec::new();
     if have_server {
         let text = crate::files::read_to_string(&server.cert)?;
-        let (dns, ips) = certificate_ders(&text)
+        let existing = certificate_ders(&text)
             .ok()
             .and_then(|ders| ders.into_iter().next())
-            .and_then(|der| parse_cert(&der).ok().map(|c| sans(&c)))
-            .unwrap_or_default();
+            .and_then(|der| parse_certificate(&der, 0).ok());
         not_covered = names
             .iter()
             .cloned()
             .chain(addresses.iter().map(IpAddr::to_string))
-            .filter(|n| !name_is_covered(&dns, &ips, n))
+            .filter(|n| !existing.as_ref().is_some_and(|c| name_is_covered(c, n)))
             .collect();
     } else {
         let signer = signer(&mut ca, have_ca, &ca_files, &mut created)?;

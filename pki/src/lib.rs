@@ -1,13 +1,18 @@
 //! Certificates for virtgate and for the libvirt hosts behind it.
 //!
-//! Owns: a small certificate authority kept as `cacert.pem` + `cakey.pem`; server and client
-//! certificates that libvirt accepts (critical Key Usage digitalSignature + keyEncipherment,
-//! EKU serverAuth / clientAuth, SANs that always include the CN) written in libvirt's file
-//! layouts; `check`, which tells whether a directory or PEM file will work with libvirt and the
-//! gateway; and the development PKI `virtgate up` creates on first start.
+//! Owns: the certificate vocabulary every crate uses — the crypto provider (ring), reading PEM
+//! files, SPKI pins, subject DNs as text (one grammar for writing and for `--dn`), SAN coverage,
+//! the handshake-signature plumbing of custom verifiers, and one judge of single certificates
+//! ([`CertInfo`], [`FindingKind`], [`certificate_findings`]) whose findings the broker reports
+//! and `check` words; a small certificate authority kept as `cacert.pem` + `cakey.pem`; server
+//! and client certificates that libvirt accepts (critical Key Usage digitalSignature +
+//! keyEncipherment, EKU serverAuth / clientAuth, SANs that always include the CN) written in
+//! libvirt's file layouts; `check`, which tells whether a directory or PEM file will work with
+//! libvirt and the gateway; and the development PKI `virtgate up` creates on first start.
 //! Must not: touch the network, start or reconfigure services, print or log (callers do),
-//! write a private key with any mode but 0600, replace an existing CA, or use OpenSSL (rcgen
-//! and x509-parser on ring only).
+//! write a private key with any mode but 0600, replace an existing CA, hand-roll crypto or
+//! encodings (rustls, rustls-pki-types, rcgen and x509-parser do), or use OpenSSL (everything
+//! is on ring).
 #![forbid(unsafe_code)]
 
 mod ca;
@@ -15,8 +20,10 @@ mod check;
 mod dev;
 mod dn;
 mod files;
+mod identity;
 mod keys;
 mod pem;
+mod rules;
 
 use std::path::{Path, PathBuf};
 
@@ -24,18 +31,28 @@ pub use ca::{
     issue_client, issue_server, read_trust_files, Ca, CaOptions, ClientBundle, ClientRequest,
     Issued, Output, ServerBundle, ServerRequest, CA_DAYS, LEAF_DAYS, MAX_DAYS,
 };
-pub use check::{check, CheckOptions, Finding, Layout, Level, Report};
+pub use check::{check, CheckFinding, CheckOptions, Layout, Level, Report};
 pub use dev::{bootstrap_dev, DevPki, ADMIN_DN, BACKEND_DN, DEV_DAYS, DEV_PKI_DIR};
-pub use dn::{parse_dn, SUPPORTED_ATTRIBUTES};
+pub use dn::{common_name_part, dn_string, parse_dn, SUPPORTED_ATTRIBUTES};
 pub use files::{
     CaFiles, ClientFiles, ServerFiles, CA_CERT, CA_KEY, CERT_MODE, CLIENT_CERT, CLIENT_KEY,
     DIR_MODE, KEY_MODE, SERVER_CERT, SERVER_KEY,
 };
-pub use pem::{format_time, name_is_covered};
+pub use identity::{
+    certificate_pem, name_is_covered, provider, read_certs, read_crls, read_key, spki_pin,
+    subject_dn, supported_verify_schemes, verify_tls12_signature, verify_tls13_signature,
+    InvalidCertificate, PemError, Pin, PinError,
+};
+pub use pem::format_time;
+pub use rules::{
+    certificate_findings, libvirt_key_usage_missing, name_finding, parse_certificate, sha256_hex,
+    CertError, CertInfo, Finding, FindingKind, Role, Severity, Windows,
+};
 
 /// The certificate libraries this crate is built on, re-exported so callers (and the
 /// integration tests of the `virtgate` binary) use exactly these versions.
 pub use rcgen;
+pub use rustls;
 pub use x509_parser;
 
 #[derive(Debug, thiserror::Error)]

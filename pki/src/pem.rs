@@ -1,31 +1,54 @@
-//! Reading PEM files and describing certificates for people.
+//! PEM text as `check` and the CA read it (through the shared reader in `identity`), and
+//! describing certificates for people.
 
 use std::net::IpAddr;
 
+use rustls::pki_types::pem::SectionKind;
 use time::OffsetDateTime;
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
-use x509_parser::pem::Pem;
 use x509_parser::prelude::FromDer;
+
+use crate::identity::{encrypted_key_present, pem_sections};
 
 /// One PEM block: its label (`CERTIFICATE`, `PRIVATE KEY`, ...) and the DER it holds.
 #[derive(Debug, Clone)]
 pub(crate) struct Block {
-    pub label: String,
+    pub label: &'static str,
     pub der: Vec<u8>,
 }
 
-/// Every PEM block in `text`; an error describes the first malformed block.
+fn label(kind: SectionKind) -> &'static str {
+    match kind {
+        SectionKind::Certificate => "CERTIFICATE",
+        SectionKind::PrivateKey => "PRIVATE KEY",
+        SectionKind::RsaPrivateKey => "RSA PRIVATE KEY",
+        SectionKind::EcPrivateKey => "EC PRIVATE KEY",
+        SectionKind::PublicKey => "PUBLIC KEY",
+        SectionKind::Crl => "X509 CRL",
+        SectionKind::Csr => "CERTIFICATE REQUEST",
+        _ => "OTHER",
+    }
+}
+
+/// Every certificate, key and CRL block in `text`; an error describes the first malformed one.
+/// Encrypted keys are not among them: see [`has_encrypted_key`].
 pub(crate) fn blocks(text: &str) -> Result<Vec<Block>, String> {
-    Pem::iter_from_buffer(text.as_bytes())
-        .map(|b| {
-            b.map(|p| Block {
-                label: p.label,
-                der: p.contents,
-            })
-            .map_err(|e| format!("malformed PEM block ({e})"))
+    pem_sections(text.as_bytes())
+        .map(|sections| {
+            sections
+                .into_iter()
+                .map(|(kind, der)| Block {
+                    label: label(kind),
+                    der,
+                })
+                .collect()
         })
-        .collect()
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `text` holds an encrypted private key (PKCS#8 or legacy PEM encryption).
+pub(crate) fn has_encrypted_key(text: &str) -> bool {
+    encrypted_key_present(text.as_bytes())
 }
 
 /// The DER of every `CERTIFICATE` block in `text`.
@@ -51,34 +74,6 @@ pub(crate) fn is_ca(cert: &X509Certificate<'_>) -> bool {
         .ok()
         .flatten()
         .is_some_and(|bc| bc.value.ca)
-}
-
-/// The DNS names and IP addresses a certificate's subjectAltName lists.
-pub(crate) fn sans(cert: &X509Certificate<'_>) -> (Vec<String>, Vec<IpAddr>) {
-    let mut dns = Vec::new();
-    let mut ips = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                GeneralName::DNSName(d) => dns.push((*d).to_string()),
-                GeneralName::IPAddress(bytes) => {
-                    if let Some(ip) = ip_from_bytes(bytes) {
-                        ips.push(ip);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    (dns, ips)
-}
-
-fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
-    match bytes.len() {
-        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
-        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
-        _ => None,
-    }
 }
 
 /// `DNS:a, DNS:b, IP:10.0.0.1` (or `none`).
@@ -108,25 +103,11 @@ pub fn format_time(t: OffsetDateTime) -> String {
     )
 }
 
-/// Whether `name` (a DNS name or an IP address, optionally in brackets) is covered by the
-/// given SANs, the way TLS clients match host names: DNS names case-insensitively, a leading
-/// `*.` matching exactly one label, IP addresses only by IP SANs. The CN is never consulted:
-/// RFC 6125 clients, rustls among them, ignore it.
-pub fn name_is_covered(dns: &[String], ips: &[IpAddr], name: &str) -> bool {
-    let bare = name.trim().trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        return ips.contains(&ip);
-    }
-    let want = bare.trim_end_matches('.').to_ascii_lowercase();
-    dns.iter().any(|pattern| {
-        let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
-        match pattern.strip_prefix("*.") {
-            Some(suffix) => want
-                .split_once('.')
-                .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
-            None => pattern == want,
-        }
-    })
+/// A [`crate::CertInfo`] time (Unix seconds) as [`format_time`] writes it.
+pub(crate) fn format_unix(seconds: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(seconds)
+        .map(format_time)
+        .unwrap_or_else(|_| format!("{seconds} (Unix time)"))
 }
 
 #[cfg(test)]
@@ -134,37 +115,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn host_names_match_like_a_tls_client_matches_them() {
-        let dns = vec![
-            "gw.example.com".to_string(),
-            "*.lab.example.com".to_string(),
-        ];
-        let ips: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
-        for covered in [
-            "gw.example.com",
-            "GW.Example.com.",
-            "h1.lab.example.com",
-            "10.0.0.1",
-            "::1",
-            "[::1]",
-        ] {
-            assert!(name_is_covered(&dns, &ips, covered), "{covered}");
-        }
-        for not_covered in [
-            "gw",
-            "example.com",
-            "lab.example.com",
-            "a.b.lab.example.com",
-            "10.0.0.2",
-            "127.0.0.1",
-        ] {
-            assert!(!name_is_covered(&dns, &ips, not_covered), "{not_covered}");
-        }
+    fn blocks_keep_their_labels_and_a_damaged_one_is_named() {
+        let key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let found = blocks(&key).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].label, "PRIVATE KEY");
+
+        let damaged = format!("{key}-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----\n");
+        let err = blocks(&damaged).unwrap_err();
+        assert!(err.starts_with("malformed PEM block 2"), "{err}");
     }
 
     #[test]
-    fn an_ip_address_is_only_covered_by_an_ip_san() {
-        let dns = vec!["10.0.0.1".to_string()];
-        assert!(!name_is_covered(&dns, &[], "10.0.0.1"));
+    fn times_are_written_in_utc_to_the_minute() {
+        assert_eq!(format_unix(0), "1970-01-01 00:00 UTC");
     }
 }

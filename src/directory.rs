@@ -35,7 +35,7 @@ pub fn admission(host: &Host) -> Admission {
         };
     }
     Admission::Connect {
-        pin: host.pin.clone(),
+        pin: host.pin,
         allow_ca: host.trust == TrustState::TrustedCa,
     }
 }
@@ -104,7 +104,7 @@ mod tests {
         let mut h = Host::new("h1", HostSource::Static, 16514, vec![], 0);
         h.state = state;
         h.trust = trust;
-        h.pin = Some("ab".repeat(32));
+        h.pin = Some(virtgate_api::Pin::from_bytes([0xab; 32]));
         h
     }
 
@@ -135,10 +135,8 @@ mod tests {
         else {
             panic!("pinned hosts are connected to");
         };
-        assert_eq!(
-            (pin.as_deref(), allow_ca),
-            (Some("ab".repeat(32).as_str()), false)
-        );
+        let approved = virtgate_api::Pin::from_bytes([0xab; 32]);
+        assert_eq!((pin, allow_ca), (Some(approved), false));
         let Admission::Connect { allow_ca, .. } =
             admission(&host(HostState::Up, TrustState::TrustedCa))
         else {

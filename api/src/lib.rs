@@ -12,7 +12,7 @@ pub mod client;
 pub mod follow;
 pub mod model;
 
-pub use cert::{CertInfo, Finding, FindingKind};
+pub use cert::{CertInfo, Finding, FindingKind, Pin};
 pub use client::{BrokerUrl, Client, ClientError};
 pub use follow::{Followed, Follower};
 pub use model::{

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cert::{CertInfo, Finding};
+use crate::cert::{CertInfo, Finding, Pin};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -158,10 +158,10 @@ pub struct Host {
     pub trust_detail: String,
     /// The approved SPKI SHA-256 pin (hex).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pin: Option<String>,
+    pub pin: Option<Pin>,
     /// The SPKI SHA-256 of the leaf the host presents now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub presented_pin: Option<String>,
+    pub presented_pin: Option<Pin>,
     pub first_seen: i64,
     pub last_seen: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]

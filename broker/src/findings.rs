@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use virtgate_api::{Finding, FindingKind, Host, HostSource, TrustState};
 
-use crate::cert::{certificate_findings, name_finding, Windows};
+use crate::cert::{certificate_findings, name_finding, Role, Windows};
 use crate::tls::ChainVerdict;
 
 /// Every finding for `host` as probed at `now`, sorted by kind, each (kind, certificate) once.
@@ -24,7 +24,7 @@ pub(crate) fn host_findings(
     };
     for endpoint in host.endpoints.iter().filter(|e| !e.chain.is_empty()) {
         for cert in &endpoint.chain {
-            for f in certificate_findings(cert, now, windows) {
+            for f in certificate_findings(cert, now, windows, Role::Server) {
                 push(f, &mut out);
             }
         }

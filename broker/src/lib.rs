@@ -56,5 +56,7 @@ pub enum BrokerError {
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
     #[error(transparent)]
+    Pem(#[from] virtgate_pki::PemError),
+    #[error(transparent)]
     Discovery(#[from] virtgate_discovery::DiscoveryError),
 }

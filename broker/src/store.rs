@@ -22,6 +22,8 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("inventory database holds a record that cannot be read ({0}); was it written by a newer virtgate?")]
     Corrupt(#[from] serde_json::Error),
+    #[error("inventory database holds {0:?} as a pin, which is not one; restore the database from a backup")]
+    BadPin(String),
     #[error("inventory schema version {found} is newer than this virtgate knows ({known}); upgrade virtgate")]
     TooNew { found: i64, known: i64 },
 }
@@ -123,7 +125,10 @@ impl Store {
             let (doc, pin) = row?;
             let mut host: Host = serde_json::from_str(&doc)?;
             // The pin column is written by approvals alone; it is the authority.
-            host.pin = pin;
+            host.pin = match pin {
+                Some(pin) => Some(pin.parse().map_err(|_| StoreError::BadPin(pin))?),
+                None => None,
+            };
             hosts.push(host);
         }
         Ok(hosts)
@@ -140,7 +145,7 @@ impl Store {
         tx.execute(
             "INSERT INTO hosts (name, pin, last_seen, doc) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(name) DO UPDATE SET pin = excluded.pin, last_seen = excluded.last_seen, doc = excluded.doc",
-            params![host.name, host.pin, host.last_seen, serde_json::to_string(host)?],
+            params![host.name, host.pin.map(|p| p.to_string()), host.last_seen, serde_json::to_string(host)?],
         )?;
         let infos: std::collections::HashMap<&str, &CertInfo> = host
             .endpoints
@@ -320,7 +325,7 @@ mod tests {
             100,
         );
         host.trust = TrustState::Pinned;
-        host.pin = Some("ab".repeat(32));
+        host.pin = Some(virtgate_api::Pin::from_bytes([0xab; 32]));
         {
             let mut store = Store::open(&path).unwrap();
             let events = store

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore,
@@ -16,53 +15,13 @@ use rustls::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path} holds no {what} in PEM form")]
-    Empty { path: String, what: &'static str },
+    #[error(transparent)]
+    File(#[from] virtgate_pki::PemError),
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
 }
 
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
-    let data = std::fs::read(path).map_err(|source| TlsSetupError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
-        .filter_map(Result::ok)
-        .collect();
-    if certs.is_empty() {
-        return Err(TlsSetupError::Empty {
-            path: path.display().to_string(),
-            what: "certificate",
-        });
-    }
-    Ok(certs)
-}
-
-pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsSetupError> {
-    let data = std::fs::read(path).map_err(|source| TlsSetupError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|e| TlsSetupError::Invalid {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?
-        .ok_or(TlsSetupError::Empty {
-            path: path.display().to_string(),
-            what: "private key",
-        })
-}
+pub(crate) use virtgate_pki::{provider, read_certs, read_key};
 
 /// The CAs an operator trusts for hosts. Empty means "no CA configured": hosts are then trusted
 /// only through approved pins.
@@ -152,9 +111,7 @@ impl TrustAnchors {
 /// Accepts any server certificate so the chain can be recorded, but still checks that the
 /// server proves possession of the presented key (handshake signatures are verified).
 #[derive(Debug)]
-struct CaptureAnyCertificate {
-    provider: Arc<CryptoProvider>,
-}
+struct CaptureAnyCertificate;
 
 impl ServerCertVerifier for CaptureAnyCertificate {
     fn verify_server_cert(
@@ -174,12 +131,7 @@ impl ServerCertVerifier for CaptureAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        virtgate_pki::verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -188,18 +140,11 @@ impl ServerCertVerifier for CaptureAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        virtgate_pki::verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        virtgate_pki::supported_verify_schemes()
     }
 }
 
@@ -216,7 +161,7 @@ pub fn probe_client_config(
             reason: e.to_string(),
         })?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(CaptureAnyCertificate { provider }));
+        .with_custom_certificate_verifier(Arc::new(CaptureAnyCertificate));
     let config = match client_identity {
         Some((chain, key)) => {
             builder

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::sync::watch;
+use virtgate_pki::Pin;
 
 /// Why a host in the table is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,9 +22,9 @@ pub enum RefuseReason {
 /// Whether the gateway connects to a host on a client's behalf, and how it checks the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
-    /// Connect; accept the host only if it presents `pin` (SPKI SHA-256 hex) or, when
-    /// `allow_ca`, a chain to the backend CAs that covers its name.
-    Connect { pin: Option<String>, allow_ca: bool },
+    /// Connect; accept the host only if it presents `pin` or, when `allow_ca`, a chain to the
+    /// backend CAs that covers its name.
+    Connect { pin: Option<Pin>, allow_ca: bool },
     /// Refuse: `message` goes to the client (virsh prints it), `detail` to the log line.
     Refuse {
         reason: RefuseReason,

@@ -392,7 +392,7 @@ async fn session(
         .await;
     };
     let (pin, allow_ca) = match &target.admission {
-        Admission::Connect { pin, allow_ca } => (pin.clone(), *allow_ca),
+        Admission::Connect { pin, allow_ca } => (*pin, *allow_ca),
         Admission::Refuse {
             reason,
             message,
@@ -684,7 +684,7 @@ type Backend = tokio_rustls::client::TlsStream<TcpStream>;
 async fn connect_backend(
     material: &TlsMaterial,
     target: &HostTarget,
-    pin: Option<String>,
+    pin: Option<virtgate_pki::Pin>,
     allow_ca: bool,
     budget: Duration,
 ) -> Result<Backend, (&'static str, String)> {

@@ -7,90 +7,32 @@
 //! or, when CAs are configured, by CA and name.
 //! The material is published through a `watch` channel so a reload swaps it atomically.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{
-    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
-};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
     ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore, ServerConfig,
     SignatureScheme,
 };
-use sha2::{Digest, Sha256};
-use x509_parser::prelude::{FromDer, X509Certificate};
+use virtgate_pki::Pin;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyTlsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] virtgate_pki::PemError),
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
     #[error(
         "proxy.{0} is not set; set it, or run `virtgate up`, which generates a development PKI"
     )]
     Missing(&'static str),
-    #[error("{path} holds no {what} in PEM form")]
-    Empty { path: String, what: &'static str },
 }
 
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, ProxyTlsError> {
-    std::fs::read(path).map_err(|source| ProxyTlsError::Read {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-/// PEM certificates.
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ProxyTlsError> {
-    let data = read(path)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
-        .filter_map(Result::ok)
-        .collect();
-    if certs.is_empty() {
-        return Err(ProxyTlsError::Empty {
-            path: path.display().to_string(),
-            what: "certificate",
-        });
-    }
-    Ok(certs)
-}
-
-pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, ProxyTlsError> {
-    let data = read(path)?;
-    rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|e| ProxyTlsError::Invalid {
-            what: path.display().to_string(),
-            reason: e.to_string(),
-        })?
-        .ok_or(ProxyTlsError::Empty {
-            path: path.display().to_string(),
-            what: "private key",
-        })
-}
-
-fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, ProxyTlsError> {
-    let data = read(path)?;
-    let pem: Vec<_> = rustls_pemfile::crls(&mut data.as_slice())
-        .filter_map(Result::ok)
-        .collect();
-    Ok(if pem.is_empty() {
-        vec![CertificateRevocationListDer::from(data)]
-    } else {
-        pem
-    })
-}
+pub use virtgate_pki::{provider, read_certs, read_crls, read_key};
 
 /// Paths of the TLS material, so it can be read again on reload.
 #[derive(Debug, Clone)]
@@ -195,7 +137,7 @@ impl TlsMaterial {
     /// configured and `allow_ca`) a chain to them that covers `name`.
     pub fn backend_config(
         &self,
-        pin: Option<String>,
+        pin: Option<Pin>,
         allow_ca: bool,
     ) -> Result<Arc<ClientConfig>, ProxyTlsError> {
         let provider = provider();
@@ -206,7 +148,6 @@ impl TlsMaterial {
             } else {
                 None
             },
-            provider: provider.clone(),
         };
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -227,51 +168,21 @@ impl TlsMaterial {
     }
 }
 
-pub fn spki_sha256_hex(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
-    Some(hex::encode(Sha256::digest(parsed.public_key().raw)))
-}
-
-/// The client's subject DN as written in its certificate: RDNs in certificate order joined by
-/// `,`, e.g. `C=GB,O=Example,CN=alice` (the form libvirt's `tls_allowed_dn_list` examples use).
+/// The client's subject DN as the policy matches it: RDNs in certificate order, values escaped
+/// as RFC 4514 says (`C=GB,O=Example,CN=alice`), so two different subjects never read the same.
 pub fn subject_dn(cert: &CertificateDer<'_>) -> Option<String> {
-    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
-    let mut parts = Vec::new();
-    for rdn in parsed.subject().iter() {
-        for atv in rdn.iter() {
-            let key = match atv.attr_type().to_id_string().as_str() {
-                "2.5.4.6" => "C".to_string(),
-                "2.5.4.8" => "ST".to_string(),
-                "2.5.4.7" => "L".to_string(),
-                "2.5.4.10" => "O".to_string(),
-                "2.5.4.11" => "OU".to_string(),
-                "2.5.4.3" => "CN".to_string(),
-                "2.5.4.5" => "serialNumber".to_string(),
-                "0.9.2342.19200300.100.1.25" => "DC".to_string(),
-                "0.9.2342.19200300.100.1.1" => "UID".to_string(),
-                "1.2.840.113549.1.9.1" => "EMAIL".to_string(),
-                other => other.to_string(),
-            };
-            let value = atv
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|_| hex::encode(atv.attr_value().data));
-            parts.push(format!("{key}={value}"));
-        }
-    }
-    Some(parts.join(","))
+    virtgate_pki::subject_dn(cert).ok()
 }
 
 /// The common name in a DN string, for short messages (`CN=alice`).
 pub fn cn_of(dn: &str) -> &str {
-    dn.split(',').find(|p| p.starts_with("CN=")).unwrap_or(dn)
+    virtgate_pki::common_name_part(dn)
 }
 
 #[derive(Debug)]
 struct HostVerifier {
-    pin: Option<String>,
+    pin: Option<Pin>,
     ca: Option<Arc<WebPkiServerVerifier>>,
-    provider: Arc<CryptoProvider>,
 }
 
 impl ServerCertVerifier for HostVerifier {
@@ -283,11 +194,9 @@ impl ServerCertVerifier for HostVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        let presented = spki_sha256_hex(end_entity);
-        if let (Some(pin), Some(presented)) = (&self.pin, &presented) {
-            if pin == presented {
-                return Ok(ServerCertVerified::assertion());
-            }
+        let presented = virtgate_pki::spki_pin(end_entity).ok();
+        if self.pin.is_some() && presented == self.pin {
+            return Ok(ServerCertVerified::assertion());
         }
         if let Some(ca) = &self.ca {
             if ca
@@ -299,8 +208,8 @@ impl ServerCertVerifier for HostVerifier {
         }
         Err(TlsError::General(format!(
             "presented key {} is not the approved pin {}",
-            presented.unwrap_or_else(|| "(unparsable)".into()),
-            self.pin.as_deref().unwrap_or("(none)")
+            presented.map_or_else(|| "(unparsable)".into(), |p| p.to_string()),
+            self.pin.map_or_else(|| "(none)".into(), |p| p.to_string())
         )))
     }
 
@@ -310,7 +219,7 @@ impl ServerCertVerifier for HostVerifier {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls12_signature(m, c, d, &self.provider.signature_verification_algorithms)
+        virtgate_pki::verify_tls12_signature(m, c, d)
     }
 
     fn verify_tls13_signature(
@@ -319,12 +228,10 @@ impl ServerCertVerifier for HostVerifier {
         c: &CertificateDer<'_>,
         d: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature(m, c, d, &self.provider.signature_verification_algorithms)
+        virtgate_pki::verify_tls13_signature(m, c, d)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        virtgate_pki::supported_verify_schemes()
     }
 }

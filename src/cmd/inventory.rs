@@ -68,7 +68,7 @@ pub async fn hosts(config: &Config, args: HostsArgs) -> anyhow::Result<()> {
                         );
                     };
                     println!("host {name} presents key {p}");
-                    p
+                    p.to_string()
                 }
             };
             let host = client.approve(&name, &pin).await?;

@@ -230,7 +230,7 @@ fn issue_client(args: ClientArgs, default_ca: &Path) -> Result<()> {
     println!(
         "libvirtd on HOST must trust {} (its ca_file) and, with tls_allowed_dn_list, allow \"{}\"",
         ca.subject(),
-        issued.subject.replace(", ", ",")
+        issued.subject
     );
     Ok(())
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::{info, warn};
-use virtgate_api::{CertificateHistoryEntry, Event, EventKind, FindingKind, Host, HostSource};
+use virtgate_api::{CertificateHistoryEntry, Event, EventKind, FindingKind, Host, HostSource, Pin};
 use virtgate_discovery::DiscoveryEvent;
 
 use crate::cert::Windows;
@@ -61,10 +61,10 @@ pub enum InventoryError {
     #[error("pin {given} does not match the key host {host} presents now ({presented}); check the host, then approve the presented pin")]
     PinMismatch {
         host: String,
-        given: String,
-        presented: String,
+        given: Pin,
+        presented: Pin,
     },
-    #[error("{0:?} is not a SPKI SHA-256 pin: expected 64 hex digits")]
+    #[error("{0:?} is not a SPKI SHA-256 pin: expected 64 hex digits (or sha256:HEX, pin-sha256:BASE64)")]
     BadPin(String),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -319,17 +319,15 @@ impl Inventory {
 
     /// Approves the key a host presents now. `pin` must match it: approving blind is refused.
     pub fn approve(&self, name: &str, pin: &str) -> Result<Host, InventoryError> {
-        let pin = pin.trim().to_ascii_lowercase();
-        if pin.len() != 64 || !pin.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(InventoryError::BadPin(pin));
-        }
+        let pin: Pin = pin
+            .parse()
+            .map_err(|_| InventoryError::BadPin(pin.trim().to_string()))?;
         let mut w = self.writer();
         let mut host = w
             .get(name)
             .ok_or_else(|| InventoryError::UnknownHost(name.into()))?;
         let presented = host
             .presented_pin
-            .clone()
             .ok_or_else(|| InventoryError::NothingPresented { host: name.into() })?;
         if presented != pin {
             return Err(InventoryError::PinMismatch {
@@ -338,7 +336,7 @@ impl Inventory {
                 presented,
             });
         }
-        host.pin = Some(pin.clone());
+        host.pin = Some(pin);
         if host.trust != virtgate_api::TrustState::TrustedCa {
             host.trust = virtgate_api::TrustState::Pinned;
         }

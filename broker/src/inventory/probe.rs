@@ -151,10 +151,10 @@ fn judge(
         );
         events.push(NewEvent::new(now, EventKind::CertChanged, detail));
     }
-    host.presented_pin = Some(leaf.spki_sha256.clone());
+    host.presented_pin = Some(leaf.spki_sha256);
     let at = UnixTime::since_unix_epoch(std::time::Duration::from_secs(now.max(0) as u64));
     let verdict = policy.anchors.verify(chain, &host.name, at);
-    let decision = trust::decide(previous, &leaf.spki_sha256, &verdict, policy.first_sight);
+    let decision = trust::decide(previous, leaf.spki_sha256, &verdict, policy.first_sight);
     host.trust = decision.trust;
     host.pin = decision.pin;
     host.trust_detail = decision.detail;

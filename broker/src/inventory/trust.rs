@@ -1,7 +1,7 @@
 //! The trust state machine: given what a host presented and what its chain proves, what does
 //! virtgate trust now? A pure function of its inputs, so every transition is tested in a table.
 
-use virtgate_api::{EventKind, Host, TrustState};
+use virtgate_api::{EventKind, Host, Pin, TrustState};
 
 use crate::config::FirstSight;
 use crate::tls::ChainVerdict;
@@ -14,13 +14,13 @@ const PIN_MATCHES: &str = "presented key matches the approved pin";
 pub(crate) struct TrustDecision {
     pub trust: TrustState,
     /// The approved pin after the decision.
-    pub pin: Option<String>,
+    pub pin: Option<Pin>,
     pub detail: String,
     /// What the event log should record, if this is news.
     pub event: Option<(EventKind, String)>,
 }
 
-/// Decides trust for a host that presented the key `presented` (SPKI SHA-256 hex).
+/// Decides trust for a host that presented the key `presented`.
 ///
 /// - No pin yet: a CA-verified chain pins itself (`trusted_ca`); otherwise the first sight rule
 ///   applies (`tofu` pins, `approve` waits as `pending`).
@@ -29,32 +29,32 @@ pub(crate) struct TrustDecision {
 ///   until an operator approves the new key.
 pub(crate) fn decide(
     previous: &Host,
-    presented: &str,
+    presented: Pin,
     verdict: &ChainVerdict,
     first_sight: FirstSight,
 ) -> TrustDecision {
     let ca_ok = *verdict == ChainVerdict::Trusted;
-    let short = &presented[..presented.len().min(16)];
+    let new = short(presented);
     let name = &previous.name;
-    match previous.pin.as_deref() {
+    match previous.pin {
         None if ca_ok => TrustDecision {
             trust: TrustState::TrustedCa,
-            pin: Some(presented.to_string()),
+            pin: Some(presented),
             detail: CA_VERIFIED.into(),
-            event: Some((EventKind::CaPinned, format!("pinned {short}… (CA-verified)"))),
+            event: Some((EventKind::CaPinned, format!("pinned {new}… (CA-verified)"))),
         },
         None => match first_sight {
             FirstSight::Tofu => TrustDecision {
                 trust: TrustState::Pinned,
-                pin: Some(presented.to_string()),
+                pin: Some(presented),
                 detail: "pinned on first use (first_sight = \"tofu\")".into(),
-                event: Some((EventKind::AutoPinned, format!("pinned {short}… on first use"))),
+                event: Some((EventKind::AutoPinned, format!("pinned {new}… on first use"))),
             },
             FirstSight::Approve => TrustDecision {
                 trust: TrustState::Pending,
                 pin: None,
                 detail: format!(
-                    "new key {short}…; approve it with `virtgate hosts approve {name} --pin {presented}`"
+                    "new key {new}…; approve it with `virtgate hosts approve {name} --pin {presented}`"
                 ),
                 event: (previous.trust != TrustState::Pending).then(|| {
                     (EventKind::Pending, format!("key {presented} awaits approval"))
@@ -67,25 +67,25 @@ pub(crate) fn decide(
             } else {
                 TrustState::Pinned
             },
-            pin: Some(pin.to_string()),
+            pin: Some(pin),
             detail: if ca_ok { CA_VERIFIED } else { PIN_MATCHES }.into(),
             event: None,
         },
         Some(pin) if ca_ok => TrustDecision {
             trust: TrustState::TrustedCa,
-            pin: Some(presented.to_string()),
+            pin: Some(presented),
             detail: "renewed certificate verifies to a configured CA; pin updated".into(),
             event: Some((
                 EventKind::CertRenewed,
                 format!(
-                    "pin {}… replaced by {short}… (CA-verified renewal)",
-                    &pin[..pin.len().min(16)]
+                    "pin {}… replaced by {new}… (CA-verified renewal)",
+                    short(pin)
                 ),
             )),
         },
         Some(pin) => TrustDecision {
             trust: TrustState::Changed,
-            pin: Some(pin.to_string()),
+            pin: Some(pin),
             detail: format!(
                 "presents key {presented} but the approved pin is {pin}; if the change is legitimate run `virtgate hosts approve {name} --pin {presented}`"
             ),
@@ -99,13 +99,20 @@ pub(crate) fn decide(
     }
 }
 
+/// The first 16 hex digits, enough to tell keys apart in a log line.
+fn short(pin: Pin) -> String {
+    let mut hex = pin.to_string();
+    hex.truncate(16);
+    hex
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use virtgate_api::HostSource;
 
-    const APPROVED: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-    const OTHER: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+    const APPROVED: Pin = Pin::from_bytes([0xaa; 32]);
+    const OTHER: Pin = Pin::from_bytes([0xbb; 32]);
 
     #[derive(Clone, Copy, Debug)]
     enum PinBefore {
@@ -118,8 +125,8 @@ mod tests {
         let mut h = Host::new("h1", HostSource::Static, 16514, vec![], 0);
         h.pin = match pin {
             PinBefore::None => None,
-            PinBefore::Same => Some(APPROVED.into()),
-            PinBefore::Other => Some(OTHER.into()),
+            PinBefore::Same => Some(APPROVED),
+            PinBefore::Other => Some(OTHER),
         };
         h.trust = trust;
         h
@@ -134,7 +141,7 @@ mod tests {
         use TrustState as T;
         let presented = APPROVED;
         #[rustfmt::skip]
-        let table: &[(P, bool, FirstSight, T, Option<&str>, Option<E>)] = &[
+        let table: &[(P, bool, FirstSight, T, Option<Pin>, Option<E>)] = &[
             (P::None,  true,  Approve, T::TrustedCa, Some(APPROVED), Some(E::CaPinned)),
             (P::None,  true,  Tofu,    T::TrustedCa, Some(APPROVED), Some(E::CaPinned)),
             (P::None,  false, Approve, T::Pending,   None,           Some(E::Pending)),
@@ -162,7 +169,7 @@ mod tests {
             );
             let case = format!("pin {pin:?}, CA verified {ca}, first sight {first_sight:?}");
             assert_eq!(d.trust, trust, "{case}");
-            assert_eq!(d.pin.as_deref(), pin_after, "{case}");
+            assert_eq!(d.pin, pin_after, "{case}");
             assert_eq!(d.event.map(|(k, _)| k), event, "{case}");
         }
     }

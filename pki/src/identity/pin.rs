@@ -19,7 +19,7 @@ impl Pin {
         Pin(Sha256::digest(spki_der).into())
     }
 
-    pub fn from_bytes(bytes: [u8; 32]) -> Pin {
+    pub const fn from_bytes(bytes: [u8; 32]) -> Pin {
         Pin(bytes)
     }
 

@@ -36,6 +36,7 @@ fn probed(host: &Value) -> bool {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
 fn expiry_san_coverage_and_cn_only_are_found_and_exported_exactly() {
     let expiring = ServerCertSpec::localhost().expiring_in(time::Duration::days(10));
     let expected_not_after = expiring.not_after.unix_timestamp();

@@ -599,6 +599,7 @@ fn label_value_matchers_are_checked_when_they_list_plain_values() {
 /// pass `promtool check metrics`, hold every series that a dashboard or rule queries, and match
 /// the exported lists above (names, labels and the fixed label values).
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
 fn virtgate_up_metrics_pass_promtool_and_hold_every_series_dashboards_and_rules_query() {
     use common::gateway::{identity, text, virsh, Gateway};
     use virtgate_testlab::libvirtd::{Libvirtd, LibvirtdOptions};

@@ -131,6 +131,7 @@ except libvirt.libvirtError as e:
 "#;
 
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
 fn virsh_and_python_get_the_same_results_through_the_gateway_as_directly() {
     let libvirtd = libvirtd();
     let dir = tempfile::tempdir().unwrap();

@@ -214,45 +214,8 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET, ["v1", "watch"]) => watch(state, &req).await,
         (&Method::POST, ["v1", "hosts", name, action @ ("approve" | "forget")]) => {
-            if !authorized(state, &req) {
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    format!(
-                        "missing or wrong bearer token; the admin token is in {}",
-                        state.token_path
-                    ),
-                );
-            }
-            let name = name.to_string();
-            let action = action.to_string();
-            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}"))
-                }
-            };
-            if action == "approve" {
-                let Ok(ApproveRequest { pin }) = serde_json::from_slice(&body) else {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "body must be JSON {\"pin\": \"<SPKI SHA-256 hex>\"}",
-                    );
-                };
-                match state.inventory.approve(&name, &pin) {
-                    Ok(host) => json_response(StatusCode::OK, &host),
-                    Err(e) => inventory_error(e),
-                }
-            } else {
-                match state.inventory.forget(
-                    &name,
-                    "forgotten by an operator",
-                    virtgate_api::EventKind::Forgotten,
-                ) {
-                    Ok(true) => json_response(StatusCode::OK, &ForgetResponse { forgotten: name }),
-                    Ok(false) => error(StatusCode::NOT_FOUND, format!("no host named {name:?}")),
-                    Err(e) => inventory_error(e),
-                }
-            }
+            let (name, action) = (name.to_string(), action.to_string());
+            change(state, req, &name, &action).await
         }
         (_, segments) if is_known_path(segments) => error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -262,6 +225,55 @@ async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
             StatusCode::NOT_FOUND,
             "no such endpoint; see docs/openapi.yaml",
         ),
+    }
+}
+
+/// `POST /v1/hosts/{name}/approve|forget`: the admin token first, then the body.
+async fn change(
+    state: &ApiState,
+    req: Request<Incoming>,
+    name: &str,
+    action: &str,
+) -> Response<Body> {
+    if !authorized(state, &req) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "missing or wrong bearer token; the admin token is in {}",
+                state.token_path
+            ),
+        );
+    }
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}")),
+    };
+    if action == "approve" {
+        let Ok(ApproveRequest { pin }) = serde_json::from_slice(&body) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "body must be JSON {\"pin\": \"<SPKI SHA-256 hex>\"}",
+            );
+        };
+        match state.inventory.approve(name, &pin) {
+            Ok(host) => json_response(StatusCode::OK, &host),
+            Err(e) => inventory_error(e),
+        }
+    } else {
+        match state.inventory.forget(
+            name,
+            "forgotten by an operator",
+            virtgate_api::EventKind::Forgotten,
+        ) {
+            Ok(true) => json_response(
+                StatusCode::OK,
+                &ForgetResponse {
+                    forgotten: name.to_string(),
+                },
+            ),
+            Ok(false) => error(StatusCode::NOT_FOUND, format!("no host named {name:?}")),
+            Err(e) => inventory_error(e),
+        }
     }
 }
 

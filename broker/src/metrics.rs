@@ -38,30 +38,31 @@ pub struct Metrics {
     own: Mutex<Vec<(String, CertInfo)>>,
 }
 
+/// Registers metrics on one registry; the definitions are static, so failures are bugs.
+struct On<'a>(&'a Registry);
+
+impl On<'_> {
+    fn add<M: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        metric: prometheus::Result<M>,
+    ) -> M {
+        let metric = metric.expect("valid metric");
+        self.0
+            .register(Box::new(metric.clone()))
+            .expect("unique metric");
+        metric
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let int_gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
+        let on = On(&registry);
+        let (gauge, int_gauge, counter) = (
+            |n: &str, h: &str, l: &[&str]| on.add(GaugeVec::new(Opts::new(n, h), l)),
+            |n: &str, h: &str, l: &[&str]| on.add(IntGaugeVec::new(Opts::new(n, h), l)),
+            |n: &str, h: &str, l: &[&str]| on.add(IntCounterVec::new(Opts::new(n, h), l)),
+        );
         let cert_not_after = gauge(
             "virtgate_cert_not_after_timestamp_seconds",
             "Certificate notAfter, Unix seconds, per certificate a host presents (and virtgate's own).",
@@ -92,7 +93,7 @@ impl Metrics {
             "1 if the host's last probe reached any address, else 0.",
             &["host"],
         );
-        let probe_duration = Histogram::with_opts(
+        let probe_duration = on.add(Histogram::with_opts(
             HistogramOpts::new(
                 "virtgate_probe_duration_seconds",
                 "Time to connect and complete a TLS handshake with one address.",
@@ -100,11 +101,7 @@ impl Metrics {
             .buckets(vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(probe_duration.clone()))
-            .expect("unique metric");
+        ));
         let probe_errors = counter(
             "virtgate_probe_errors_total",
             "Failed probes of one address, by reason.",

@@ -89,11 +89,8 @@ impl TrustAnchors {
         let Some((leaf, intermediates)) = chain.split_first() else {
             return ChainVerdict::Untrusted("no certificate presented".into());
         };
-        let name = match ServerName::try_from(host_name.to_string()) {
-            Ok(n) => n,
-            Err(_) => {
-                return ChainVerdict::Untrusted(format!("{host_name:?} is not a valid server name"))
-            }
+        let Ok(name) = ServerName::try_from(host_name.to_string()) else {
+            return ChainVerdict::Untrusted(format!("{host_name:?} is not a valid server name"));
         };
         match verifier.verify_server_cert(leaf, intermediates, &name, &[], now) {
             Ok(_) => ChainVerdict::Trusted,
@@ -154,7 +151,7 @@ pub fn probe_client_config(
     client_identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
 ) -> Result<Arc<ClientConfig>, TlsSetupError> {
     let provider = provider();
-    let builder = ClientConfig::builder_with_provider(provider.clone())
+    let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsSetupError::Invalid {
             path: "tls".into(),

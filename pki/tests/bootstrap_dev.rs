@@ -93,7 +93,7 @@ fn first_start_creates_a_ca_a_server_a_backend_identity_and_an_admin_bundle() {
 
     let subject = |path: &Path| {
         let text = fs::read_to_string(path).unwrap();
-        let (_, pem) = virtgate_pki::x509_parser::pem::parse_x509_pem(text.as_bytes()).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(text.as_bytes()).unwrap();
         pem.parse_x509().unwrap().subject().to_string()
     };
     assert_eq!(

@@ -92,7 +92,7 @@ impl NewEvent {
 pub(crate) enum Change {
     /// The host's new record, the certificates it presents now (SHA-256, DER), and events.
     Save {
-        host: Host,
+        host: Box<Host>,
         ders: Vec<(String, Vec<u8>)>,
         events: Vec<NewEvent>,
     },
@@ -129,7 +129,7 @@ impl Writer<'_> {
             Change::Save { host, ders, events } => {
                 self.store.save(&host, &ders, &events)?;
                 log_events(&host.name, &events);
-                self.inventory.read().insert(host.name.clone(), host);
+                self.inventory.read().insert(host.name.clone(), *host);
             }
             Change::Forget { name, event } => {
                 let stored = self.store.forget(&name, &event)?;
@@ -245,7 +245,11 @@ impl Inventory {
             return Ok(None);
         };
         let ders = Vec::new();
-        w.commit(Change::Save { host, ders, events })?;
+        w.commit(Change::Save {
+            host: Box::new(host),
+            ders,
+            events,
+        })?;
         Ok(Some(config.name.clone()))
     }
 
@@ -262,7 +266,11 @@ impl Inventory {
                 let (host, events, needs_probe) =
                     announce::announced(previous.as_ref(), &name, ad, w.now);
                 let ders = Vec::new();
-                w.commit(Change::Save { host, ders, events })?;
+                w.commit(Change::Save {
+                    host: Box::new(host),
+                    ders,
+                    events,
+                })?;
                 Ok(needs_probe.then_some(name))
             }
             DiscoveryEvent::Removed { instance, .. } => {
@@ -279,7 +287,11 @@ impl Inventory {
                 };
                 let (host, events) = announce::withdrawn(&previous, instance, w.now);
                 let ders = Vec::new();
-                w.commit(Change::Save { host, ders, events })?;
+                w.commit(Change::Save {
+                    host: Box::new(host),
+                    ders,
+                    events,
+                })?;
                 Ok(None)
             }
         }
@@ -346,7 +358,7 @@ impl Inventory {
         let events = vec![NewEvent::new(w.now, EventKind::Approved, detail)];
         let ders = Vec::new();
         w.commit(Change::Save {
-            host: host.clone(),
+            host: Box::new(host.clone()),
             ders,
             events,
         })?;

@@ -32,7 +32,11 @@ pub(crate) fn fold(
         host.findings.clear();
     }
     mark_changed(&mut host);
-    Change::Save { host, ders, events }
+    Change::Save {
+        host: Box::new(host),
+        ders,
+        events,
+    }
 }
 
 /// One address's outcome. A failed address keeps what it presented last time, so expiry stays

@@ -140,8 +140,9 @@ mod tests {
         use PinBefore as P;
         use TrustState as T;
         let presented = APPROVED;
+        type Row = (P, bool, FirstSight, T, Option<Pin>, Option<E>);
         #[rustfmt::skip]
-        let table: &[(P, bool, FirstSight, T, Option<Pin>, Option<E>)] = &[
+        let table: &[Row] = &[
             (P::None,  true,  Approve, T::TrustedCa, Some(APPROVED), Some(E::CaPinned)),
             (P::None,  true,  Tofu,    T::TrustedCa, Some(APPROVED), Some(E::CaPinned)),
             (P::None,  false, Approve, T::Pending,   None,           Some(E::Pending)),

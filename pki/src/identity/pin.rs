@@ -130,7 +130,7 @@ mod tests {
             format!("pin-sha256:{base64}"),
             format!("pin-sha256=\"{base64}\""),
             format!("sha256//{base64}"),
-            base64.clone(),
+            base64,
         ] {
             assert_eq!(spelling.parse::<Pin>(), Ok(pin()), "{spelling:?}");
         }

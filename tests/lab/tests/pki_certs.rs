@@ -117,7 +117,7 @@ fn special_server_certificates() {
     let (ok, out) = verify(ca.cert_pem(), &soon, dir.path());
     assert!(ok, "{out}");
     let text = info(&soon, dir.path());
-    let year = (virtgate_testlab::time::OffsetDateTime::now_utc() + Duration::days(10)).year();
+    let year = (time::OffsetDateTime::now_utc() + Duration::days(10)).year();
     assert!(text.contains("Not After: ") && text.contains(&year.to_string()));
 }
 

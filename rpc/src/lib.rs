@@ -12,6 +12,24 @@
 //! checked against its XDR bound and against the bytes left before anything is allocated.
 //! Sources and captures: the shared notes `libvirt-rpc.md` (§2–4, §10–11) and
 //! `secondary-checks.md` §3.2.
+//!
+//! ```
+//! use virtgate_rpc::remote::{AuthListReply, AuthType, ConnectOpenArgs, PROC_AUTH_LIST};
+//! use virtgate_rpc::{call, ok_reply, Packet, Program, Xdr};
+//!
+//! // The client's AUTH_LIST, answered "no authentication step" as libvirtd does.
+//! let auth_list = call(Program::Remote, PROC_AUTH_LIST, 0, &[]);
+//! let p = Packet::parse(&auth_list)?;
+//! let reply = ok_reply(&p.header, &AuthListReply(vec![AuthType::None]));
+//! assert_eq!(reply.len(), 36);
+//!
+//! // A CONNECT_OPEN payload, decoded, changed and re-encoded.
+//! let mut open = ConnectOpenArgs { name: Some("qemu://h1/system".into()), flags: 0 };
+//! open = ConnectOpenArgs::from_xdr(&open.to_xdr())?;
+//! open.name = Some("qemu:///system".into());
+//! assert_eq!(open.to_xdr().len(), 4 + 4 + 16 + 4);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -12,12 +12,9 @@
 
 pub mod config;
 pub mod directory;
-pub mod frame;
 pub mod metrics;
 pub mod policy;
-pub mod procedures;
 mod relay;
-pub mod route;
 mod server;
 mod session;
 pub mod tls;
@@ -28,11 +25,13 @@ use std::sync::Arc;
 
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 pub use config::{HostListener, ProxyConfig};
 pub use directory::{Admission, HostTable, HostTableWatch, HostTarget, RefuseReason};
 pub use metrics::ProxyMetrics;
 pub use policy::{Mode, Rule};
+pub use session::{route, ConnectionResult, Route};
 pub use tls::{TlsFiles, TlsMaterial};
 
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +49,6 @@ pub enum ProxyError {
     Metrics(#[from] prometheus::Error),
     #[error("cannot start the proxy's connection threads: {0}; lower proxy.connection_threads")]
     Threads(std::io::Error),
-    #[error("proxy configuration: {0}")]
-    Config(String),
 }
 
 /// A proxy running in this process.
@@ -60,7 +57,7 @@ pub struct RunningProxy {
     pub addresses: Vec<SocketAddr>,
     tls: watch::Sender<Arc<TlsMaterial>>,
     files: TlsFiles,
-    shutdown: watch::Sender<bool>,
+    shutdown: CancellationToken,
     tasks: JoinSet<()>,
     threads: Arc<workers::ConnectionThreads>,
 }
@@ -78,8 +75,10 @@ impl RunningProxy {
         self.tls.borrow().clone()
     }
 
+    /// Stops accepting, closes open sessions (those still in their handshake after a grace
+    /// period) and waits for every task and connection thread.
     pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
         // The accept loops held the other references to the pool.
         if let Ok(threads) = Arc::try_unwrap(self.threads) {
@@ -104,7 +103,7 @@ pub async fn start(
     let material = Arc::new(TlsMaterial::load(&files)?);
     let (tls_tx, tls_rx) = watch::channel(material);
     let metrics = ProxyMetrics::register(registry)?;
-    let shared = Arc::new(session::Shared {
+    let gateway = Arc::new(session::Gateway {
         config: config.clone(),
         policy: policy::Policy::new(&config.rules)?,
         allowed_dn: policy::DnAllowList::new(&config.allowed_dn)?,
@@ -112,12 +111,12 @@ pub async fn start(
         tls: tls_rx,
         metrics,
     });
-    let (shutdown, shutdown_rx) = watch::channel(false);
+    let shutdown = CancellationToken::new();
     let threads = Arc::new(
         workers::ConnectionThreads::start(
             config.connection_threads,
-            shared.clone(),
-            shutdown_rx.clone(),
+            gateway.clone(),
+            shutdown.clone(),
         )
         .map_err(ProxyError::Threads)?,
     );
@@ -140,10 +139,10 @@ pub async fn start(
         tasks.spawn(server::accept_loop(
             listener,
             host,
-            shared.clone(),
+            gateway.clone(),
             threads.clone(),
             limit.clone(),
-            shutdown_rx.clone(),
+            shutdown.clone(),
         ));
     }
     Ok(RunningProxy {

@@ -1,5 +1,6 @@
 //! The proxy's metrics, registered into a given registry (the broker's in `virtgate up`).
 
+use crate::session::ConnectionResult;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
@@ -16,22 +17,6 @@ pub struct ProxyMetrics {
     pub backend_connect_duration: Histogram,
     pub protocol_errors: IntCounterVec,
 }
-
-/// Outcomes counted in `virtgate_proxy_connections_total{result}`.
-pub const RESULTS: &[&str] = &[
-    "closed",
-    "tls_failed",
-    "dn_not_allowed",
-    "protocol_error",
-    "denied",
-    "unknown_host",
-    "untrusted_host",
-    "no_host",
-    "backend_unreachable",
-    "backend_rejected",
-    "idle_timeout",
-    "refused_capacity",
-];
 
 impl ProxyMetrics {
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
@@ -111,22 +96,7 @@ impl ProxyMetrics {
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(backend_connect_duration.clone()))?;
         registry.register(Box::new(protocol_errors.clone()))?;
-        for r in RESULTS {
-            connections_total.with_label_values(&[r]);
-        }
-        for (stage, reason) in [
-            ("tls", "handshake_failed"),
-            ("dn", "not_allowed"),
-            ("policy", "denied"),
-        ] {
-            auth_failures.with_label_values(&[stage, reason]);
-        }
-        for side in ["client", "host"] {
-            for reason in ["length_too_small", "length_too_large", "stalled"] {
-                protocol_errors.with_label_values(&[side, reason]);
-            }
-        }
-        Ok(Self {
+        let metrics = Self {
             connections_active,
             connections_total,
             handshake_duration,
@@ -136,7 +106,29 @@ impl ProxyMetrics {
             bytes,
             backend_connect_duration,
             protocol_errors,
-        })
+        };
+        metrics.initialise_labels();
+        Ok(metrics)
+    }
+
+    /// Every fixed label set starts at 0, so dashboards and alerts see the series before the
+    /// first event.
+    fn initialise_labels(&self) {
+        for r in ConnectionResult::ALL {
+            self.connections_total.with_label_values(&[r.as_str()]);
+        }
+        for (stage, reason) in [
+            ("tls", "handshake_failed"),
+            ("dn", "not_allowed"),
+            ("policy", "denied"),
+        ] {
+            self.auth_failures.with_label_values(&[stage, reason]);
+        }
+        for side in ["client", "host"] {
+            for reason in ["length_too_small", "length_too_large", "stalled"] {
+                self.protocol_errors.with_label_values(&[side, reason]);
+            }
+        }
     }
 
     pub fn bytes_counter(&self, host: &str, direction: &str) -> IntCounter {

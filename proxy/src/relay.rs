@@ -9,15 +9,18 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus::IntCounter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use virtgate_rpc::{
+    declared_len, error_reply, procedure_label, program_name, remote_count, ErrorDomain,
+    ErrorNumber, Header, MessageType, Program, HEADER_LEN, MAX_LEN,
+};
 
-use crate::frame::{self, err, Header, HEADER_LEN};
 use crate::metrics::ProxyMetrics;
-use crate::procedures::{procedure_name, program_name, remote_count};
 
 const INITIAL_BUFFER: usize = 64 * 1024;
 
@@ -41,15 +44,25 @@ pub(crate) struct RelayStats {
     pub to_client: u64,
 }
 
+/// How long the relay waits on quiet or stuck peers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RelayLimits {
+    /// No packet in either direction for this long closes the connection.
+    pub idle_timeout: Duration,
+    /// A peer that accepts no data for this long is cut off.
+    pub write_timeout: Duration,
+}
+
 /// A call waiting for its reply.
 #[derive(Clone, Copy)]
 struct InFlight {
     started: Instant,
-    program: u32,
+    program: Program,
     procedure: u32,
 }
 
-struct Shared<'a> {
+/// What both directions of one relayed connection share.
+struct RelayState<'a> {
     host: &'a str,
     metrics: &'a ProxyMetrics,
     rpc_duration: prometheus::Histogram,
@@ -64,7 +77,7 @@ struct Shared<'a> {
     writing_to_client: AtomicBool,
 }
 
-impl Shared<'_> {
+impl RelayState<'_> {
     fn nothing_in_flight(&self) -> bool {
         self.in_flight
             .lock()
@@ -82,6 +95,11 @@ impl Shared<'_> {
     fn touch(&self) {
         self.last_packet_ms
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_packet_ms.load(Ordering::Relaxed)))
     }
 }
 
@@ -106,157 +124,71 @@ pub(crate) async fn relay<C, B>(
     backend: B,
     host: &str,
     metrics: &ProxyMetrics,
-    idle_timeout: Duration,
-    write_timeout: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    limits: RelayLimits,
+    shutdown: CancellationToken,
 ) -> RelayStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut client_r, mut client_w) = tokio::io::split(client);
-    let (mut backend_r, mut backend_w) = tokio::io::split(backend);
-    let shared = Shared {
+    let (client_r, mut client_w) = tokio::io::split(client);
+    let (backend_r, mut backend_w) = tokio::io::split(backend);
+    let state = RelayState {
         host,
         metrics,
         rpc_duration: metrics.rpc_duration.with_label_values(&[host]),
         in_flight: Mutex::new(HashMap::with_capacity(32)),
-        write_timeout,
+        write_timeout: limits.write_timeout,
         client_done: AtomicBool::new(false),
         writing_to_client: AtomicBool::new(false),
         last_packet_ms: AtomicU64::new(0),
         epoch: Instant::now(),
     };
-    let to_host_bytes = metrics.bytes_counter(host, "to_host");
-    let to_client_bytes = metrics.bytes_counter(host, "to_client");
-    let mut calls = 0u64;
-    let mut replies = 0u64;
-    let (mut to_host, mut to_client) = (0u64, 0u64);
-    let mut half_closed = false;
-
+    let mut up = Pump::new(client_r, Direction::ToHost, &state);
+    let mut down = Pump::new(backend_r, Direction::ToClient, &state);
     let outcome = {
-        let up = pump(
-            &mut client_r,
-            &mut backend_w,
-            Direction::ToHost,
-            &shared,
-            &to_host_bytes,
-            &mut to_host,
-            &mut calls,
-        );
-        let down = pump(
-            &mut backend_r,
-            &mut client_w,
-            Direction::ToClient,
-            &shared,
-            &to_client_bytes,
-            &mut to_client,
-            &mut replies,
-        );
-        let idle = async {
-            let tick =
-                (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
-            loop {
-                tokio::time::sleep(tick).await;
-                let quiet = shared.epoch.elapsed().as_millis() as u64
-                    - shared.last_packet_ms.load(Ordering::Relaxed);
-                if quiet >= idle_timeout.as_millis() as u64 {
-                    return;
-                }
-            }
-        };
-        tokio::pin!(up, down, idle);
+        let up_run = up.run(&mut backend_w);
+        let down_run = down.run(&mut client_w);
+        let idle = idle(&state, limits.idle_timeout);
+        tokio::pin!(up_run, down_run, idle);
         let first = tokio::select! {
-            end = &mut up => (Direction::ToHost, Some(end)),
-            end = &mut down => (Direction::ToClient, Some(end)),
-            _ = &mut idle => (Direction::ToHost, None),
-            _ = shutdown.changed() => (Direction::ToClient, None),
+            end = &mut up_run => (Direction::ToHost, Some(end)),
+            end = &mut down_run => (Direction::ToClient, Some(end)),
+            () = &mut idle => (Direction::ToHost, None),
+            () = shutdown.cancelled() => (Direction::ToClient, None),
         };
         let draining =
-            matches!(first, (Direction::ToHost, Some(PumpEnd::Eof))) && shared.client_closed();
+            matches!(first, (Direction::ToHost, Some(PumpEnd::Eof))) && state.client_closed();
         if draining {
             // The client closed its sending side with calls still waiting: relay their replies
             // (and any events meanwhile) before closing, so every call sent gets its answer.
             // (A direct libvirtd races here: it may close before answering.)
-            half_closed = true;
             tracing::debug!(
                 host,
                 "client closed its side with calls in flight; relaying their replies first"
             );
-            tokio::select! {
-                end = &mut down => (Direction::ToClient, Some(end)),
-                _ = &mut idle => (Direction::ToHost, None),
-                _ = shutdown.changed() => (Direction::ToClient, None),
-            }
+            let end = tokio::select! {
+                end = &mut down_run => (Direction::ToClient, Some(end)),
+                () = &mut idle => (Direction::ToHost, None),
+                () = shutdown.cancelled() => (Direction::ToClient, None),
+            };
+            (end, true)
         } else {
-            first
+            (first, false)
         }
     };
-
-    let end = match outcome {
-        (_, None) if *shutdown.borrow() => RelayEnd::Shutdown,
+    let ((direction, pump_end), half_closed) = outcome;
+    let end = match (direction, pump_end) {
+        (_, None) if shutdown.is_cancelled() => RelayEnd::Shutdown,
         (_, None) => RelayEnd::Idle,
-        (Direction::ToHost, Some(PumpEnd::Protocol(reason))) => RelayEnd::Protocol {
-            side: "client",
-            reason,
-        },
-        // A peer that stopped reading: cut off, counted with the side that stalled.
-        (Direction::ToHost, Some(PumpEnd::Stalled)) => RelayEnd::Protocol {
-            side: "host",
-            reason: "stalled",
-        },
+        (Direction::ToHost, Some(end)) => client_side_end(end),
+        (Direction::ToClient, Some(PumpEnd::Drained)) => RelayEnd::ClientClosed,
         (Direction::ToClient, Some(PumpEnd::Stalled)) => RelayEnd::Protocol {
             side: "client",
             reason: "stalled",
         },
-        (Direction::ToHost, Some(_)) | (Direction::ToClient, Some(PumpEnd::Drained)) => {
-            RelayEnd::ClientClosed
-        }
         (Direction::ToClient, Some(end)) => {
-            // The host went away (or broke the framing): fail every call still waiting, so the
-            // client reports an error instead of waiting for a reply that will never come.
-            let waiting: Vec<(u32, InFlight)> = shared
-                .in_flight
-                .lock()
-                .expect("in-flight lock poisoned")
-                .drain()
-                .collect();
-            let fail_waiting = async {
-                for (serial, call) in &waiting {
-                    let header = Header {
-                        len: 0,
-                        program: call.program,
-                        version: 1,
-                        procedure: call.procedure,
-                        kind: frame::TYPE_CALL,
-                        serial: *serial,
-                        status: frame::STATUS_OK,
-                    };
-                    let message = format!(
-                        "virtgate: host {host} closed the connection while this call was in progress"
-                    );
-                    let packet =
-                        frame::error_reply(&header, err::SYSTEM_ERROR, err::FROM_RPC, &message);
-                    if client_w.write_all(&packet).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = client_w.flush().await;
-            };
-            // A client that stopped reading must not hold the connection open either.
-            let _ = tokio::time::timeout(write_timeout, fail_waiting).await;
-            match end {
-                PumpEnd::Protocol(reason) => RelayEnd::Protocol {
-                    side: "host",
-                    reason,
-                },
-                _ if half_closed && waiting.is_empty() => RelayEnd::ClientClosed,
-                PumpEnd::Eof | PumpEnd::Io | PumpEnd::Stalled | PumpEnd::Drained => {
-                    RelayEnd::HostClosed {
-                        failed_calls: waiting.len(),
-                    }
-                }
-            }
+            host_side_end(end, &state, &mut client_w, half_closed).await
         }
     };
     // Close both sides; TLS close_notify where the peer is still there.
@@ -267,168 +199,271 @@ where
     .await;
     RelayStats {
         end,
-        calls,
-        to_host,
-        to_client,
+        calls: up.calls,
+        to_host: up.bytes,
+        to_client: down.bytes,
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn pump<R, W>(
-    reader: &mut R,
-    writer: &mut W,
-    direction: Direction,
-    shared: &Shared<'_>,
-    bytes: &IntCounter,
-    total: &mut u64,
-    calls: &mut u64,
-) -> PumpEnd
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; INITIAL_BUFFER];
-    let mut filled = 0usize;
-    // Per-connection cache of the per-procedure counters, so counting a call is an atomic add.
-    let mut call_counters: Vec<Option<IntCounter>> = if direction == Direction::ToHost {
-        vec![None; remote_count()]
-    } else {
-        Vec::new()
-    };
+/// Resolves once no packet has moved for `idle_timeout`.
+async fn idle(state: &RelayState<'_>, idle_timeout: Duration) {
+    let tick = (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
     loop {
-        if filled == buf.len() {
-            // The buffer holds the start of one frame larger than itself (complete frames were
-            // forwarded and compacted away); the frame's validated length bounds the growth.
-            let need = frame::declared_len(&buf).and_then(Result::ok).unwrap_or(0) as usize;
-            buf.resize(need.max(buf.len() * 2).min(frame::MAX_LEN as usize), 0);
+        tokio::time::sleep(tick).await;
+        if state.quiet_for() >= idle_timeout {
+            return;
         }
-        let n = match reader.read(&mut buf[filled..]).await {
-            Ok(n) if n > 0 => n,
-            // End of stream, with or without TLS close_notify (libvirt clients just close the
-            // socket).
-            Ok(_) => return PumpEnd::Eof,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return PumpEnd::Eof,
-            Err(_) => return PumpEnd::Io,
-        };
-        filled += n;
-        shared.touch();
-        let mut complete = 0usize;
-        while let Some(len) = frame::declared_len(&buf[complete..filled]) {
-            let len = match len {
-                Ok(l) => l as usize,
-                Err(e) => return PumpEnd::Protocol(e.reason()),
-            };
-            if filled - complete < len {
+    }
+}
+
+/// How the connection ended when the client's direction ended first.
+fn client_side_end(end: PumpEnd) -> RelayEnd {
+    match end {
+        PumpEnd::Protocol(reason) => RelayEnd::Protocol {
+            side: "client",
+            reason,
+        },
+        // A peer that stopped reading: cut off, counted with the side that stalled.
+        PumpEnd::Stalled => RelayEnd::Protocol {
+            side: "host",
+            reason: "stalled",
+        },
+        PumpEnd::Eof | PumpEnd::Io | PumpEnd::Drained => RelayEnd::ClientClosed,
+    }
+}
+
+/// The host went away (or broke the framing): fail every call still waiting, so the client
+/// reports an error instead of waiting for a reply that will never come.
+async fn host_side_end<W: AsyncWrite + Unpin>(
+    end: PumpEnd,
+    state: &RelayState<'_>,
+    client_w: &mut W,
+    half_closed: bool,
+) -> RelayEnd {
+    let waiting: Vec<(u32, InFlight)> = state
+        .in_flight
+        .lock()
+        .expect("in-flight lock poisoned")
+        .drain()
+        .collect();
+    let host = state.host;
+    let fail_waiting = async {
+        for (serial, call) in &waiting {
+            let header = Header::call(call.program, call.procedure, *serial);
+            let message = format!(
+                "virtgate: host {host} closed the connection while this call was in progress"
+            );
+            let packet = error_reply(
+                &header,
+                ErrorNumber::SYSTEM_ERROR,
+                ErrorDomain::FROM_RPC,
+                &message,
+            );
+            if client_w.write_all(&packet).await.is_err() {
                 break;
             }
-            let header = Header::parse(&buf[complete..complete + HEADER_LEN]);
-            observe(&header, direction, shared, &mut call_counters, calls);
-            complete += len;
         }
-        if complete > 0 {
-            let write = async {
-                // One write per message, so each message gets its own TLS record(s) as libvirt
-                // sends them: libvirtd (GnuTLS) does not notice a second message already
-                // decrypted inside the record it read, and would sit on it until more bytes
-                // arrive. The usual read holds one message, so this is still one system call.
-                let mut at = 0;
-                while at < complete {
-                    let len = frame::declared_len(&buf[at..complete])
-                        .and_then(Result::ok)
-                        .map_or(complete - at, |len| len as usize);
-                    writer.write_all(&buf[at..at + len]).await?;
-                    at += len;
-                }
-                writer.flush().await
-            };
-            if direction == Direction::ToClient {
-                shared.writing_to_client.store(true, Ordering::Relaxed);
-            }
-            match tokio::time::timeout(shared.write_timeout, write).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return PumpEnd::Io,
-                Err(_) => return PumpEnd::Stalled,
-            }
-            if direction == Direction::ToClient {
-                shared.writing_to_client.store(false, Ordering::Relaxed);
-            }
-            bytes.inc_by(complete as u64);
-            *total += complete as u64;
-            if direction == Direction::ToClient
-                && shared.client_done.load(Ordering::Relaxed)
-                && shared.nothing_in_flight()
-            {
-                return PumpEnd::Drained;
-            }
-            buf.copy_within(complete..filled, 0);
-            filled -= complete;
-        }
-        if let Some(Ok(len)) = frame::declared_len(&buf[..filled]) {
-            if len as usize > buf.len() {
-                buf.resize(len as usize, 0);
-            }
-        }
+        let _ = client_w.flush().await;
+    };
+    // A client that stopped reading must not hold the connection open either.
+    let _ = tokio::time::timeout(state.write_timeout, fail_waiting).await;
+    match end {
+        PumpEnd::Protocol(reason) => RelayEnd::Protocol {
+            side: "host",
+            reason,
+        },
+        _ if half_closed && waiting.is_empty() => RelayEnd::ClientClosed,
+        PumpEnd::Eof | PumpEnd::Io | PumpEnd::Stalled | PumpEnd::Drained => RelayEnd::HostClosed {
+            failed_calls: waiting.len(),
+        },
     }
 }
 
-fn observe(
-    h: &Header,
+/// One direction of the relay: reads whole frames from `reader` and writes them on.
+struct Pump<'s, 'a, R> {
+    reader: ReadHalf<R>,
     direction: Direction,
-    shared: &Shared<'_>,
-    counters: &mut [Option<IntCounter>],
-    calls: &mut u64,
-) {
-    match (direction, h.kind) {
-        (Direction::ToHost, frame::TYPE_CALL) => {
-            *calls += 1;
-            shared
-                .in_flight
-                .lock()
-                .expect("in-flight lock poisoned")
-                .insert(
-                    h.serial,
-                    InFlight {
-                        started: Instant::now(),
-                        program: h.program,
-                        procedure: h.procedure,
-                    },
-                );
-            let cached = (h.program == frame::PROGRAM_REMOTE)
-                .then(|| counters.get_mut(h.procedure as usize))
-                .flatten();
-            match cached {
-                Some(slot) => slot
-                    .get_or_insert_with(|| {
-                        shared.metrics.rpc_calls.with_label_values(&[
-                            shared.host,
-                            "remote",
-                            &procedure_name(h.program, h.procedure),
-                        ])
-                    })
-                    .inc(),
-                None => shared
-                    .metrics
-                    .rpc_calls
-                    .with_label_values(&[
-                        shared.host,
-                        program_name(h.program),
-                        &procedure_name(h.program, h.procedure),
-                    ])
-                    .inc(),
+    state: &'s RelayState<'a>,
+    bytes_counter: IntCounter,
+    /// Bytes forwarded.
+    bytes: u64,
+    /// Calls seen (towards the host).
+    calls: u64,
+    /// Per-connection cache of the per-procedure counters, so counting a call is an atomic add.
+    call_counters: Vec<Option<IntCounter>>,
+}
+
+impl<'s, 'a, R: AsyncRead> Pump<'s, 'a, R> {
+    fn new(reader: ReadHalf<R>, direction: Direction, state: &'s RelayState<'a>) -> Self {
+        let (label, counters) = match direction {
+            Direction::ToHost => ("to_host", vec![None; remote_count()]),
+            Direction::ToClient => ("to_client", Vec::new()),
+        };
+        Self {
+            reader,
+            direction,
+            state,
+            bytes_counter: state.metrics.bytes_counter(state.host, label),
+            bytes: 0,
+            calls: 0,
+            call_counters: counters,
+        }
+    }
+
+    async fn run<W: AsyncWrite>(&mut self, writer: &mut WriteHalf<W>) -> PumpEnd {
+        let mut buf = vec![0u8; INITIAL_BUFFER];
+        let mut filled = 0usize;
+        loop {
+            if filled == buf.len() {
+                // The buffer holds the start of one frame larger than itself (complete frames
+                // were forwarded and compacted away); the frame's validated length bounds the
+                // growth.
+                let need = declared_len(&buf).and_then(Result::ok).unwrap_or(0) as usize;
+                buf.resize(need.max(buf.len() * 2).min(MAX_LEN as usize), 0);
+            }
+            let n = match self.reader.read(&mut buf[filled..]).await {
+                Ok(n) if n > 0 => n,
+                // End of stream, with or without TLS close_notify (libvirt clients just close
+                // the socket).
+                Ok(_) => return PumpEnd::Eof,
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return PumpEnd::Eof,
+                Err(_) => return PumpEnd::Io,
+            };
+            filled += n;
+            self.state.touch();
+            let complete = match self.scan(&buf[..filled]) {
+                Ok(complete) => complete,
+                Err(reason) => return PumpEnd::Protocol(reason),
+            };
+            if complete > 0 {
+                if let Some(end) = self.forward(writer, &buf[..complete]).await {
+                    return end;
+                }
+                buf.copy_within(complete..filled, 0);
+                filled -= complete;
+            }
+            if let Some(Ok(len)) = declared_len(&buf[..filled]) {
+                if len as usize > buf.len() {
+                    buf.resize(len as usize, 0);
+                }
             }
         }
-        (Direction::ToClient, frame::TYPE_REPLY) => {
-            let call = shared
-                .in_flight
-                .lock()
-                .expect("in-flight lock poisoned")
-                .remove(&h.serial);
-            if let Some(call) = call {
-                shared
-                    .rpc_duration
-                    .observe(call.started.elapsed().as_secs_f64());
+    }
+
+    /// The length of the complete frames at the start of `buf`, each observed once.
+    fn scan(&mut self, buf: &[u8]) -> Result<usize, &'static str> {
+        let mut complete = 0usize;
+        while let Some(len) = declared_len(&buf[complete..]) {
+            let len = len.map_err(|e| e.reason())? as usize;
+            if buf.len() - complete < len {
+                break;
             }
+            let header =
+                Header::parse(&buf[complete..complete + HEADER_LEN]).map_err(|e| e.reason())?;
+            self.observe(&header);
+            complete += len;
         }
-        _ => {}
+        Ok(complete)
+    }
+
+    /// Writes complete frames on; `Some` when the pump must end.
+    async fn forward<W: AsyncWrite>(
+        &mut self,
+        writer: &mut WriteHalf<W>,
+        frames: &[u8],
+    ) -> Option<PumpEnd> {
+        let state = self.state;
+        let write = async {
+            // One write per message, so each message gets its own TLS record(s) as libvirt
+            // sends them: libvirtd (GnuTLS) does not notice a second message already
+            // decrypted inside the record it read, and would sit on it until more bytes
+            // arrive. The usual read holds one message, so this is still one system call.
+            let mut at = 0;
+            while at < frames.len() {
+                let len = declared_len(&frames[at..])
+                    .and_then(Result::ok)
+                    .map_or(frames.len() - at, |len| len as usize);
+                writer.write_all(&frames[at..at + len]).await?;
+                at += len;
+            }
+            writer.flush().await
+        };
+        let to_client = self.direction == Direction::ToClient;
+        if to_client {
+            state.writing_to_client.store(true, Ordering::Relaxed);
+        }
+        match tokio::time::timeout(state.write_timeout, write).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Some(PumpEnd::Io),
+            Err(_) => return Some(PumpEnd::Stalled),
+        }
+        if to_client {
+            state.writing_to_client.store(false, Ordering::Relaxed);
+        }
+        self.bytes_counter.inc_by(frames.len() as u64);
+        self.bytes += frames.len() as u64;
+        let drained =
+            to_client && state.client_done.load(Ordering::Relaxed) && state.nothing_in_flight();
+        drained.then_some(PumpEnd::Drained)
+    }
+
+    fn observe(&mut self, h: &Header) {
+        let state = self.state;
+        match (self.direction, h.kind) {
+            (Direction::ToHost, MessageType::Call) => {
+                self.calls += 1;
+                state
+                    .in_flight
+                    .lock()
+                    .expect("in-flight lock poisoned")
+                    .insert(
+                        h.serial,
+                        InFlight {
+                            started: Instant::now(),
+                            program: h.program,
+                            procedure: h.procedure,
+                        },
+                    );
+                self.count_call(h.program, h.procedure);
+            }
+            (Direction::ToClient, MessageType::Reply) => {
+                let call = state
+                    .in_flight
+                    .lock()
+                    .expect("in-flight lock poisoned")
+                    .remove(&h.serial);
+                if let Some(call) = call {
+                    state
+                        .rpc_duration
+                        .observe(call.started.elapsed().as_secs_f64());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// One more call of `procedure`. Labels come from a fixed set (unknown procedures and
+    /// programs are `other`), so a client cannot grow the metrics by inventing numbers.
+    fn count_call(&mut self, program: Program, procedure: u32) {
+        let state = self.state;
+        let label = procedure_label(program, procedure);
+        let cached = (program == Program::Remote)
+            .then(|| self.call_counters.get_mut(procedure as usize))
+            .flatten();
+        match cached {
+            Some(slot) => slot
+                .get_or_insert_with(|| {
+                    state
+                        .metrics
+                        .rpc_calls
+                        .with_label_values(&[state.host, "remote", label])
+                })
+                .inc(),
+            None => state
+                .metrics
+                .rpc_calls
+                .with_label_values(&[state.host, program_name(program), label])
+                .inc(),
+        }
     }
 }

@@ -5,10 +5,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::session::Shared;
+use crate::session::{ConnectionResult, Gateway};
 use crate::workers::{Accepted, ConnectionThreads};
 
 /// Binds one listener; IPv6 sockets are IPv6-only so `0.0.0.0:P` and `[::]:P` can coexist.
@@ -32,10 +33,10 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     bound_host: Option<String>,
-    shared: Arc<Shared>,
+    gateway: Arc<Gateway>,
     threads: Arc<ConnectionThreads>,
     limit: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let local = listener.local_addr().ok();
     info!(listen = ?local, host = bound_host.as_deref().unwrap_or("(from URI)"), "proxy listening");
@@ -49,13 +50,13 @@ pub(crate) async fn accept_loop(
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            () = shutdown.cancelled() => return,
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            shared
+            gateway
                 .metrics
                 .connections_total
-                .with_label_values(&["refused_capacity"])
+                .with_label_values(&[ConnectionResult::RefusedCapacity.as_str()])
                 .inc();
             warn!(%peer, "refused: proxy.max_connections reached");
             drop(stream);

@@ -15,8 +15,8 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore, ServerConfig,
-    SignatureScheme,
+    CertificateError, ClientConfig, DigitallySignedStruct, Error as TlsError, OtherError,
+    RootCertStore, ServerConfig, SignatureScheme,
 };
 use virtgate_pki::Pin;
 
@@ -179,6 +179,20 @@ pub fn cn_of(dn: &str) -> &str {
     virtgate_pki::common_name_part(dn)
 }
 
+/// The host presented a key that is neither its approved pin nor vouched for by a CA: the
+/// backend handshake fails with this inside `CertificateError::Other`, so callers can tell it
+/// from every other failure by type.
+#[derive(Debug, thiserror::Error)]
+#[error("presented key {} is not the approved pin {}", show(.presented), show(.approved))]
+pub struct PinMismatch {
+    pub presented: Option<Pin>,
+    pub approved: Option<Pin>,
+}
+
+fn show(pin: &Option<Pin>) -> String {
+    pin.map_or_else(|| "(none)".into(), |p| p.to_string())
+}
+
 #[derive(Debug)]
 struct HostVerifier {
     pin: Option<Pin>,
@@ -206,10 +220,12 @@ impl ServerCertVerifier for HostVerifier {
                 return Ok(ServerCertVerified::assertion());
             }
         }
-        Err(TlsError::General(format!(
-            "presented key {} is not the approved pin {}",
-            presented.map_or_else(|| "(unparsable)".into(), |p| p.to_string()),
-            self.pin.map_or_else(|| "(none)".into(), |p| p.to_string())
+        let mismatch = PinMismatch {
+            presented,
+            approved: self.pin,
+        };
+        Err(TlsError::InvalidCertificate(CertificateError::Other(
+            OtherError(Arc::new(mismatch)),
         )))
     }
 

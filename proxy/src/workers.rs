@@ -13,11 +13,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::session::{serve, Shared};
+use crate::session::{serve, Gateway};
 
 /// One accepted connection on its way to a connection thread.
 pub(crate) struct Accepted {
@@ -46,8 +47,8 @@ impl ConnectionThreads {
     /// Starts `threads` threads (0: one per CPU).
     pub fn start(
         threads: usize,
-        shared: Arc<Shared>,
-        shutdown: watch::Receiver<bool>,
+        gateway: Arc<Gateway>,
+        shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
         let threads = if threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -62,7 +63,7 @@ impl ConnectionThreads {
             let (built, ready) = std::sync::mpsc::channel();
             let load = Arc::new(AtomicUsize::new(0));
             let worker_load = load.clone();
-            let shared = shared.clone();
+            let gateway = gateway.clone();
             let shutdown = shutdown.clone();
             // The runtime is built on its own thread: a runtime dropped inside the caller's
             // async context (should spawning fail) would panic.
@@ -82,7 +83,7 @@ impl ConnectionThreads {
                             return;
                         }
                     };
-                    runtime.block_on(run_worker(jobs, shared, shutdown, worker_load));
+                    runtime.block_on(run_worker(jobs, gateway, shutdown, worker_load));
                     let _ = done.send(());
                 })?;
             ready
@@ -139,11 +140,10 @@ impl ConnectionThreads {
 
 async fn run_worker(
     mut jobs: mpsc::UnboundedReceiver<Accepted>,
-    shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
+    gateway: Arc<Gateway>,
+    shutdown: CancellationToken,
     load: Arc<AtomicUsize>,
 ) {
-    let mut stop = shutdown.clone();
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -157,17 +157,17 @@ async fn run_worker(
                         continue;
                     }
                 };
-                let (shared, shutdown) = (shared.clone(), shutdown.clone());
+                let (gateway, shutdown) = (gateway.clone(), shutdown.clone());
                 let counted = Counted(load.clone());
                 connections.spawn(async move {
                     // Dropped even if serving panics (the JoinSet contains the panic).
                     let _counted = counted;
                     let _permit = permit;
-                    serve(shared, stream, peer, bound_host, shutdown).await;
+                    serve(gateway, stream, peer, bound_host, shutdown).await;
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            _ = stop.wait_for(|stop| *stop) => break,
+            () = shutdown.cancelled() => break,
         }
     }
     // Relayed sessions close promptly on the stop signal; one still in its handshake or waiting

@@ -2,6 +2,7 @@
 //! `virtgate advertise` (and serving TLS with a real gnutls-serv) appear in the inventory of a
 //! `virtgate broker` running in another namespace, with both address families and the
 //! certificates each address presents.
+#![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
 
 use std::net::IpAddr;
 use std::path::Path;

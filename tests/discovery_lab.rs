@@ -1,5 +1,6 @@
 //! LAN discovery, end to end: real `virtgate advertise` and `virtgate discover` processes on
 //! real multicast between network namespaces this test creates (never the root namespace).
+#![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};

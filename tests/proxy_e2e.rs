@@ -1,4 +1,5 @@
 //! The gateway with the real clients (virsh, python3-libvirt) and a real libvirtd over TLS.
+#![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! `virtgate up` on embedded defaults: no certificate configured anywhere. The first start
 //! generates a development PKI and prints how to connect; later starts reuse it; the printed
 //! admin bundle reaches a real libvirtd through the gateway.
+#![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
 
 mod common;
 

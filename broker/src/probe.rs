@@ -2,7 +2,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::ClientConfig;

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[allow(clippy::disallowed_types)] // the reader thread blocks on a channel; see `Reader::run`
+use std::time::Instant;
 
 use mdns_sd::{Receiver, RecvTimeoutError, ResolvedService, ServiceDaemon, ServiceEvent};
 use serde::{Deserialize, Serialize};
@@ -198,6 +200,8 @@ struct Reader {
 }
 
 impl Reader {
+    // A plain thread blocking on a channel: std's clock is the one it sleeps by.
+    #[allow(clippy::disallowed_types)]
     fn run(self, mut rx: Receiver<ServiceEvent>) {
         let periodic = !self.config.verify_interval.is_zero();
         let mut next_verify = Instant::now() + self.config.verify_interval;

@@ -1,4 +1,5 @@
 //! `virtgate up` as a gateway in front of a real libvirtd, with client identities to test with.
+#![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,4 +1,5 @@
 //! Helpers shared by the end-to-end tests of the root package.
+#![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
 #![allow(dead_code)]
 
 pub mod gateway;

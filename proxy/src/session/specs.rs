@@ -1,1 +1,504 @@
-// specs
+//! In-process specifications of the pre-open exchange, the host's handshake and the relay, over
+//! in-memory streams with paused time: no root, no network, milliseconds each. The end-to-end
+//! tests against real virsh and libvirtd (`tests/proxy_e2e.rs`) stay the oracle; these pin the
+//! behaviour down step by step.
+
+use std::time::Duration;
+
+use tokio::io::{duplex, AsyncWriteExt, DuplexStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use virtgate_rpc::remote::{
+    AuthListReply, AuthType, ConnectOpenArgs, SaslStartArgs, SupportsFeatureArgs,
+    SupportsFeatureReply, FEATURE_PROGRAM_KEEPALIVE, OPEN_FLAG_READ_ONLY, PROC_AUTH_LIST,
+    PROC_AUTH_SASL_START, PROC_CONNECT_OPEN, PROC_CONNECT_SUPPORTS_FEATURE,
+};
+use virtgate_rpc::{
+    call, ok_reply, packet, ping, ErrorNumber, ErrorReply, Header, MessageType, Packet,
+    PacketStream, Program, Reader, Status, Xdr, MAX_LEN,
+};
+
+use super::admit::Admitted;
+use super::backend;
+use super::outcome::ConnectionResult;
+use super::preopen::{until_open, OpenRequest};
+use crate::directory::{Admission, HostTarget};
+use crate::metrics::ProxyMetrics;
+use crate::policy::Mode;
+use crate::relay::{relay, RelayEnd, RelayLimits};
+
+fn metrics() -> ProxyMetrics {
+    ProxyMetrics::register(&prometheus::Registry::new()).expect("fresh registry")
+}
+
+/// Both ends of an in-memory connection, each read and written a packet at a time.
+fn pipe() -> (PacketStream<DuplexStream>, PacketStream<DuplexStream>) {
+    let (a, b) = duplex(1 << 20);
+    (PacketStream::new(a), PacketStream::new(b))
+}
+
+async fn next(stream: &mut PacketStream<DuplexStream>) -> (Header, Vec<u8>) {
+    let bytes = stream
+        .read_packet(MAX_LEN)
+        .await
+        .expect("a packet")
+        .expect("not the end of the stream");
+    let p = Packet::parse(bytes).expect("a valid packet");
+    (p.header, p.payload.to_vec())
+}
+
+fn open_call(serial: u32, name: &str, flags: u32) -> Vec<u8> {
+    let args = ConnectOpenArgs {
+        name: Some(name.into()),
+        flags,
+    };
+    call(Program::Remote, PROC_CONNECT_OPEN, serial, &args.to_xdr())
+}
+
+fn error_of(payload: &[u8]) -> ErrorReply {
+    ErrorReply::decode(&mut Reader::new(payload)).expect("an error reply")
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_gateway_answers_auth_list_itself_and_hands_on_the_open() {
+    let (mut client, mut gateway) = pipe();
+    let m = metrics();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let step = tokio::spawn(async move { until_open(&mut gateway, deadline, &m).await });
+    client
+        .write_packet(&call(Program::Remote, PROC_AUTH_LIST, 0, &[]))
+        .await
+        .unwrap();
+    let (h, payload) = next(&mut client).await;
+    assert_eq!(
+        (h.kind, h.status, h.serial),
+        (MessageType::Reply, Status::Ok, 0)
+    );
+    let types = AuthListReply::decode(&mut Reader::new(&payload)).unwrap();
+    assert_eq!(
+        types.0,
+        vec![AuthType::None],
+        "the certificate authenticated the client"
+    );
+    client
+        .write_packet(&open_call(2, "qemu://h1/system", 0))
+        .await
+        .unwrap();
+    let open = step.await.unwrap().expect("CONNECT_OPEN is handed on");
+    assert_eq!(open.args.name.as_deref(), Some("qemu://h1/system"));
+    assert_eq!((open.header.serial, open.wants_keepalive), (2, false));
+}
+
+#[tokio::test(start_paused = true)]
+async fn keepalive_is_accepted_for_the_host_and_pings_are_answered() {
+    let (mut client, mut gateway) = pipe();
+    let m = metrics();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let step = tokio::spawn(async move { until_open(&mut gateway, deadline, &m).await });
+    let feature = SupportsFeatureArgs {
+        feature: FEATURE_PROGRAM_KEEPALIVE,
+    };
+    let ask = call(
+        Program::Remote,
+        PROC_CONNECT_SUPPORTS_FEATURE,
+        1,
+        &feature.to_xdr(),
+    );
+    client.write_packet(&ask).await.unwrap();
+    let (h, payload) = next(&mut client).await;
+    assert_eq!(h.status, Status::Ok);
+    let reply = SupportsFeatureReply::decode(&mut Reader::new(&payload)).unwrap();
+    assert!(reply.supported);
+    client.write_packet(&ping()).await.unwrap();
+    let (h, _) = next(&mut client).await;
+    assert_eq!(
+        (h.program, h.kind),
+        (Program::Keepalive, MessageType::Message)
+    );
+    client
+        .write_packet(&open_call(2, "test:///default", 0))
+        .await
+        .unwrap();
+    assert!(step.await.unwrap().unwrap().wants_keepalive);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sasl_before_open_is_refused_with_a_message_and_the_session_goes_on() {
+    let (mut client, mut gateway) = pipe();
+    let m = metrics();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let step = tokio::spawn(async move { until_open(&mut gateway, deadline, &m).await });
+    let start = SaslStartArgs {
+        mech: "SCRAM-SHA-256".into(),
+        data: Some(b"n,,n=alice,r=abc".to_vec()),
+    };
+    let sasl = call(Program::Remote, PROC_AUTH_SASL_START, 3, &start.to_xdr());
+    client.write_packet(&sasl).await.unwrap();
+    let (h, payload) = next(&mut client).await;
+    assert_eq!((h.status, h.serial), (Status::Error, 3));
+    let error = error_of(&payload);
+    assert_eq!(error.code, ErrorNumber::AUTH_UNAVAILABLE);
+    assert!(error
+        .message
+        .unwrap()
+        .contains("authenticated you by your TLS certificate"));
+    client
+        .write_packet(&open_call(4, "test:///default", 0))
+        .await
+        .unwrap();
+    assert!(step.await.unwrap().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn trickled_pings_cannot_stretch_the_pre_open_budget() {
+    let (mut client, mut gateway) = pipe();
+    let m = metrics();
+    let budget = Duration::from_secs(10);
+    let started = Instant::now();
+    let step = tokio::spawn(async move { until_open(&mut gateway, started + budget, &m).await });
+    for _ in 0..30 {
+        if client.write_packet(&ping()).await.is_err() {
+            break;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.read_packet(MAX_LEN)).await;
+    }
+    let ended = step.await.unwrap().expect_err("the budget ran out");
+    assert_eq!(ended.result, ConnectionResult::Closed);
+    assert!(
+        ended.detail.contains("no CONNECT_OPEN in time"),
+        "{}",
+        ended.detail
+    );
+    assert!(started.elapsed() < budget + Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_malformed_open_is_refused_and_counted_as_a_protocol_error() {
+    let (mut client, mut gateway) = pipe();
+    let m = metrics();
+    let counted = m.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let step = tokio::spawn(async move { until_open(&mut gateway, deadline, &m).await });
+    let truncated = call(Program::Remote, PROC_CONNECT_OPEN, 5, &[0, 0, 0, 1]);
+    client.write_packet(&truncated).await.unwrap();
+    let (h, payload) = next(&mut client).await;
+    assert_eq!((h.status, h.serial), (Status::Error, 5));
+    assert_eq!(error_of(&payload).code, ErrorNumber::RPC);
+    let ended = step.await.unwrap().expect_err("the session ends");
+    assert_eq!(ended.result, ConnectionResult::ProtocolError);
+    let bad = counted
+        .protocol_errors
+        .with_label_values(&["client", "bad_connect_open"]);
+    assert_eq!(bad.get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_oversized_pre_open_packet_is_cut_off_before_it_is_read() {
+    let (mut client, mut gateway) = pipe();
+    let m = metrics();
+    let counted = m.clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let step = tokio::spawn(async move { until_open(&mut gateway, deadline, &m).await });
+    client
+        .get_mut()
+        .write_all(&(1024u32 * 1024).to_be_bytes())
+        .await
+        .unwrap();
+    let ended = step.await.unwrap().expect_err("cut off");
+    assert_eq!(ended.result, ConnectionResult::ProtocolError);
+    let too_large = counted
+        .protocol_errors
+        .with_label_values(&["client", "too_large_before_open"]);
+    assert_eq!(too_large.get(), 1);
+}
+
+fn admitted(mode: Mode) -> Admitted {
+    Admitted {
+        host: "h1".into(),
+        forwarded: "qemu:///system".into(),
+        mode,
+        target: HostTarget {
+            name: "h1".into(),
+            addresses: vec![],
+            port: 16514,
+            admission: Admission::Connect {
+                pin: None,
+                allow_ca: false,
+            },
+        },
+        pin: None,
+        allow_ca: false,
+    }
+}
+
+fn open_request(keepalive: bool) -> OpenRequest {
+    OpenRequest {
+        header: Header::call(Program::Remote, PROC_CONNECT_OPEN, 7),
+        args: ConnectOpenArgs {
+            name: Some("qemu://h1/system".into()),
+            flags: 0,
+        },
+        wants_keepalive: keepalive,
+    }
+}
+
+/// A host that answers AUTH_LIST with `auth`, accepts keepalive, and answers the open.
+async fn fake_host(
+    mut host: PacketStream<DuplexStream>,
+    auth: Vec<AuthType>,
+) -> Vec<ConnectOpenArgs> {
+    let mut opens = Vec::new();
+    while let Ok(Some(bytes)) = host.read_packet(MAX_LEN).await {
+        let p = Packet::parse(bytes).unwrap();
+        let (h, payload) = (p.header, p.payload.to_vec());
+        let reply = match h.procedure {
+            PROC_AUTH_LIST => ok_reply(&h, &AuthListReply(auth.clone())),
+            PROC_CONNECT_SUPPORTS_FEATURE => {
+                ok_reply(&h, &SupportsFeatureReply { supported: true })
+            }
+            PROC_CONNECT_OPEN => {
+                opens.push(ConnectOpenArgs::decode(&mut Reader::new(&payload)).unwrap());
+                packet(h.reply(Status::Ok), &[])
+            }
+            _ => continue,
+        };
+        // A host PING in the middle must not confuse the gateway.
+        host.write_packet(&ping()).await.unwrap();
+        host.write_packet(&reply).await.unwrap();
+    }
+    opens
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_host_sees_its_own_name_and_the_read_only_bit_for_ro_identities() {
+    let (gateway_end, host_end) = pipe();
+    let host = tokio::spawn(fake_host(host_end, vec![AuthType::None]));
+    let opened = backend::open(
+        gateway_end.into_inner(),
+        &admitted(Mode::Ro),
+        &open_request(true),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_or_else(|r| panic!("refused: {r:?}"));
+    let reply = Packet::parse(&opened.reply).unwrap();
+    assert_eq!((reply.header.serial, reply.header.status), (7, Status::Ok));
+    drop(opened);
+    let opens = host.await.unwrap();
+    assert_eq!(
+        opens,
+        vec![ConnectOpenArgs {
+            name: Some("qemu:///system".into()),
+            flags: OPEN_FLAG_READ_ONLY,
+        }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_host_that_insists_on_sasl_is_refused_without_forwarding_the_open() {
+    let (gateway_end, host_end) = pipe();
+    let host = tokio::spawn(fake_host(host_end, vec![AuthType::Sasl]));
+    let refusal = backend::open(
+        gateway_end.into_inner(),
+        &admitted(Mode::Rw),
+        &open_request(false),
+        Duration::from_secs(5),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(refusal.result, ConnectionResult::BackendRejected);
+    assert_eq!(refusal.code, ErrorNumber::AUTH_UNAVAILABLE);
+    assert!(
+        host.await.unwrap().is_empty(),
+        "no CONNECT_OPEN reached the host"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_host_is_refused_within_the_budget() {
+    let (gateway_end, _host_end) = pipe();
+    let started = Instant::now();
+    let refusal = backend::open(
+        gateway_end.into_inner(),
+        &admitted(Mode::Rw),
+        &open_request(false),
+        Duration::from_secs(5),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(refusal
+        .message
+        .contains("did not answer the gateway's AUTH_LIST"));
+    assert!(started.elapsed() <= Duration::from_secs(6));
+}
+
+const LIMITS: RelayLimits = RelayLimits {
+    idle_timeout: Duration::from_secs(600),
+    write_timeout: Duration::from_secs(60),
+};
+
+#[tokio::test(start_paused = true)]
+async fn a_host_closing_mid_call_gets_the_client_one_error_per_call_in_flight() {
+    let (client_end, mut client) = pipe();
+    let (host_end, mut host) = pipe();
+    let m = metrics();
+    let stats = tokio::spawn(async move {
+        let token = CancellationToken::new();
+        relay(
+            client_end.into_inner(),
+            host_end.into_inner(),
+            "h1",
+            &m,
+            LIMITS,
+            token,
+        )
+        .await
+    });
+    for serial in [10, 11, 12] {
+        client
+            .write_packet(&call(Program::Remote, 59, serial, &[]))
+            .await
+            .unwrap();
+    }
+    for _ in 0..3 {
+        next(&mut host).await;
+    }
+    drop(host);
+    let mut failed = Vec::new();
+    for _ in 0..3 {
+        let (h, payload) = next(&mut client).await;
+        assert_eq!(h.status, Status::Error);
+        assert!(error_of(&payload)
+            .message
+            .unwrap()
+            .contains("closed the connection while this call was in progress"));
+        failed.push(h.serial);
+    }
+    failed.sort_unstable();
+    assert_eq!(failed, vec![10, 11, 12]);
+    let stats = stats.await.unwrap();
+    assert!(matches!(
+        stats.end,
+        RelayEnd::HostClosed { failed_calls: 3 }
+    ));
+    assert_eq!(stats.calls, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_half_closes_still_gets_the_replies_it_is_owed() {
+    let (client_end, mut client) = pipe();
+    let (host_end, mut host) = pipe();
+    let m = metrics();
+    let stats = tokio::spawn(async move {
+        let token = CancellationToken::new();
+        relay(
+            client_end.into_inner(),
+            host_end.into_inner(),
+            "h1",
+            &m,
+            LIMITS,
+            token,
+        )
+        .await
+    });
+    client
+        .write_packet(&call(Program::Remote, 59, 20, &[]))
+        .await
+        .unwrap();
+    client.get_mut().shutdown().await.unwrap();
+    let (h, _) = next(&mut host).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    host.write_packet(&packet(h.reply(Status::Ok), &[]))
+        .await
+        .unwrap();
+    let (reply, _) = next(&mut client).await;
+    assert_eq!((reply.serial, reply.status), (20, Status::Ok));
+    assert!(matches!(stats.await.unwrap().end, RelayEnd::ClientClosed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_connection_is_closed_after_the_idle_timeout() {
+    let (client_end, _client) = pipe();
+    let (host_end, _host) = pipe();
+    let m = metrics();
+    let started = Instant::now();
+    let token = CancellationToken::new();
+    let stats = relay(
+        client_end.into_inner(),
+        host_end.into_inner(),
+        "h1",
+        &m,
+        LIMITS,
+        token,
+    )
+    .await;
+    assert!(matches!(stats.end, RelayEnd::Idle));
+    let waited = started.elapsed();
+    assert!(
+        waited >= LIMITS.idle_timeout && waited < LIMITS.idle_timeout * 2,
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn made_up_procedure_numbers_all_count_as_other() {
+    let (client_end, mut client) = pipe();
+    let (host_end, mut host) = pipe();
+    let m = metrics();
+    let registry_view = m.clone();
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    let stats = tokio::spawn(async move {
+        relay(
+            client_end.into_inner(),
+            host_end.into_inner(),
+            "h1",
+            &m,
+            LIMITS,
+            token,
+        )
+        .await
+    });
+    for procedure in 5_000..5_100 {
+        let made_up = call(Program::Other(0x1234), procedure, procedure, &[]);
+        client.write_packet(&made_up).await.unwrap();
+        client
+            .write_packet(&call(Program::Remote, 100_000 + procedure, procedure, &[]))
+            .await
+            .unwrap();
+    }
+    for _ in 0..200 {
+        next(&mut host).await;
+    }
+    stop.cancel();
+    assert!(matches!(stats.await.unwrap().end, RelayEnd::Shutdown));
+    let calls = &registry_view.rpc_calls;
+    assert_eq!(
+        calls.with_label_values(&["h1", "unknown", "other"]).get(),
+        100
+    );
+    assert_eq!(
+        calls.with_label_values(&["h1", "remote", "other"]).get(),
+        100
+    );
+    let series: usize = prometheus::core::Collector::collect(calls)
+        .iter()
+        .map(|family| family.get_metric().len())
+        .sum();
+    assert_eq!(series, 2, "two series, however many numbers were sent");
+}
+
+#[test]
+fn refusals_and_results_share_one_vocabulary_with_the_metrics() {
+    let names: Vec<&str> = ConnectionResult::ALL.iter().map(|r| r.as_str()).collect();
+    let mut unique = names.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len());
+    let m = metrics();
+    for name in names {
+        assert_eq!(m.connections_total.with_label_values(&[name]).get(), 0);
+    }
+}

@@ -2,6 +2,7 @@
 //! the LAN, and how much memory it uses. Runs entirely inside a namespace lab.
 //!
 //! `bench_inventory VIRTGATE_BIN ADVERTISE_MANY_BIN [N]` — see `bench/inventory.sh`.
+#![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
 
 use std::path::Path;
 use std::process::Command;

@@ -13,6 +13,7 @@
 //! - touch system configuration: daemons get private config, sockets and logs in temp dirs;
 //! - skip silently: a missing tool or missing root is a test failure
 //!   ([`require_root_and_tools`]), because a skipped real-peer test proves nothing.
+#![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
 #![forbid(unsafe_code)]
 
 pub mod avahi;

@@ -1,6 +1,7 @@
 //! Real avahi-daemons inside lab nodes: a static `_libvirt._tcp` service file in h1 is browsed
 //! from h2 (IPv4 and IPv6); services published with avahi-publish in h3 and in h2 itself are
 //! seen from h2, and the h3 one disappears after its publisher gets SIGTERM.
+#![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};

@@ -1,5 +1,6 @@
 //! A real libvirtd (test driver) over TLS on loopback, driven by the real virsh and
 //! python3-libvirt clients: the acceptance test for the libvirtd peer that proxy tests build on.
+#![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
 
 use std::process::Output;
 use std::time::Instant;

@@ -1,5 +1,6 @@
 //! The namespace lab itself: idempotent bring-up, IPv4 + IPv6 between nodes, the virbr0 helper
 //! and complete teardown.
+#![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -117,6 +117,13 @@ pub fn load(explicit_file: Option<&Path>, overrides: Vec<Override>) -> anyhow::R
         figment = figment.merge(Serialized::global(o.key, o.value));
     }
     let config = figment.extract::<Config>().map_err(describe)?;
+    let problems: Vec<String> = [config.broker.validate(), config.proxy.validate()].concat();
+    if !problems.is_empty() {
+        bail!(
+            "invalid configuration:\n  {}\nfix the keys named above (see docs/configuration.md for every key)",
+            problems.join("\n  ")
+        );
+    }
     Ok(Loaded { config, file })
 }
 

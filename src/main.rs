@@ -114,7 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         match cli.command {
             Command::Advertise(args) => cmd::advertise::run(&loaded.config, args).await,
             Command::Discover(args) => cmd::discover::run(&loaded.config, args).await,
-            Command::Up(_) => cmd::broker::run_up(&loaded.config).await,
+            Command::Up(_) => cmd::up::run(&loaded.config).await,
             Command::Broker(_) => cmd::broker::run_broker(&loaded.config).await,
             Command::Proxy(args) => cmd::proxy::run(&loaded.config, args).await,
             Command::Hosts(args) => cmd::inventory::hosts(&loaded.config, args).await,

@@ -124,3 +124,26 @@ fn unrelated_variables_with_the_prefix_are_ignored_but_typos_in_a_section_are_no
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("broker.listn"));
 }
+
+#[test]
+fn every_missing_file_and_half_set_pair_is_reported_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("virtgate.toml");
+    std::fs::write(
+        &file,
+        "[proxy]\nserver_cert_file = \"/nonexistent/server.pem\"\ncrl_file = \"/nonexistent/crl.pem\"\n\
+         [broker]\ntrusted_ca_files = [\"/nonexistent/ca.pem\"]\n",
+    )
+    .unwrap();
+    let out = config(&["--config", file.to_str().unwrap()], &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for expected in [
+        "proxy.server_cert_file: /nonexistent/server.pem is not a readable file",
+        "proxy.crl_file: /nonexistent/crl.pem",
+        "proxy.server_cert_file / proxy.server_key_file: set both or neither",
+        "broker.trusted_ca_files: /nonexistent/ca.pem",
+    ] {
+        assert!(err.contains(expected), "{expected:?} missing from:\n{err}");
+    }
+}

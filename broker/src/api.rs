@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 use tracing::{debug, info, warn};
 use virtgate_api::{
@@ -36,34 +37,38 @@ pub struct ApiState {
 
 type Body = Full<Bytes>;
 
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<ApiState>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn serve(listener: TcpListener, state: Arc<ApiState>, shutdown: CancellationToken) {
     let limit = tower::limit::GlobalConcurrencyLimitLayer::new(256);
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => { warn!(error = %e, "accept failed"); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
             },
-            _ = shutdown.changed() => return,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            () = shutdown.cancelled() => break,
         };
         let state = state.clone();
         let service = ServiceBuilder::new()
             .layer(limit.clone())
             .service(tower::service_fn(move |req| handle(state.clone(), req)));
-        tokio::spawn(async move {
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "HTTP connection ended with an error");
+            tokio::select! {
+                result = conn => if let Err(e) = result {
+                    debug!(%peer, error = %e, "HTTP connection ended with an error");
+                },
+                () = shutdown.cancelled() => {}
             }
         });
     }
+    // Connections (long-polls included) end with the broker.
+    connections.shutdown().await;
 }
 
 fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {

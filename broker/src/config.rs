@@ -89,3 +89,52 @@ impl Default for BrokerConfig {
         }
     }
 }
+
+/// Problems with the `[broker]` section that reading it cannot catch, each starting with the
+/// key it is about.
+impl BrokerConfig {
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for path in self.trusted_ca_files.iter().filter(|p| !p.is_file()) {
+            problems.push(format!(
+                "broker.trusted_ca_files: {} is not a readable file",
+                path.display()
+            ));
+        }
+        for (key, path) in [
+            ("client_cert_file", self.client_cert_file.as_ref()),
+            ("client_key_file", self.client_key_file.as_ref()),
+        ] {
+            if let Some(path) = path.filter(|p| !p.is_file()) {
+                problems.push(format!(
+                    "broker.{key}: {} is not a readable file",
+                    path.display()
+                ));
+            }
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            problems.push(
+                "broker.client_cert_file / broker.client_key_file: set both or neither".into(),
+            );
+        }
+        for (key, value) in [
+            ("probe_interval", self.probe_interval),
+            ("probe_timeout", self.probe_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("broker.{key}: must be longer than 0s"));
+            }
+        }
+        if self.critical_window > self.warning_window {
+            problems.push(
+                "broker.critical_window: must not be longer than broker.warning_window".into(),
+            );
+        }
+        for (i, host) in self.hosts.iter().enumerate() {
+            if host.name.trim().is_empty() {
+                problems.push(format!("broker.hosts[{i}].name: must not be empty"));
+            }
+        }
+        problems
+    }
+}

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::ClientConfig;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use virtgate_discovery::{Browser, DiscoveryConfig};
 
@@ -34,14 +35,14 @@ pub struct RunningBroker {
     /// Where the HTTP API listens (useful with port 0).
     pub api_addr: SocketAddr,
     pub admin_token_path: PathBuf,
-    shutdown: watch::Sender<bool>,
+    shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
 
 impl RunningBroker {
     /// Stops every background service and waits for them.
     pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
 }
@@ -147,7 +148,7 @@ pub async fn start_with(
         source: e,
     })?;
 
-    let (shutdown, shutdown_rx) = watch::channel(false);
+    let shutdown = CancellationToken::new();
     let (probe_tx, probe_rx) = mpsc::unbounded_channel::<String>();
     let mut tasks = JoinSet::new();
 
@@ -163,7 +164,7 @@ pub async fn start_with(
         admin_token,
         token_path: token_path.display().to_string(),
     });
-    tasks.spawn(api::serve(listener, state, shutdown_rx.clone()));
+    tasks.spawn(api::serve(listener, state, shutdown.clone()));
     tasks.spawn(
         ProbeScheduler {
             inventory: inventory.clone(),
@@ -174,7 +175,7 @@ pub async fn start_with(
             limit: Arc::new(Semaphore::new(config.probe_concurrency.max(1))),
             in_flight: Arc::new(Mutex::new(HashMap::new())),
         }
-        .run(probe_rx, shutdown_rx.clone()),
+        .run(probe_rx, shutdown.clone()),
     );
     if config.discovery {
         let browser = {
@@ -188,13 +189,13 @@ pub async fn start_with(
             inventory.clone(),
             metrics.clone(),
             probe_tx.clone(),
-            shutdown_rx.clone(),
+            shutdown.clone(),
         ));
     }
     tasks.spawn(sweep_retention(
         inventory.clone(),
         config.retention,
-        shutdown_rx.clone(),
+        shutdown.clone(),
     ));
     info!(api = %api_addr, data_dir = %config.data_dir.display(), discovery = config.discovery, static_hosts = config.hosts.len(), "broker started");
     Ok(RunningBroker {
@@ -257,7 +258,7 @@ async fn consume_discovery(
     inventory: Arc<Inventory>,
     metrics: Arc<Metrics>,
     probe_tx: mpsc::UnboundedSender<String>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     loop {
         tokio::select! {
@@ -270,7 +271,7 @@ async fn consume_discovery(
                     Err(e) => warn!(error = %e, "could not record a discovery event"),
                 }
             }
-            _ = shutdown.changed() => break,
+            () = shutdown.cancelled() => break,
         }
     }
     let _ = tokio::task::spawn_blocking(move || browser.shutdown()).await;
@@ -279,7 +280,7 @@ async fn consume_discovery(
 async fn sweep_retention(
     inventory: Arc<Inventory>,
     retention: Duration,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(3600));
     loop {
@@ -292,7 +293,7 @@ async fn sweep_retention(
                     }
                 }
             }
-            _ = shutdown.changed() => return,
+            () = shutdown.cancelled() => return,
         }
     }
 }
@@ -310,11 +311,7 @@ struct ProbeScheduler {
 }
 
 impl ProbeScheduler {
-    async fn run(
-        self,
-        mut requests: mpsc::UnboundedReceiver<String>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    async fn run(self, mut requests: mpsc::UnboundedReceiver<String>, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut running = JoinSet::new();
@@ -327,7 +324,7 @@ impl ProbeScheduler {
                     }
                 }
                 Some(_) = running.join_next(), if !running.is_empty() => {}
-                _ = shutdown.changed() => break,
+                () = shutdown.cancelled() => break,
             }
         }
         running.abort_all();

@@ -92,3 +92,92 @@ impl Default for ProxyConfig {
         }
     }
 }
+
+/// Problems with the `[proxy]` section that reading it cannot catch, each starting with the
+/// key it is about.
+impl ProxyConfig {
+    pub fn validate(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let files = [
+            ("server_cert_file", self.server_cert_file.as_ref()),
+            ("server_key_file", self.server_key_file.as_ref()),
+            ("crl_file", self.crl_file.as_ref()),
+            ("backend_cert_file", self.backend_cert_file.as_ref()),
+            ("backend_key_file", self.backend_key_file.as_ref()),
+        ];
+        for (key, path) in files {
+            if let Some(path) = path.filter(|p| !p.is_file()) {
+                problems.push(format!(
+                    "proxy.{key}: {} is not a readable file",
+                    path.display()
+                ));
+            }
+        }
+        for path in self.client_ca_files.iter().filter(|p| !p.is_file()) {
+            problems.push(format!(
+                "proxy.client_ca_files: {} is not a readable file",
+                path.display()
+            ));
+        }
+        for (a, b, first, second) in [
+            (
+                &self.server_cert_file,
+                &self.server_key_file,
+                "server_cert_file",
+                "server_key_file",
+            ),
+            (
+                &self.backend_cert_file,
+                &self.backend_key_file,
+                "backend_cert_file",
+                "backend_key_file",
+            ),
+        ] {
+            if a.is_some() != b.is_some() {
+                problems.push(format!(
+                    "proxy.{first} / proxy.{second}: set both or neither"
+                ));
+            }
+        }
+        if let Err(e) = crate::policy::Policy::new(&self.rules) {
+            problems.push(format!("proxy.rules: {e}"));
+        }
+        if let Err(e) = crate::policy::DnAllowList::new(&self.allowed_dn) {
+            problems.push(format!("proxy.allowed_dn: {e}"));
+        }
+        for (key, value) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("backend_connect_timeout", self.backend_connect_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("write_timeout", self.write_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("proxy.{key}: must be longer than 0s"));
+            }
+        }
+        if self.max_connections == 0 {
+            problems.push("proxy.max_connections: must be at least 1".into());
+        }
+        problems
+    }
+
+    /// The TLS files as the gateway reads them; every one must be set (`virtgate up` sets unset
+    /// ones to its development PKI first). `backend_cas` are the CAs hosts may be vouched for by.
+    pub fn tls_files(&self, backend_cas: Vec<PathBuf>) -> Result<crate::TlsFiles, String> {
+        let need = |v: &Option<PathBuf>, key: &str| {
+            v.clone().ok_or_else(|| format!("proxy.{key} is not set; set it (see docs/proxy.md), or use `virtgate up`, which generates a development PKI"))
+        };
+        if self.client_ca_files.is_empty() {
+            return Err("proxy.client_ca_files is empty; list the CA(s) whose client certificates may connect".into());
+        }
+        Ok(crate::TlsFiles {
+            server_cert: need(&self.server_cert_file, "server_cert_file")?,
+            server_key: need(&self.server_key_file, "server_key_file")?,
+            client_cas: self.client_ca_files.clone(),
+            crl: self.crl_file.clone(),
+            backend_cert: need(&self.backend_cert_file, "backend_cert_file")?,
+            backend_key: need(&self.backend_key_file, "backend_key_file")?,
+            backend_cas,
+        })
+    }
+}

@@ -1,4 +1,5 @@
-//! One module per subcommand.
+//! One module per subcommand (`hosts` and `certs` share `inventory`, the views of the broker's
+//! inventory), plus what they share: the API client, the dev PKI of `up`, tables.
 
 pub mod advertise;
 pub mod api_client;
@@ -9,6 +10,7 @@ pub mod inventory;
 pub mod pki;
 pub mod proxy;
 pub mod table;
+pub mod up;
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() -> anyhow::Result<()> {

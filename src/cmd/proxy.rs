@@ -26,24 +26,10 @@ pub struct Args {
 
 /// The TLS files named by the configuration; every one must be set.
 pub fn tls_files(config: &Config) -> anyhow::Result<TlsFiles> {
-    let p = &config.proxy;
-    let need = |v: &Option<std::path::PathBuf>, key: &str| {
-        v.clone().with_context(|| format!("proxy.{key} is not set; set it (see docs/proxy.md), or use `virtgate up`, which generates a development PKI"))
-    };
-    if p.client_ca_files.is_empty() {
-        anyhow::bail!(
-            "proxy.client_ca_files is empty; list the CA(s) whose client certificates may connect"
-        );
-    }
-    Ok(TlsFiles {
-        server_cert: need(&p.server_cert_file, "server_cert_file")?,
-        server_key: need(&p.server_key_file, "server_key_file")?,
-        client_cas: p.client_ca_files.clone(),
-        crl: p.crl_file.clone(),
-        backend_cert: need(&p.backend_cert_file, "backend_cert_file")?,
-        backend_key: need(&p.backend_key_file, "backend_key_file")?,
-        backend_cas: config.broker.trusted_ca_files.clone(),
-    })
+    config
+        .proxy
+        .tls_files(config.broker.trusted_ca_files.clone())
+        .map_err(anyhow::Error::msg)
 }
 
 pub fn broker_url(config: &Config, explicit: Option<String>) -> String {

@@ -1,8 +1,9 @@
 //! The broker: the inventory of virtualization hosts and of the certificates they present.
 //!
 //! Owns: consuming discovery events and static hosts, probing every address of every host with a
-//! TLS handshake, analysing the presented certificates (findings), deciding trust (CA, approved
-//! SPKI pins, `changed` alarms), the durable SQLite store and event log, the HTTP API with its
+//! TLS handshake, applying the certificate judge of `virtgate-pki` to what they present
+//! (findings), deciding trust (CA, approved SPKI pins, `changed` alarms) in a pure state machine,
+//! the durable SQLite store and event log, serving the `/v1` contract of `virtgate-api` with its
 //! long-poll watch, and `/metrics`.
 //! Must not: relay libvirt traffic (that is `virtgate-proxy`); trust anything a host announces
 //! about itself over mDNS (names and TXT are labels, keys are verified); log secrets (the admin

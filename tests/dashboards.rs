@@ -72,6 +72,8 @@ const PROXY_EXPORTED: &[(&str, &[&str])] = &[
     ("virtgate_proxy_backend_connect_duration_seconds_sum", &[]),
     ("virtgate_proxy_backend_connect_duration_seconds_count", &[]),
     ("virtgate_proxy_protocol_errors_total", &["side", "reason"]),
+    ("virtgate_proxy_calls_refused_total", &["reason"]),
+    ("virtgate_proxy_crl_next_update_timestamp_seconds", &[]),
 ];
 const CERT_LABELS: &[&str] = &[
     "host",
@@ -106,7 +108,18 @@ const LABEL_VALUES: &[(&str, &str, &[&str], bool)] = &[
             "backend_rejected",
             "idle_timeout",
             "refused_capacity",
+            "bad_uri",
+            "open_failed",
+            "call_refused",
+            "revoked",
+            "refused_source",
         ],
+        true,
+    ),
+    (
+        "virtgate_proxy_calls_refused_total",
+        "reason",
+        &["reopen", "auth", "identity", "read_only", "program"],
         true,
     ),
     (
@@ -196,7 +209,9 @@ const SHIPPED_ALERTS: &[ShippedRules] = &[
         &[
             ("VirtgateProxyAuthFailureSpike", "warning"),
             ("VirtgateProxyCertificateExpiring", "critical"),
+            ("VirtgateProxyCallsRefused", "warning"),
             ("VirtgateProxyCertificateExpiring", "warning"),
+            ("VirtgateProxyCrlStale", "warning"),
             ("VirtgateProxyHostUnreachable", "critical"),
             ("VirtgateProxyHostUnreachable", "warning"),
             ("VirtgateProxyProtocolErrors", "warning"),

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::gateway::{identity, python, text, virsh, Gateway};
+use common::raw::{raw_client, RAW_CONNECT, RAW_OPEN};
 use common::sample;
 use common::tap::Tap;
 use virtgate_testlab::libvirtd::{Libvirtd, LibvirtdOptions};
@@ -48,65 +49,6 @@ fn gateway_with_h1(dir: &std::path::Path, libvirtd: &Libvirtd, port: u16) -> Gat
     gw.wait_trust("h1", "pending");
     gw.approve("h1");
     gw
-}
-
-/// Python prelude of a raw libvirt client: TLS with the identity in `PKI` to `PORT` (receive
-/// buffer `RCVBUF` when set) and the 0x01 byte; then `call()` and `read_packet()` (None at end of
-/// stream) for the rest of the script, on socket `s`.
-const RAW_CONNECT: &str = r#"
-import os, socket, ssl, struct, time
-pki = os.environ["PKI"]
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False
-ctx.load_verify_locations(pki + "/cacert.pem")
-ctx.load_cert_chain(pki + "/clientcert.pem", pki + "/clientkey.pem")
-raw = socket.socket()
-if os.environ.get("RCVBUF"):
-    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, int(os.environ["RCVBUF"]))
-raw.connect(("127.0.0.1", int(os.environ["PORT"])))
-s = ctx.wrap_socket(raw)
-assert s.recv(1) == b"\x01"
-def call(proc, serial, payload=b""):
-    return struct.pack(">IIIIIII", 28 + len(payload), 0x20008086, 1, proc, 0, serial, 0) + payload
-def recv_exactly(n):
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
-def read_packet():
-    head = recv_exactly(4)
-    if head is None:
-        return None
-    (n,) = struct.unpack(">I", head)
-    body = recv_exactly(n - 4)
-    return None if body is None else head + body
-"#;
-
-/// After `RAW_CONNECT`: AUTH_LIST and CONNECT_OPEN of h1.
-const RAW_OPEN: &str = r#"
-s.sendall(call(66, 0)); read_packet()
-name = b"test://h1/default"
-s.sendall(call(1, 1, struct.pack(">II", 1, len(name)) + name + b"\0" * ((4 - len(name) % 4) % 4) + struct.pack(">I", 0)))
-assert struct.unpack(">I", read_packet()[24:28])[0] == 0, "CONNECT_OPEN ok"
-"#;
-
-fn raw_client(
-    script: &str,
-    who: &common::gateway::Identity,
-    port: u16,
-    rcvbuf: Option<u32>,
-) -> std::process::Output {
-    let mut cmd = std::process::Command::new("/usr/bin/python3");
-    cmd.arg("-c")
-        .arg(script)
-        .env("PKI", &who.pki)
-        .env("PORT", port.to_string());
-    if let Some(bytes) = rcvbuf {
-        cmd.env("RCVBUF", bytes.to_string());
-    }
-    cmd.output().unwrap()
 }
 
 fn libvirtd() -> Libvirtd {

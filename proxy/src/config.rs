@@ -62,7 +62,39 @@ pub struct ProxyConfig {
     pub connection_threads: usize,
     /// `/metrics` for `virtgate proxy` (in `virtgate up` the broker serves them).
     pub metrics_listen: SocketAddr,
+    /// Drivers a client may name in CONNECT_OPEN (`qemu://HOST/system`).
+    pub allowed_drivers: Vec<String>,
+    /// Paths the `test` driver may be opened with (it reads any file it is given).
+    pub allowed_test_paths: Vec<String>,
+    /// URI query parameters that may be forwarded (none by default: `socket=`, `command=`,
+    /// `netcat=`, `pkipath=` and friends make the host's daemon connect onwards or run programs).
+    pub allowed_uri_parameters: Vec<String>,
+    /// RPC programs relayed besides REMOTE, KEEPALIVE, QEMU and LXC (numbers).
+    pub allowed_programs: Vec<u32>,
+    /// Close open sessions whose client certificate a reloaded CRL revokes, or whose host is
+    /// forgotten, no longer trusted, or re-keyed.
+    pub close_revoked_sessions: bool,
+    /// Connections from one address that may be in their TLS handshake or pre-open exchange at
+    /// once; more are refused at accept.
+    pub max_handshakes_per_source: usize,
 }
+
+/// The drivers libvirt ships that a gateway user may reach.
+pub const DEFAULT_DRIVERS: &[&str] = &[
+    "qemu",
+    "test",
+    "lxc",
+    "xen",
+    "ch",
+    "bhyve",
+    "vz",
+    "network",
+    "storage",
+    "nodedev",
+    "secret",
+    "interface",
+    "nwfilter",
+];
 
 impl Default for ProxyConfig {
     fn default() -> Self {
@@ -89,6 +121,12 @@ impl Default for ProxyConfig {
             max_connections: 5000,
             connection_threads: 0,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 16581)),
+            allowed_drivers: DEFAULT_DRIVERS.iter().map(|d| d.to_string()).collect(),
+            allowed_test_paths: vec!["/default".into()],
+            allowed_uri_parameters: Vec::new(),
+            allowed_programs: Vec::new(),
+            close_revoked_sessions: true,
+            max_handshakes_per_source: 64,
         }
     }
 }
@@ -158,6 +196,25 @@ impl ProxyConfig {
         if self.max_connections == 0 {
             problems.push("proxy.max_connections: must be at least 1".into());
         }
+        if self.max_handshakes_per_source == 0 {
+            problems.push("proxy.max_handshakes_per_source: must be at least 1".into());
+        }
+        for driver in &self.allowed_drivers {
+            if driver.is_empty() || !driver.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                problems.push(format!(
+                    "proxy.allowed_drivers: {driver:?} is not a driver name (letters and digits, e.g. qemu)"
+                ));
+            }
+        }
+        for path in self
+            .allowed_test_paths
+            .iter()
+            .filter(|p| !p.starts_with('/'))
+        {
+            problems.push(format!(
+                "proxy.allowed_test_paths: {path:?} must start with / (as in test:///default)"
+            ));
+        }
         problems
     }
 
@@ -179,5 +236,16 @@ impl ProxyConfig {
             backend_key: need(&self.backend_key_file, "backend_key_file")?,
             backend_cas,
         })
+    }
+}
+
+impl ProxyConfig {
+    /// The connection names the gateway forwards.
+    pub fn uri_rules(&self) -> crate::UriRules {
+        crate::UriRules {
+            drivers: self.allowed_drivers.clone(),
+            test_paths: self.allowed_test_paths.clone(),
+            parameters: self.allowed_uri_parameters.clone(),
+        }
     }
 }

@@ -10,8 +10,10 @@
 //! is authenticated and authorised for it, or log secrets.
 #![forbid(unsafe_code)]
 
+mod calls;
 pub mod config;
 pub mod directory;
+mod handshakes;
 pub mod metrics;
 pub mod policy;
 mod relay;
@@ -27,11 +29,12 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use calls::RefusedCall;
 pub use config::{HostListener, ProxyConfig};
 pub use directory::{Admission, HostTable, HostTableWatch, HostTarget, RefuseReason};
 pub use metrics::ProxyMetrics;
 pub use policy::{Mode, Rule};
-pub use session::{route, ConnectionResult, Route};
+pub use session::{canonical, ConnectionResult, Route, UriError, UriRules};
 pub use tls::{TlsFiles, TlsMaterial};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,7 @@ pub struct RunningProxy {
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     threads: Arc<workers::ConnectionThreads>,
+    metrics: ProxyMetrics,
 }
 
 impl RunningProxy {
@@ -67,6 +71,7 @@ impl RunningProxy {
     /// already open keep the material they started with.
     pub fn reload_tls(&self) -> Result<(), ProxyError> {
         let material = TlsMaterial::load(&self.files)?;
+        report_crl(&material, &self.metrics);
         self.tls.send_replace(Arc::new(material));
         Ok(())
     }
@@ -101,15 +106,18 @@ pub async fn start(
         );
     }
     let material = Arc::new(TlsMaterial::load(&files)?);
-    let (tls_tx, tls_rx) = watch::channel(material);
     let metrics = ProxyMetrics::register(registry)?;
+    report_crl(&material, &metrics);
+    let (tls_tx, tls_rx) = watch::channel(material);
     let gateway = Arc::new(session::Gateway {
         config: config.clone(),
         policy: policy::Policy::new(&config.rules)?,
         allowed_dn: policy::DnAllowList::new(&config.allowed_dn)?,
+        uri_rules: config.uri_rules(),
+        handshakes: handshakes::PerSource::new(config.max_handshakes_per_source),
         hosts,
         tls: tls_rx,
-        metrics,
+        metrics: metrics.clone(),
     });
     let shutdown = CancellationToken::new();
     let threads = Arc::new(
@@ -152,5 +160,25 @@ pub async fn start(
         shutdown,
         tasks,
         threads,
+        metrics,
     })
+}
+
+/// Exports the CRL's `nextUpdate` and says so when it has passed: revocations made since are
+/// unknown to the gateway until a fresh CRL is installed (and SIGHUP reloads it).
+fn report_crl(material: &TlsMaterial, metrics: &ProxyMetrics) {
+    let Some(next_update) = material.crl_next_update else {
+        metrics.crl_next_update.set(0.0);
+        return;
+    };
+    metrics.crl_next_update.set(next_update as f64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    if next_update < now {
+        tracing::warn!(
+            next_update,
+            "proxy.crl_file is stale: its nextUpdate has passed; install a fresh CRL and send SIGHUP"
+        );
+    }
 }

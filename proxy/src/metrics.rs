@@ -16,6 +16,8 @@ pub struct ProxyMetrics {
     pub bytes: IntCounterVec,
     pub backend_connect_duration: Histogram,
     pub protocol_errors: IntCounterVec,
+    pub calls_refused: IntCounterVec,
+    pub crl_next_update: prometheus::Gauge,
 }
 
 impl ProxyMetrics {
@@ -87,15 +89,21 @@ impl ProxyMetrics {
             ),
             &["side", "reason"],
         )?;
-        registry.register(Box::new(connections_active.clone()))?;
-        registry.register(Box::new(connections_total.clone()))?;
-        registry.register(Box::new(handshake_duration.clone()))?;
-        registry.register(Box::new(auth_failures.clone()))?;
-        registry.register(Box::new(rpc_calls.clone()))?;
-        registry.register(Box::new(rpc_duration.clone()))?;
-        registry.register(Box::new(bytes.clone()))?;
-        registry.register(Box::new(backend_connect_duration.clone()))?;
-        registry.register(Box::new(protocol_errors.clone()))?;
+        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+            Box::new(connections_active.clone()),
+            Box::new(connections_total.clone()),
+            Box::new(handshake_duration.clone()),
+            Box::new(auth_failures.clone()),
+            Box::new(rpc_calls.clone()),
+            Box::new(rpc_duration.clone()),
+            Box::new(bytes.clone()),
+            Box::new(backend_connect_duration.clone()),
+            Box::new(protocol_errors.clone()),
+        ];
+        for collector in collectors {
+            registry.register(collector)?;
+        }
+        let (calls_refused, crl_next_update) = guard_metrics(registry)?;
         let metrics = Self {
             connections_active,
             connections_total,
@@ -106,6 +114,8 @@ impl ProxyMetrics {
             bytes,
             backend_connect_duration,
             protocol_errors,
+            calls_refused,
+            crl_next_update,
         };
         metrics.initialise_labels();
         Ok(metrics)
@@ -114,6 +124,9 @@ impl ProxyMetrics {
     /// Every fixed label set starts at 0, so dashboards and alerts see the series before the
     /// first event.
     fn initialise_labels(&self) {
+        for reason in crate::calls::RefusedCall::ALL {
+            self.calls_refused.with_label_values(&[reason.as_str()]);
+        }
         for r in ConnectionResult::ALL {
             self.connections_total.with_label_values(&[r.as_str()]);
         }
@@ -134,4 +147,24 @@ impl ProxyMetrics {
     pub fn bytes_counter(&self, host: &str, direction: &str) -> IntCounter {
         self.bytes.with_label_values(&[host, direction])
     }
+}
+
+/// The calls the gateway refuses itself, and the freshness of its CRL.
+fn guard_metrics(
+    registry: &Registry,
+) -> Result<(IntCounterVec, prometheus::Gauge), prometheus::Error> {
+    let calls_refused = IntCounterVec::new(
+            Opts::new(
+                "virtgate_proxy_calls_refused_total",
+                "Calls the gateway answered itself instead of relaying, by reason (reopen, auth, identity: the connection was closed; read_only, program).",
+            ),
+            &["reason"],
+        )?;
+    registry.register(Box::new(calls_refused.clone()))?;
+    let crl_next_update = prometheus::Gauge::new(
+            "virtgate_proxy_crl_next_update_timestamp_seconds",
+            "The earliest nextUpdate of proxy.crl_file, Unix seconds (0 without a CRL); past it the CRL is stale and revocations after it are unknown.",
+        )?;
+    registry.register(Box::new(crl_next_update.clone()))?;
+    Ok((calls_refused, crl_next_update))
 }

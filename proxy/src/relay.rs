@@ -11,8 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use std::future::Future;
+
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::Mutex as AsyncMutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use virtgate_rpc::{
@@ -20,6 +23,7 @@ use virtgate_rpc::{
     ErrorNumber, Header, MessageType, Program, HEADER_LEN, MAX_LEN,
 };
 
+use crate::calls::{CallGuard, RefusedCall};
 use crate::metrics::ProxyMetrics;
 
 const INITIAL_BUFFER: usize = 64 * 1024;
@@ -35,6 +39,11 @@ pub(crate) enum RelayEnd {
         side: &'static str,
         reason: &'static str,
     },
+    /// The client made a call that changes who the connection is; the gateway answered it
+    /// and closed.
+    Refused(RefusedCall),
+    /// The session lost its grounds (identity revoked, host forgotten or re-keyed).
+    Revoked(String),
 }
 
 pub(crate) struct RelayStats {
@@ -107,6 +116,8 @@ enum PumpEnd {
     Eof,
     Io,
     Protocol(&'static str),
+    /// The client made a call that ends the connection (answered already).
+    Refused(RefusedCall),
     /// The receiving side accepted nothing for `write_timeout`.
     Stalled,
     /// The client has closed its side and every reply it was owed has been written.
@@ -119,20 +130,48 @@ enum Direction {
     ToClient,
 }
 
+/// What one relayed connection is checked against and counted as.
+pub(crate) struct RelayContext<'a> {
+    pub host: &'a str,
+    pub metrics: &'a ProxyMetrics,
+    pub limits: RelayLimits,
+    /// What the client may call (for everyone: nothing that changes who the connection is).
+    pub guard: &'a CallGuard,
+    pub shutdown: CancellationToken,
+}
+
+/// How the first of the relay's contenders finished.
+enum First {
+    Pump(Direction, PumpEnd),
+    Idle,
+    Shutdown,
+    Revoked(String),
+}
+
+/// Relays until one side ends, the connection idles, the gateway stops, or `revoked` resolves
+/// (with the reason the session may no longer go on).
 pub(crate) async fn relay<C, B>(
     client: C,
     backend: B,
-    host: &str,
-    metrics: &ProxyMetrics,
-    limits: RelayLimits,
-    shutdown: CancellationToken,
+    cx: RelayContext<'_>,
+    revoked: impl Future<Output = String>,
 ) -> RelayStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (client_r, mut client_w) = tokio::io::split(client);
+    let RelayContext {
+        host,
+        metrics,
+        limits,
+        guard,
+        shutdown,
+    } = cx;
+    let (client_r, client_w) = tokio::io::split(client);
     let (backend_r, mut backend_w) = tokio::io::split(backend);
+    // Both directions write to the client: the host's frames, and the gateway's own answers to
+    // calls it does not forward. One lock keeps each frame whole.
+    let client_w = AsyncMutex::new(client_w);
     let state = RelayState {
         host,
         metrics,
@@ -144,21 +183,22 @@ where
         last_packet_ms: AtomicU64::new(0),
         epoch: Instant::now(),
     };
-    let mut up = Pump::new(client_r, Direction::ToHost, &state);
-    let mut down = Pump::new(backend_r, Direction::ToClient, &state);
-    let outcome = {
-        let up_run = up.run(&mut backend_w);
-        let down_run = down.run(&mut client_w);
+    let mut up = Pump::new(client_r, Direction::ToHost, &state, Some(guard));
+    let mut down = Pump::new(backend_r, Direction::ToClient, &state, None);
+    let (first, half_closed) = {
+        let up_run = up.run(&mut backend_w, &client_w);
+        let down_run = down.run(SharedWriter(&client_w), &client_w);
         let idle = idle(&state, limits.idle_timeout);
-        tokio::pin!(up_run, down_run, idle);
+        tokio::pin!(up_run, down_run, idle, revoked);
         let first = tokio::select! {
-            end = &mut up_run => (Direction::ToHost, Some(end)),
-            end = &mut down_run => (Direction::ToClient, Some(end)),
-            () = &mut idle => (Direction::ToHost, None),
-            () = shutdown.cancelled() => (Direction::ToClient, None),
+            end = &mut up_run => First::Pump(Direction::ToHost, end),
+            end = &mut down_run => First::Pump(Direction::ToClient, end),
+            () = &mut idle => First::Idle,
+            () = shutdown.cancelled() => First::Shutdown,
+            why = &mut revoked => First::Revoked(why),
         };
         let draining =
-            matches!(first, (Direction::ToHost, Some(PumpEnd::Eof))) && state.client_closed();
+            matches!(first, First::Pump(Direction::ToHost, PumpEnd::Eof)) && state.client_closed();
         if draining {
             // The client closed its sending side with calls still waiting: relay their replies
             // (and any events meanwhile) before closing, so every call sent gets its answer.
@@ -168,26 +208,28 @@ where
                 "client closed its side with calls in flight; relaying their replies first"
             );
             let end = tokio::select! {
-                end = &mut down_run => (Direction::ToClient, Some(end)),
-                () = &mut idle => (Direction::ToHost, None),
-                () = shutdown.cancelled() => (Direction::ToClient, None),
+                end = &mut down_run => First::Pump(Direction::ToClient, end),
+                () = &mut idle => First::Idle,
+                () = shutdown.cancelled() => First::Shutdown,
+                why = &mut revoked => First::Revoked(why),
             };
             (end, true)
         } else {
             (first, false)
         }
     };
-    let ((direction, pump_end), half_closed) = outcome;
-    let end = match (direction, pump_end) {
-        (_, None) if shutdown.is_cancelled() => RelayEnd::Shutdown,
-        (_, None) => RelayEnd::Idle,
-        (Direction::ToHost, Some(end)) => client_side_end(end),
-        (Direction::ToClient, Some(PumpEnd::Drained)) => RelayEnd::ClientClosed,
-        (Direction::ToClient, Some(PumpEnd::Stalled)) => RelayEnd::Protocol {
+    let mut client_w = client_w.into_inner();
+    let end = match first {
+        First::Shutdown => RelayEnd::Shutdown,
+        First::Idle => RelayEnd::Idle,
+        First::Revoked(why) => RelayEnd::Revoked(why),
+        First::Pump(Direction::ToHost, end) => client_side_end(end),
+        First::Pump(Direction::ToClient, PumpEnd::Drained) => RelayEnd::ClientClosed,
+        First::Pump(Direction::ToClient, PumpEnd::Stalled) => RelayEnd::Protocol {
             side: "client",
             reason: "stalled",
         },
-        (Direction::ToClient, Some(end)) => {
+        First::Pump(Direction::ToClient, end) => {
             host_side_end(end, &state, &mut client_w, half_closed).await
         }
     };
@@ -228,6 +270,7 @@ fn client_side_end(end: PumpEnd) -> RelayEnd {
             side: "host",
             reason: "stalled",
         },
+        PumpEnd::Refused(reason) => RelayEnd::Refused(reason),
         PumpEnd::Eof | PumpEnd::Io | PumpEnd::Drained => RelayEnd::ClientClosed,
     }
 }
@@ -273,10 +316,60 @@ async fn host_side_end<W: AsyncWrite + Unpin>(
             reason,
         },
         _ if half_closed && waiting.is_empty() => RelayEnd::ClientClosed,
-        PumpEnd::Eof | PumpEnd::Io | PumpEnd::Stalled | PumpEnd::Drained => RelayEnd::HostClosed {
-            failed_calls: waiting.len(),
-        },
+        PumpEnd::Eof | PumpEnd::Io | PumpEnd::Stalled | PumpEnd::Drained | PumpEnd::Refused(_) => {
+            RelayEnd::HostClosed {
+                failed_calls: waiting.len(),
+            }
+        }
     }
+}
+
+/// Where a pump writes complete frames: straight to its peer, or through the lock both
+/// directions share for the client.
+trait FrameSink {
+    /// Writes `frames` (whole frames), one write per message, and flushes.
+    async fn send_frames(&mut self, frames: &[u8]) -> std::io::Result<()>;
+}
+
+impl<W: AsyncWrite> FrameSink for WriteHalf<W> {
+    async fn send_frames(&mut self, frames: &[u8]) -> std::io::Result<()> {
+        // One write per message, so each message gets its own TLS record(s) as libvirt sends
+        // them: libvirtd (GnuTLS) does not notice a second message already decrypted inside the
+        // record it read, and would sit on it until more bytes arrive. The usual read holds one
+        // message, so this is still one system call.
+        let mut at = 0;
+        while at < frames.len() {
+            let len = declared_len(&frames[at..])
+                .and_then(Result::ok)
+                .map_or(frames.len() - at, |len| len as usize);
+            self.write_all(&frames[at..at + len]).await?;
+            at += len;
+        }
+        self.flush().await
+    }
+}
+
+impl<W: AsyncWrite> FrameSink for &mut WriteHalf<W> {
+    async fn send_frames(&mut self, frames: &[u8]) -> std::io::Result<()> {
+        (**self).send_frames(frames).await
+    }
+}
+
+/// The client's writer, shared by both directions.
+struct SharedWriter<'w, C>(&'w AsyncMutex<WriteHalf<C>>);
+
+impl<C: AsyncWrite> FrameSink for SharedWriter<'_, C> {
+    async fn send_frames(&mut self, frames: &[u8]) -> std::io::Result<()> {
+        self.0.lock().await.send_frames(frames).await
+    }
+}
+
+/// How big a buffer holding the incomplete start of a `need`-byte frame grows next: it doubles
+/// as data arrives, up to the frame's length, so a length word alone (up to 32 MiB claimed)
+/// costs no more memory than the bytes that really came.
+fn grown(len: usize, need: usize) -> usize {
+    need.clamp(len + 1, len.saturating_mul(2))
+        .min(MAX_LEN as usize)
 }
 
 /// One direction of the relay: reads whole frames from `reader` and writes them on.
@@ -284,6 +377,8 @@ struct Pump<'s, 'a, R> {
     reader: ReadHalf<R>,
     direction: Direction,
     state: &'s RelayState<'a>,
+    /// Towards the host: what the client may call.
+    guard: Option<&'s CallGuard>,
     bytes_counter: IntCounter,
     /// Bytes forwarded.
     bytes: u64,
@@ -293,8 +388,21 @@ struct Pump<'s, 'a, R> {
     call_counters: Vec<Option<IntCounter>>,
 }
 
+/// What a scan of the buffer found: complete frames to forward, and maybe a call to answer.
+struct Scan {
+    /// Bytes of complete frames to forward, from the start.
+    forward: usize,
+    /// A refused call right after them: its header, its length, the answer.
+    refused: Option<(Header, usize, crate::calls::Refusal)>,
+}
+
 impl<'s, 'a, R: AsyncRead> Pump<'s, 'a, R> {
-    fn new(reader: ReadHalf<R>, direction: Direction, state: &'s RelayState<'a>) -> Self {
+    fn new(
+        reader: ReadHalf<R>,
+        direction: Direction,
+        state: &'s RelayState<'a>,
+        guard: Option<&'s CallGuard>,
+    ) -> Self {
         let (label, counters) = match direction {
             Direction::ToHost => ("to_host", vec![None; remote_count()]),
             Direction::ToClient => ("to_client", Vec::new()),
@@ -303,6 +411,7 @@ impl<'s, 'a, R: AsyncRead> Pump<'s, 'a, R> {
             reader,
             direction,
             state,
+            guard,
             bytes_counter: state.metrics.bytes_counter(state.host, label),
             bytes: 0,
             calls: 0,
@@ -310,16 +419,19 @@ impl<'s, 'a, R: AsyncRead> Pump<'s, 'a, R> {
         }
     }
 
-    async fn run<W: AsyncWrite>(&mut self, writer: &mut WriteHalf<W>) -> PumpEnd {
+    async fn run<C: AsyncWrite>(
+        &mut self,
+        mut out: impl FrameSink,
+        client: &AsyncMutex<WriteHalf<C>>,
+    ) -> PumpEnd {
         let mut buf = vec![0u8; INITIAL_BUFFER];
         let mut filled = 0usize;
         loop {
             if filled == buf.len() {
                 // The buffer holds the start of one frame larger than itself (complete frames
-                // were forwarded and compacted away); the frame's validated length bounds the
-                // growth.
+                // were forwarded and compacted away); it grows as the frame's bytes arrive.
                 let need = declared_len(&buf).and_then(Result::ok).unwrap_or(0) as usize;
-                buf.resize(need.max(buf.len() * 2).min(MAX_LEN as usize), 0);
+                buf.resize(grown(buf.len(), need), 0);
             }
             let n = match self.reader.read(&mut buf[filled..]).await {
                 Ok(n) if n > 0 => n,
@@ -331,27 +443,37 @@ impl<'s, 'a, R: AsyncRead> Pump<'s, 'a, R> {
             };
             filled += n;
             self.state.touch();
-            let complete = match self.scan(&buf[..filled]) {
-                Ok(complete) => complete,
-                Err(reason) => return PumpEnd::Protocol(reason),
-            };
-            if complete > 0 {
-                if let Some(end) = self.forward(writer, &buf[..complete]).await {
+            let mut start = 0;
+            loop {
+                let scan = match self.scan(&buf[start..filled]) {
+                    Ok(scan) => scan,
+                    Err(reason) => return PumpEnd::Protocol(reason),
+                };
+                if scan.forward > 0 {
+                    let frames = &buf[start..start + scan.forward];
+                    if let Some(end) = self.forward(&mut out, frames).await {
+                        return end;
+                    }
+                    start += scan.forward;
+                }
+                let Some((header, len, refusal)) = scan.refused else {
+                    break;
+                };
+                start += len;
+                if let Some(end) = self.answer(client, &header, refusal).await {
                     return end;
                 }
-                buf.copy_within(complete..filled, 0);
-                filled -= complete;
             }
-            if let Some(Ok(len)) = declared_len(&buf[..filled]) {
-                if len as usize > buf.len() {
-                    buf.resize(len as usize, 0);
-                }
+            if start > 0 {
+                buf.copy_within(start..filled, 0);
+                filled -= start;
             }
         }
     }
 
-    /// The length of the complete frames at the start of `buf`, each observed once.
-    fn scan(&mut self, buf: &[u8]) -> Result<usize, &'static str> {
+    /// The complete frames at the start of `buf` the pump may forward, each observed once,
+    /// stopping at a call the client may not make.
+    fn scan(&mut self, buf: &[u8]) -> Result<Scan, &'static str> {
         let mut complete = 0usize;
         while let Some(len) = declared_len(&buf[complete..]) {
             let len = len.map_err(|e| e.reason())? as usize;
@@ -360,39 +482,60 @@ impl<'s, 'a, R: AsyncRead> Pump<'s, 'a, R> {
             }
             let header =
                 Header::parse(&buf[complete..complete + HEADER_LEN]).map_err(|e| e.reason())?;
+            if let Some(refusal) = self.guard.and_then(|g| g.check(&header)) {
+                return Ok(Scan {
+                    forward: complete,
+                    refused: Some((header, len, refusal)),
+                });
+            }
             self.observe(&header);
             complete += len;
         }
-        Ok(complete)
+        Ok(Scan {
+            forward: complete,
+            refused: None,
+        })
+    }
+
+    /// Answers a call the gateway does not forward, and counts it; `Some` when the pump must
+    /// end (the call was one that closes the connection, or the client stopped reading).
+    async fn answer<C: AsyncWrite>(
+        &mut self,
+        client: &AsyncMutex<WriteHalf<C>>,
+        call: &Header,
+        refusal: crate::calls::Refusal,
+    ) -> Option<PumpEnd> {
+        let state = self.state;
+        state
+            .metrics
+            .calls_refused
+            .with_label_values(&[refusal.reason.as_str()])
+            .inc();
+        tracing::info!(
+            host = state.host,
+            reason = refusal.reason.as_str(),
+            procedure = call.procedure,
+            "call refused by the gateway: {}",
+            refusal.message
+        );
+        let reply = error_reply(call, refusal.code, refusal.domain, &refusal.message);
+        let write = async { client.lock().await.send_frames(&reply).await };
+        match tokio::time::timeout(state.write_timeout, write).await {
+            Ok(Ok(())) if refusal.reason.closes() => Some(PumpEnd::Refused(refusal.reason)),
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(PumpEnd::Io),
+            Err(_) => Some(PumpEnd::Stalled),
+        }
     }
 
     /// Writes complete frames on; `Some` when the pump must end.
-    async fn forward<W: AsyncWrite>(
-        &mut self,
-        writer: &mut WriteHalf<W>,
-        frames: &[u8],
-    ) -> Option<PumpEnd> {
+    async fn forward(&mut self, out: &mut impl FrameSink, frames: &[u8]) -> Option<PumpEnd> {
         let state = self.state;
-        let write = async {
-            // One write per message, so each message gets its own TLS record(s) as libvirt
-            // sends them: libvirtd (GnuTLS) does not notice a second message already
-            // decrypted inside the record it read, and would sit on it until more bytes
-            // arrive. The usual read holds one message, so this is still one system call.
-            let mut at = 0;
-            while at < frames.len() {
-                let len = declared_len(&frames[at..])
-                    .and_then(Result::ok)
-                    .map_or(frames.len() - at, |len| len as usize);
-                writer.write_all(&frames[at..at + len]).await?;
-                at += len;
-            }
-            writer.flush().await
-        };
         let to_client = self.direction == Direction::ToClient;
         if to_client {
             state.writing_to_client.store(true, Ordering::Relaxed);
         }
-        match tokio::time::timeout(state.write_timeout, write).await {
+        match tokio::time::timeout(state.write_timeout, out.send_frames(frames)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Some(PumpEnd::Io),
             Err(_) => return Some(PumpEnd::Stalled),
@@ -465,5 +608,32 @@ impl<'s, 'a, R: AsyncRead> Pump<'s, 'a, R> {
                 .with_label_values(&[state.host, program_name(program), label])
                 .inc(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_grow_by_doubling_as_data_arrives_never_to_the_claimed_length_at_once() {
+        let claimed = MAX_LEN as usize;
+        let mut len = INITIAL_BUFFER;
+        let mut steps = 0;
+        while len < claimed {
+            let next = grown(len, claimed);
+            assert!(next <= len * 2, "{len} -> {next}");
+            len = next;
+            steps += 1;
+        }
+        assert_eq!(len, claimed);
+        assert!(
+            steps >= 9,
+            "a 32 MiB frame is reached in doublings, not at once"
+        );
+        assert_eq!(
+            grown(INITIAL_BUFFER, INITIAL_BUFFER + 10),
+            INITIAL_BUFFER + 10
+        );
     }
 }

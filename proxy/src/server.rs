@@ -52,6 +52,16 @@ pub(crate) async fn accept_loop(
             },
             () = shutdown.cancelled() => return,
         };
+        let Some(handshake) = gateway.handshakes.try_acquire(peer.ip()) else {
+            gateway
+                .metrics
+                .connections_total
+                .with_label_values(&[ConnectionResult::RefusedSource.as_str()])
+                .inc();
+            tracing::debug!(%peer, "refused: proxy.max_handshakes_per_source reached for this address");
+            drop(stream);
+            continue;
+        };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             gateway
                 .metrics
@@ -74,6 +84,7 @@ pub(crate) async fn accept_loop(
             peer,
             bound_host: bound_host.clone(),
             permit,
+            handshake,
         });
     }
 }

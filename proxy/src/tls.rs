@@ -13,6 +13,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error as TlsError, OtherError,
@@ -49,6 +50,10 @@ pub struct TlsFiles {
 /// Everything TLS the proxy needs, as one immutable snapshot.
 pub struct TlsMaterial {
     pub server: Arc<ServerConfig>,
+    /// The client certificate check of `server`, kept to check open sessions again on reload.
+    client_verifier: Arc<dyn ClientCertVerifier>,
+    /// The earliest `nextUpdate` of the CRLs (Unix seconds): past it, the CRL is stale.
+    pub crl_next_update: Option<i64>,
     pub backend_chain: Vec<CertificateDer<'static>>,
     pub backend_key: PrivateKeyDer<'static>,
     pub backend_ca: Option<Arc<WebPkiServerVerifier>>,
@@ -79,8 +84,11 @@ impl TlsMaterial {
         }
         let mut verifier =
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+        let mut crl_next_update = None;
         if let Some(crl) = &files.crl {
-            verifier = verifier.with_crls(read_crls(crl)?);
+            let crls = read_crls(crl)?;
+            crl_next_update = earliest_next_update(&crls);
+            verifier = verifier.with_crls(crls);
         }
         let verifier = verifier.build().map_err(|e| ProxyTlsError::Invalid {
             what: "client CA / CRL".into(),
@@ -92,7 +100,7 @@ impl TlsMaterial {
                 what: "TLS versions".into(),
                 reason: e.to_string(),
             })?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(verifier.clone())
             .with_single_cert(server_chain, server_key)
             .map_err(|e| ProxyTlsError::Invalid {
                 what: files.server_cert.display().to_string(),
@@ -126,11 +134,24 @@ impl TlsMaterial {
         };
         Ok(Self {
             server: Arc::new(server),
+            client_verifier: verifier,
+            crl_next_update,
             backend_chain,
             backend_key,
             backend_ca,
             own_certificates: own,
         })
+    }
+
+    /// Checks a client's certificate chain (end entity first) as a new handshake would now.
+    pub fn verify_client(&self, chain: &[CertificateDer<'static>]) -> Result<(), String> {
+        let Some((end_entity, intermediates)) = chain.split_first() else {
+            return Err("no client certificate".into());
+        };
+        self.client_verifier
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .map(drop)
+            .map_err(|e| e.to_string())
     }
 
     /// A client configuration for one host: trusted if it presents `pin`, or (when CAs are
@@ -166,6 +187,17 @@ impl TlsMaterial {
         config.resumption = rustls::client::Resumption::disabled();
         Ok(Arc::new(config))
     }
+}
+
+/// The earliest `nextUpdate` among `crls` (Unix seconds), if any states one.
+fn earliest_next_update(
+    crls: &[rustls::pki_types::CertificateRevocationListDer<'_>],
+) -> Option<i64> {
+    use virtgate_pki::x509_parser::prelude::{CertificateRevocationList, FromDer};
+    crls.iter()
+        .filter_map(|der| CertificateRevocationList::from_der(der.as_ref()).ok())
+        .filter_map(|(_, crl)| crl.next_update().map(|t| t.timestamp()))
+        .min()
 }
 
 /// The client's subject DN as the policy matches it: RDNs in certificate order, values escaped

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::handshakes::HandshakeSlot;
 use crate::session::{serve, Gateway};
 
 /// One accepted connection on its way to a connection thread.
@@ -26,6 +27,8 @@ pub(crate) struct Accepted {
     pub peer: SocketAddr,
     pub bound_host: Option<String>,
     pub permit: OwnedSemaphorePermit,
+    /// Held until the connection has passed its handshake.
+    pub handshake: HandshakeSlot,
 }
 
 struct Worker {
@@ -148,7 +151,7 @@ async fn run_worker(
     loop {
         tokio::select! {
             job = jobs.recv() => {
-                let Some(Accepted { stream, peer, bound_host, permit }) = job else { break };
+                let Some(Accepted { stream, peer, bound_host, permit, handshake }) = job else { break };
                 let stream = match tokio::net::TcpStream::from_std(stream) {
                     Ok(stream) => stream,
                     Err(e) => {
@@ -163,7 +166,7 @@ async fn run_worker(
                     // Dropped even if serving panics (the JoinSet contains the panic).
                     let _counted = counted;
                     let _permit = permit;
-                    serve(gateway, stream, peer, bound_host, shutdown).await;
+                    serve(gateway, stream, peer, bound_host, handshake, shutdown).await;
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}

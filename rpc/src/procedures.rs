@@ -28,6 +28,7 @@ pub enum ReadOnly {
 
 struct Entry {
     name: &'static str,
+    public_api: Option<&'static str>,
     read_only: ReadOnly,
 }
 
@@ -37,10 +38,12 @@ fn table() -> &'static [Option<Entry>] {
         let mut entries: Vec<Option<Entry>> = Vec::new();
         for line in TABLE.lines().skip(1) {
             let cols: Vec<&str> = line.split('\t').collect();
-            let (Some(num), Some(&name), Some(&ro)) = (cols.first(), cols.get(1), cols.get(5))
+            let (Some(num), Some(&name), Some(&api), Some(&ro)) =
+                (cols.first(), cols.get(1), cols.get(4), cols.get(5))
             else {
                 continue;
             };
+            let public_api = (api != "-" && !api.is_empty()).then_some(api);
             let Ok(num) = num.parse::<usize>() else {
                 continue;
             };
@@ -53,7 +56,11 @@ fn table() -> &'static [Option<Entry>] {
             if entries.len() <= num {
                 entries.resize_with(num + 1, || None);
             }
-            entries[num] = Some(Entry { name, read_only });
+            entries[num] = Some(Entry {
+                name,
+                public_api,
+                read_only,
+            });
         }
         entries
     })
@@ -71,6 +78,12 @@ impl Procedure {
     /// The protocol name without `REMOTE_PROC_` (`CONNECT_OPEN` for 1), if the table has it.
     pub fn name(self) -> Option<&'static str> {
         self.entry().map(|e| e.name)
+    }
+
+    /// The public API function of the same name (`virDomainSuspend` for DOMAIN_SUSPEND), as
+    /// libvirt names it in its own errors.
+    pub fn public_api(self) -> Option<&'static str> {
+        self.entry().and_then(|e| e.public_api)
     }
 
     /// How the procedure fares on a read-only connection.
@@ -131,6 +144,13 @@ mod tests {
         assert_eq!(Procedure(0).name(), None);
         assert_eq!(Procedure(99_999).name(), None);
         assert_eq!(remote_count(), 444);
+        assert_eq!(Procedure(34).public_api(), Some("virDomainSuspend"));
+        assert_eq!(Procedure(1).public_api(), Some("virConnectOpen"));
+        assert_eq!(
+            Procedure(66).public_api(),
+            None,
+            "AUTH_LIST has no public API"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod raw;
 pub mod tap;
 
 use std::io::{Read, Write};

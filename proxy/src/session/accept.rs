@@ -12,12 +12,13 @@ use crate::tls::{subject_dn, TlsMaterial};
 
 pub(crate) type ClientTls = TlsStream<TcpStream>;
 
-/// Completes the TLS handshake and checks who the client is; returns the stream with the
-/// confirmation byte sent, and records the identity in `out`.
+/// Completes the TLS handshake by `deadline` and checks who the client is; returns the stream
+/// with the confirmation byte sent, and records the identity in `out`.
 pub(crate) async fn identify(
     gateway: &Gateway,
     material: &TlsMaterial,
     tcp: TcpStream,
+    deadline: tokio::time::Instant,
     out: &mut Outcome,
 ) -> Result<ClientTls, Ended> {
     let m = &gateway.metrics;
@@ -25,7 +26,7 @@ pub(crate) async fn identify(
     let _ = tcp.set_nodelay(true);
     let started = tokio::time::Instant::now();
     let handshake = TlsAcceptor::from(material.server.clone()).accept(tcp);
-    let mut client = match tokio::time::timeout(limit, handshake).await {
+    let mut client = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let reason = classify_tls_error(&e);
@@ -62,10 +63,14 @@ pub(crate) async fn identify(
         let detail = "subject DN not in proxy.allowed_dn";
         return Err(Ended::new(ConnectionResult::DnNotAllowed, detail));
     }
-    if client.write_all(&[1]).await.is_err() || client.flush().await.is_err() {
-        return Err(Ended::closed("client left after the handshake"));
+    let confirm = async {
+        client.write_all(&[1]).await?;
+        client.flush().await
+    };
+    match tokio::time::timeout_at(deadline, confirm).await {
+        Ok(Ok(())) => Ok(client),
+        _ => Err(Ended::closed("client left after the handshake")),
     }
-    Ok(client)
 }
 
 /// The `reason` label of a failed client handshake, from rustls's typed error.

@@ -32,16 +32,22 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use virtgate_rpc::PacketStream;
 
-pub use admit::{route, Route};
+pub use admit::{canonical, Route, UriError, UriRules};
 pub use outcome::ConnectionResult;
 
+use crate::calls::CallGuard;
 use crate::config::ProxyConfig;
 use crate::directory::HostTableWatch;
+use crate::directory::{Admission, RefuseReason};
+use crate::handshakes::HandshakeSlot;
 use crate::metrics::ProxyMetrics;
 use crate::policy::{DnAllowList, Policy};
-use crate::relay::{relay, RelayEnd, RelayLimits};
+use crate::relay::{relay, RelayContext, RelayEnd, RelayLimits};
 use crate::tls::TlsMaterial;
+use admit::Admitted;
 use outcome::{Ended, Outcome};
+use tokio::io::AsyncWriteExt;
+use virtgate_rpc::Xdr;
 
 /// Everything the gateway's connections share.
 pub(crate) struct Gateway {
@@ -51,6 +57,9 @@ pub(crate) struct Gateway {
     pub hosts: HostTableWatch,
     pub tls: watch::Receiver<Arc<TlsMaterial>>,
     pub metrics: ProxyMetrics,
+    pub uri_rules: UriRules,
+    /// Connections per source address still in their handshake.
+    pub handshakes: crate::handshakes::PerSource,
 }
 
 struct ActiveGuard(prometheus::IntGauge);
@@ -66,74 +75,228 @@ pub(crate) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     bound_host: Option<String>,
+    handshake: HandshakeSlot,
     shutdown: CancellationToken,
 ) {
     let started = Instant::now();
     gateway.metrics.connections_active.inc();
     let _active = ActiveGuard(gateway.metrics.connections_active.clone());
     let mut out = Outcome::new(peer);
-    let ended = run(&gateway, tcp, bound_host.as_deref(), shutdown, &mut out).await;
+    let steps = Steps {
+        gateway: &gateway,
+        bound_host: bound_host.as_deref(),
+        shutdown,
+    };
+    let ended = steps.run(tcp, handshake, &mut out).await;
     out.record(&ended, &gateway.metrics, started.elapsed());
 }
 
-/// The steps, in order; each either hands on to the next or says how the connection ended.
-async fn run(
-    gateway: &Gateway,
-    tcp: TcpStream,
-    bound_host: Option<&str>,
+/// One connection's way through the steps.
+struct Steps<'a> {
+    gateway: &'a Gateway,
+    bound_host: Option<&'a str>,
     shutdown: CancellationToken,
-    out: &mut Outcome,
-) -> Ended {
-    let material = gateway.tls.borrow().clone();
-    let client = match accept::identify(gateway, &material, tcp, out).await {
-        Ok(client) => client,
-        Err(ended) => return ended,
-    };
-    let identity = out.identity.clone().unwrap_or_default();
-    let mut client = PacketStream::new(client);
-    let deadline = Instant::now() + gateway.config.handshake_timeout;
-    let open = match preopen::until_open(&mut client, deadline, &gateway.metrics).await {
-        Ok(open) => open,
-        Err(ended) => return ended,
-    };
-    let name = open.args.name.clone().unwrap_or_default();
-    let decided = admit::decide(
-        gateway,
-        &identity,
-        &name,
-        bound_host,
-        |host| out.host = Some(host.to_string()),
-        |mode| out.mode = Some(mode),
-    );
-    let admitted = match decided {
-        Ok(admitted) => admitted,
-        Err(refusal) => return refusal.send(&mut client, &open.header).await,
-    };
-    let started = Instant::now();
-    let limit = gateway.config.backend_connect_timeout;
-    let opened = match backend::connect(&material, &admitted, limit).await {
-        Ok(tls) => {
-            let m = &gateway.metrics;
-            m.backend_connect_duration
-                .observe(started.elapsed().as_secs_f64());
-            backend::open(tls, &admitted, &open, limit).await
+}
+
+impl Steps<'_> {
+    /// The steps, in order; each either hands on to the next or says how the connection ended.
+    async fn run(self, tcp: TcpStream, handshake: HandshakeSlot, out: &mut Outcome) -> Ended {
+        let gateway = self.gateway;
+        let material = gateway.tls.borrow().clone();
+        // One budget for the TLS handshake and the pre-open exchange together.
+        let deadline = Instant::now() + gateway.config.handshake_timeout;
+        let client = match accept::identify(gateway, &material, tcp, deadline, out).await {
+            Ok(client) => client,
+            Err(ended) => return ended,
+        };
+        let identity = out.identity.clone().unwrap_or_default();
+        let chain = client.get_ref().1.peer_certificates().map(<[_]>::to_vec);
+        let mut client = PacketStream::new(client);
+        let open = match preopen::until_open(&mut client, deadline, &gateway.metrics).await {
+            Ok(open) => open,
+            Err(ended) => return ended,
+        };
+        drop(handshake);
+        let name = open.args.name.clone().unwrap_or_default();
+        let decided = admit::decide(
+            gateway,
+            &identity,
+            &name,
+            self.bound_host,
+            |host| out.host = Some(host.to_string()),
+            |mode| out.mode = Some(mode),
+        );
+        let admitted = match decided {
+            Ok(admitted) => admitted,
+            Err(refusal) => return refusal.send(&mut client, &open.header).await,
+        };
+        let opened = match self.reach(&material, &admitted, &open).await {
+            Ok(opened) => opened,
+            Err(refusal) => return refusal.send(&mut client, &open.header).await,
+        };
+        if let Some(ended) = self.hand_over_reply(&mut client, &opened.reply).await {
+            return ended;
         }
-        Err(refusal) => Err(refusal),
-    };
-    let opened = match opened {
-        Ok(opened) => opened,
-        Err(refusal) => return refusal.send(&mut client, &open.header).await,
-    };
-    if client.write_packet(&opened.reply).await.is_err() {
-        return Ended::closed("client left during CONNECT_OPEN");
+        let grounds = Grounds {
+            gateway,
+            chain: chain.unwrap_or_default(),
+            admitted: &admitted,
+        };
+        self.relay(client, opened.host, &admitted, grounds, out)
+            .await
     }
-    let relayed = Relayed {
-        host: &admitted.host,
-        forwarded: &admitted.forwarded,
-    };
-    relayed
-        .run(gateway, client, opened.host, shutdown, out)
-        .await
+
+    /// Connects to the admitted host and forwards the client's CONNECT_OPEN.
+    async fn reach(
+        &self,
+        material: &TlsMaterial,
+        admitted: &Admitted,
+        open: &preopen::OpenRequest,
+    ) -> Result<backend::Opened<backend::Backend>, outcome::Refusal> {
+        let started = Instant::now();
+        let limit = self.gateway.config.backend_connect_timeout;
+        let tls = backend::connect(material, admitted, limit).await?;
+        self.gateway
+            .metrics
+            .backend_connect_duration
+            .observe(started.elapsed().as_secs_f64());
+        backend::open(tls, admitted, open, limit).await
+    }
+
+    /// Gives the client the host's answer to CONNECT_OPEN, within `write_timeout`. A failed
+    /// open ends the session: nothing is relayed after it, so no second CONNECT_OPEN can follow.
+    async fn hand_over_reply<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        client: &mut PacketStream<S>,
+        reply: &[u8],
+    ) -> Option<Ended> {
+        let limit = self.gateway.config.write_timeout;
+        match tokio::time::timeout(limit, client.write_packet(reply)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Some(Ended::closed("client left during CONNECT_OPEN")),
+            Err(_) => {
+                return Some(Ended::closed(
+                    "client did not read the CONNECT_OPEN reply within proxy.write_timeout",
+                ))
+            }
+        }
+        let packet = virtgate_rpc::Packet::parse(reply).ok()?;
+        if packet.header.status == virtgate_rpc::Status::Ok {
+            return None;
+        }
+        let _ = tokio::time::timeout(limit, client.get_mut().shutdown()).await;
+        let why = virtgate_rpc::ErrorReply::decode(&mut virtgate_rpc::Reader::new(packet.payload))
+            .ok()
+            .and_then(|e| e.message)
+            .unwrap_or_else(|| "no message".into());
+        Some(Ended::new(
+            ConnectionResult::OpenFailed,
+            format!("the host refused CONNECT_OPEN ({why}); the session ends with it"),
+        ))
+    }
+
+    async fn relay<C, B>(
+        &self,
+        client: PacketStream<C>,
+        backend: PacketStream<B>,
+        admitted: &Admitted,
+        grounds: Grounds<'_>,
+        out: &mut Outcome,
+    ) -> Ended
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        B: AsyncRead + AsyncWrite + Unpin,
+    {
+        let relayed = Relayed {
+            host: &admitted.host,
+            forwarded: &admitted.forwarded,
+        };
+        let guard = CallGuard::new(
+            admitted.mode,
+            &admitted.host,
+            &self.gateway.config.allowed_programs,
+        );
+        let watch_grounds = self.gateway.config.close_revoked_sessions;
+        let revoked = async move {
+            if watch_grounds {
+                grounds.lost().await
+            } else {
+                std::future::pending().await
+            }
+        };
+        relayed
+            .run(
+                self.gateway,
+                client,
+                backend,
+                &guard,
+                self.shutdown.clone(),
+                revoked,
+                out,
+            )
+            .await
+    }
+}
+
+/// What an open session rests on: the client's certificate (checked again when the TLS
+/// material, and so the CRL, is reloaded) and the host's admission (checked again whenever the
+/// host table changes).
+struct Grounds<'a> {
+    gateway: &'a Gateway,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    admitted: &'a Admitted,
+}
+
+impl Grounds<'_> {
+    /// Resolves with the reason once the session may no longer go on.
+    async fn lost(self) -> String {
+        let mut tls = self.gateway.tls.clone();
+        let mut hosts = self.gateway.hosts.clone();
+        tls.mark_unchanged();
+        hosts.mark_unchanged();
+        loop {
+            tokio::select! {
+                changed = tls.changed() => {
+                    if changed.is_err() {
+                        return std::future::pending().await;
+                    }
+                    let material = tls.borrow_and_update().clone();
+                    if let Err(why) = material.verify_client(&self.chain) {
+                        return format!("the client certificate no longer verifies after a reload ({why})");
+                    }
+                }
+                changed = hosts.changed() => {
+                    if changed.is_err() {
+                        return std::future::pending().await;
+                    }
+                    let table = hosts.borrow_and_update().clone();
+                    if let Some(why) = self.host_lost(&table) {
+                        return why;
+                    }
+                }
+            }
+        }
+    }
+
+    fn host_lost(&self, table: &crate::directory::HostTable) -> Option<String> {
+        let host = &self.admitted.host;
+        let Some(target) = table.get(host) else {
+            return Some(format!("host {host} was forgotten"));
+        };
+        match &target.admission {
+            Admission::Refuse {
+                reason: RefuseReason::Untrusted,
+                detail,
+                ..
+            } => Some(format!("host {host} is no longer trusted ({detail})")),
+            // Unreachable hosts keep their sessions: a forged mDNS goodbye must not cut them.
+            Admission::Refuse { .. } => None,
+            Admission::Connect { pin, .. } if *pin != self.admitted.pin => Some(format!(
+                "host {host} was re-keyed: its approved pin changed"
+            )),
+            Admission::Connect { .. } => None,
+        }
+    }
 }
 
 /// The last step: relaying, and the words for how it ended.
@@ -143,12 +306,15 @@ struct Relayed<'a> {
 }
 
 impl Relayed<'_> {
+    #[allow(clippy::too_many_arguments)] // the relay's inputs, each used once
     async fn run<C, B>(
         self,
         gateway: &Gateway,
         client: PacketStream<C>,
         backend: PacketStream<B>,
+        guard: &CallGuard,
         shutdown: CancellationToken,
+        revoked: impl std::future::Future<Output = String>,
         out: &mut Outcome,
     ) -> Ended
     where
@@ -156,19 +322,17 @@ impl Relayed<'_> {
         B: AsyncRead + AsyncWrite + Unpin,
     {
         let cfg = &gateway.config;
-        let limits = RelayLimits {
-            idle_timeout: cfg.idle_timeout,
-            write_timeout: cfg.write_timeout,
-        };
-        let stats = relay(
-            client.into_inner(),
-            backend.into_inner(),
-            self.host,
-            &gateway.metrics,
-            limits,
+        let cx = RelayContext {
+            host: self.host,
+            metrics: &gateway.metrics,
+            limits: RelayLimits {
+                idle_timeout: cfg.idle_timeout,
+                write_timeout: cfg.write_timeout,
+            },
+            guard,
             shutdown,
-        )
-        .await;
+        };
+        let stats = relay(client.into_inner(), backend.into_inner(), cx, revoked).await;
         out.calls = stats.calls;
         out.to_host = stats.to_host;
         out.to_client = stats.to_client;
@@ -187,6 +351,14 @@ impl Relayed<'_> {
                 format!("no packet for {idle:?}"),
             ),
             RelayEnd::Shutdown => Ended::closed("gateway shutting down"),
+            RelayEnd::Refused(reason) => Ended::new(
+                ConnectionResult::CallRefused,
+                format!(
+                    "the client called something that changes who the connection is ({}); answered with an error and closed",
+                    reason.as_str()
+                ),
+            ),
+            RelayEnd::Revoked(why) => Ended::new(ConnectionResult::Revoked, why),
             RelayEnd::Protocol { side, reason } => {
                 m.protocol_errors.with_label_values(&[side, reason]).inc();
                 Ended::new(

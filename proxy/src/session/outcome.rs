@@ -27,10 +27,20 @@ pub enum ConnectionResult {
     BackendRejected,
     IdleTimeout,
     RefusedCapacity,
+    /// The connection name is not one the gateway forwards (driver, parameters, path).
+    BadUri,
+    /// The host refused the forwarded CONNECT_OPEN; the client got its error.
+    OpenFailed,
+    /// The client called something that changes who the connection is; answered and closed.
+    CallRefused,
+    /// The session lost its grounds while open (identity revoked, host forgotten or re-keyed).
+    Revoked,
+    /// Too many connections from the client's address are still in their handshake.
+    RefusedSource,
 }
 
 impl ConnectionResult {
-    pub const ALL: [ConnectionResult; 12] = [
+    pub const ALL: [ConnectionResult; 17] = [
         Self::Closed,
         Self::TlsFailed,
         Self::DnNotAllowed,
@@ -43,6 +53,11 @@ impl ConnectionResult {
         Self::BackendRejected,
         Self::IdleTimeout,
         Self::RefusedCapacity,
+        Self::BadUri,
+        Self::OpenFailed,
+        Self::CallRefused,
+        Self::Revoked,
+        Self::RefusedSource,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +74,11 @@ impl ConnectionResult {
             Self::BackendRejected => "backend_rejected",
             Self::IdleTimeout => "idle_timeout",
             Self::RefusedCapacity => "refused_capacity",
+            Self::BadUri => "bad_uri",
+            Self::OpenFailed => "open_failed",
+            Self::CallRefused => "call_refused",
+            Self::Revoked => "revoked",
+            Self::RefusedSource => "refused_source",
         }
     }
 

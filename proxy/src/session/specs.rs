@@ -22,10 +22,11 @@ use super::admit::Admitted;
 use super::backend;
 use super::outcome::ConnectionResult;
 use super::preopen::{until_open, OpenRequest};
+use crate::calls::CallGuard;
 use crate::directory::{Admission, HostTarget};
 use crate::metrics::ProxyMetrics;
 use crate::policy::Mode;
-use crate::relay::{relay, RelayEnd, RelayLimits};
+use crate::relay::{relay, RelayContext, RelayEnd, RelayLimits, RelayStats};
 
 fn metrics() -> ProxyMetrics {
     ProxyMetrics::register(&prometheus::Registry::new()).expect("fresh registry")
@@ -339,6 +340,25 @@ const LIMITS: RelayLimits = RelayLimits {
     write_timeout: Duration::from_secs(60),
 };
 
+/// The relay between `client` and `host` for an identity with `mode` on host h1.
+async fn relay_as(
+    mode: Mode,
+    client: DuplexStream,
+    host: DuplexStream,
+    metrics: &ProxyMetrics,
+    shutdown: CancellationToken,
+) -> RelayStats {
+    let guard = CallGuard::new(mode, "h1", &[]);
+    let cx = RelayContext {
+        host: "h1",
+        metrics,
+        limits: LIMITS,
+        guard: &guard,
+        shutdown,
+    };
+    relay(client, host, cx, std::future::pending()).await
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_host_closing_mid_call_gets_the_client_one_error_per_call_in_flight() {
     let (client_end, mut client) = pipe();
@@ -346,12 +366,11 @@ async fn a_host_closing_mid_call_gets_the_client_one_error_per_call_in_flight() 
     let m = metrics();
     let stats = tokio::spawn(async move {
         let token = CancellationToken::new();
-        relay(
+        relay_as(
+            Mode::Rw,
             client_end.into_inner(),
             host_end.into_inner(),
-            "h1",
             &m,
-            LIMITS,
             token,
         )
         .await
@@ -393,12 +412,11 @@ async fn a_client_that_half_closes_still_gets_the_replies_it_is_owed() {
     let m = metrics();
     let stats = tokio::spawn(async move {
         let token = CancellationToken::new();
-        relay(
+        relay_as(
+            Mode::Rw,
             client_end.into_inner(),
             host_end.into_inner(),
-            "h1",
             &m,
-            LIMITS,
             token,
         )
         .await
@@ -425,12 +443,11 @@ async fn a_quiet_connection_is_closed_after_the_idle_timeout() {
     let m = metrics();
     let started = Instant::now();
     let token = CancellationToken::new();
-    let stats = relay(
+    let stats = relay_as(
+        Mode::Rw,
         client_end.into_inner(),
         host_end.into_inner(),
-        "h1",
         &m,
-        LIMITS,
         token,
     )
     .await;
@@ -451,34 +468,25 @@ async fn made_up_procedure_numbers_all_count_as_other() {
     let token = CancellationToken::new();
     let stop = token.clone();
     let stats = tokio::spawn(async move {
-        relay(
+        relay_as(
+            Mode::Rw,
             client_end.into_inner(),
             host_end.into_inner(),
-            "h1",
             &m,
-            LIMITS,
             token,
         )
         .await
     });
     for procedure in 5_000..5_100 {
-        let made_up = call(Program::Other(0x1234), procedure, procedure, &[]);
+        let made_up = call(Program::Remote, 100_000 + procedure, procedure, &[]);
         client.write_packet(&made_up).await.unwrap();
-        client
-            .write_packet(&call(Program::Remote, 100_000 + procedure, procedure, &[]))
-            .await
-            .unwrap();
     }
-    for _ in 0..200 {
+    for _ in 0..100 {
         next(&mut host).await;
     }
     stop.cancel();
     assert!(matches!(stats.await.unwrap().end, RelayEnd::Shutdown));
     let calls = &registry_view.rpc_calls;
-    assert_eq!(
-        calls.with_label_values(&["h1", "unknown", "other"]).get(),
-        100
-    );
     assert_eq!(
         calls.with_label_values(&["h1", "remote", "other"]).get(),
         100
@@ -487,7 +495,144 @@ async fn made_up_procedure_numbers_all_count_as_other() {
         .iter()
         .map(|family| family.get_metric().len())
         .sum();
-    assert_eq!(series, 2, "two series, however many numbers were sent");
+    assert_eq!(series, 1, "one series, however many numbers were sent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_programs_are_answered_by_the_gateway_and_never_reach_the_host() {
+    let (client_end, mut client) = pipe();
+    let (host_end, mut host) = pipe();
+    let m = metrics();
+    let registry_view = m.clone();
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    let stats = tokio::spawn(async move {
+        relay_as(
+            Mode::Rw,
+            client_end.into_inner(),
+            host_end.into_inner(),
+            &m,
+            token,
+        )
+        .await
+    });
+    for serial in 0..50 {
+        let made_up = call(Program::Other(0x1234), serial, serial, &[]);
+        client.write_packet(&made_up).await.unwrap();
+        let (h, payload) = next(&mut client).await;
+        assert_eq!((h.serial, h.status), (serial, Status::Error));
+        assert_eq!(error_of(&payload).code, ErrorNumber::OPERATION_DENIED);
+    }
+    client
+        .write_packet(&call(Program::Remote, 59, 77, &[]))
+        .await
+        .unwrap();
+    let (h, _) = next(&mut host).await;
+    assert_eq!(
+        h.serial, 77,
+        "the first packet the host sees is the first allowed call"
+    );
+    stop.cancel();
+    assert_eq!(stats.await.unwrap().calls, 1);
+    let refused = registry_view.calls_refused.with_label_values(&["program"]);
+    assert_eq!(refused.get(), 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_read_only_identity_gets_libvirts_error_for_a_write_and_goes_on() {
+    let (client_end, mut client) = pipe();
+    let (host_end, mut host) = pipe();
+    let m = metrics();
+    let token = CancellationToken::new();
+    let stop = token.clone();
+    let stats = tokio::spawn(async move {
+        relay_as(
+            Mode::Ro,
+            client_end.into_inner(),
+            host_end.into_inner(),
+            &m,
+            token,
+        )
+        .await
+    });
+    // Pipelined in one write: an allowed call, a write, another allowed call.
+    let mut burst = call(Program::Remote, 59, 1, &[]);
+    burst.extend(call(Program::Remote, 34, 2, &[]));
+    burst.extend(call(Program::Remote, 59, 3, &[]));
+    client.get_mut().write_all(&burst).await.unwrap();
+    let (refused, payload) = next(&mut client).await;
+    assert_eq!((refused.serial, refused.status), (2, Status::Error));
+    let error = error_of(&payload);
+    assert_eq!(error.code, ErrorNumber::OPERATION_DENIED);
+    assert!(error
+        .message
+        .unwrap()
+        .contains("read only access prevents virDomainSuspend"));
+    let serials = [
+        next(&mut host).await.0.serial,
+        next(&mut host).await.0.serial,
+    ];
+    assert_eq!(
+        serials,
+        [1, 3],
+        "the write never reached the host; the rest did, in order"
+    );
+    for program in [Program::Qemu, Program::Lxc] {
+        client
+            .write_packet(&call(program, 1, 9, &[]))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut client).await.0.status, Status::Error);
+    }
+    stop.cancel();
+    assert_eq!(stats.await.unwrap().calls, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_second_open_or_an_authentication_call_is_answered_and_the_connection_closed() {
+    for (procedure, reason) in [
+        (PROC_CONNECT_OPEN, crate::calls::RefusedCall::Reopen),
+        (
+            PROC_AUTH_SASL_START,
+            crate::calls::RefusedCall::Authenticate,
+        ),
+        (419, crate::calls::RefusedCall::Identity),
+    ] {
+        let (client_end, mut client) = pipe();
+        let (host_end, mut host) = pipe();
+        let m = metrics();
+        let token = CancellationToken::new();
+        let stats = tokio::spawn(async move {
+            relay_as(
+                Mode::Rw,
+                client_end.into_inner(),
+                host_end.into_inner(),
+                &m,
+                token,
+            )
+            .await
+        });
+        let payload = match procedure {
+            PROC_CONNECT_OPEN => open_call(5, "qemu:///system", 0)[28..].to_vec(),
+            _ => Vec::new(),
+        };
+        client
+            .write_packet(&call(Program::Remote, procedure, 5, &payload))
+            .await
+            .unwrap();
+        let (h, _) = next(&mut client).await;
+        assert_eq!((h.serial, h.status), (5, Status::Error), "{reason:?}");
+        let stats = stats.await.unwrap();
+        assert!(
+            matches!(stats.end, RelayEnd::Refused(r) if r == reason),
+            "{reason:?}"
+        );
+        assert_eq!(stats.calls, 0);
+        assert!(
+            host.read_packet(MAX_LEN).await.unwrap().is_none(),
+            "the host saw nothing and its connection was closed"
+        );
+    }
 }
 
 #[test]

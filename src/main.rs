@@ -98,6 +98,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     logging::init(&loaded.config.log)?;
+    if matches!(
+        cli.command,
+        Command::Up(_) | Command::Broker(_) | Command::Proxy(_)
+    ) {
+        raise_open_files_limit(&loaded.config);
+    }
     let runtime = match loaded.config.runtime.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -124,4 +130,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Servers need two descriptors per relayed connection and more for probes and the API; the
+/// usual soft limit (1024) runs out long before `proxy.max_connections`. The soft limit is raised
+/// to the hard one, and the result logged.
+fn raise_open_files_limit(config: &config::Config) {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map(|(soft, _)| soft)
+        .ok();
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            let needed = 2 * config.proxy.max_connections as u64 + 256;
+            tracing::info!(soft_limit = limit, before = ?before, "open files limit (RLIMIT_NOFILE)");
+            if config.proxy.enabled && limit < needed {
+                tracing::warn!(
+                    limit,
+                    needed,
+                    "the open files limit is below what proxy.max_connections needs; raise the hard limit (LimitNOFILE= in the systemd unit, or ulimit -Hn) or lower proxy.max_connections"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit (RLIMIT_NOFILE)"),
+    }
 }

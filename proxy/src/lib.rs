@@ -100,6 +100,12 @@ pub async fn start(
     hosts: HostTableWatch,
     registry: &prometheus::Registry,
 ) -> Result<RunningProxy, ProxyError> {
+    for identity in policy::Policy::unanchored(&config.rules) {
+        tracing::warn!(
+            identity,
+            "this proxy.rules identity starts with `*`: it matches the end of any subject of any CA in proxy.client_ca_files (O=Evil,CN=xCN=alice ends in CN=alice); write the full DN or a fixed prefix such as \"C=GB,O=Example,CN=*\" (docs/proxy.md)"
+        );
+    }
     if config.rules.is_empty() {
         tracing::warn!(
             "proxy.rules is empty: every client will be denied (default deny); add [[proxy.rules]]"

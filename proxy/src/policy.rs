@@ -61,6 +61,15 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Rules whose identity glob starts with `*` match the end of any subject, under any
+    /// organisation of any accepted CA: worth a word to the operator.
+    pub fn unanchored(rules: &[Rule]) -> impl Iterator<Item = &str> {
+        rules
+            .iter()
+            .map(|r| r.identity.as_str())
+            .filter(|identity| identity.starts_with('*') && *identity != "*")
+    }
+
     pub fn new(rules: &[Rule]) -> Result<Self, PolicyError> {
         let rules = rules
             .iter()
@@ -131,6 +140,21 @@ mod tests {
         assert_eq!(policy.decide("O=Dev,CN=alice", "db1"), None);
         assert_eq!(policy.decide("O=Ops,CN=bob", "db1"), Some(Mode::Rw));
         assert_eq!(policy.decide("O=Dev,CN=bob", "h1"), None);
+    }
+
+    #[test]
+    fn a_rule_matches_the_whole_subject_never_a_part_of_it() {
+        let policy = Policy::new(&[rule("CN=alice", &["*"], Mode::Rw)]).unwrap();
+        assert_eq!(policy.decide("CN=alice", "h1"), Some(Mode::Rw));
+        assert_eq!(policy.decide("CN=xCN=alice", "h1"), None);
+        assert_eq!(policy.decide("O=Evil,CN=alice", "h1"), None);
+        let prefix = Policy::new(&[rule("C=GB,O=Example,CN=*", &["*"], Mode::Rw)]).unwrap();
+        assert_eq!(prefix.decide("O=Evil,C=GB,O=Example,CN=x", "h1"), None);
+        let suffix = [rule("*CN=alice", &["*"], Mode::Rw)];
+        assert_eq!(
+            Policy::unanchored(&suffix).collect::<Vec<_>>(),
+            vec!["*CN=alice"]
+        );
     }
 
     #[test]

@@ -283,3 +283,40 @@ impl ServerCertVerifier for HostVerifier {
         virtgate_pki::supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Mode, Policy, Rule};
+    use rcgen::{CertificateParams, DnType, KeyPair};
+
+    fn certificate(subject: &[(DnType, &str)]) -> CertificateDer<'static> {
+        let mut params = CertificateParams::default();
+        for (kind, value) in subject {
+            params.distinguished_name.push(kind.clone(), *value);
+        }
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn a_subject_that_only_looks_like_a_rule_is_not_that_identity() {
+        // The rule names a three-attribute subject, CN=bob,O=Ops,O=Dev.
+        let rule = Rule {
+            identity: "CN=bob,O=Ops,O=Dev".into(),
+            hosts: vec!["*".into()],
+            mode: Mode::Rw,
+        };
+        let policy = Policy::new(&[rule]).unwrap();
+        assert_eq!(policy.decide("CN=bob,O=Ops,O=Dev", "h1"), Some(Mode::Rw));
+        // A certificate with one CN whose value holds ",O=Ops": written unescaped it would read
+        // exactly like the rule.
+        let lookalike = certificate(&[
+            (DnType::OrganizationName, "Dev"),
+            (DnType::CommonName, "bob,O=Ops"),
+        ]);
+        let dn = subject_dn(&lookalike).unwrap();
+        assert_eq!(dn, "CN=bob\\,O=Ops,O=Dev");
+        assert_eq!(policy.decide(&dn, "h1"), None);
+    }
+}

@@ -79,6 +79,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+use super::table::printable;
+
 fn print_event(event: &DiscoveryEvent, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string(event)?);
@@ -88,12 +90,14 @@ fn print_event(event: &DiscoveryEvent, json: bool) -> anyhow::Result<()> {
         DiscoveryEvent::Appeared(h) | DiscoveryEvent::Updated(h) => println!(
             "{:<9} {}  {}:{}  {}",
             event.kind(),
-            h.instance,
-            h.hostname,
+            printable(&h.instance),
+            printable(&h.hostname),
             h.port,
             join_addresses(h)
         ),
-        DiscoveryEvent::Removed { instance, .. } => println!("{:<9} {}", event.kind(), instance),
+        DiscoveryEvent::Removed { instance, .. } => {
+            println!("{:<9} {}", event.kind(), printable(instance))
+        }
     }
     Ok(())
 }

@@ -7,6 +7,12 @@ use virtgate_discovery::HostAdvert;
 use super::NewEvent;
 use crate::config::StaticHost;
 
+/// The inventory key of a configured name: host names are matched without regard to case
+/// (as URIs, the policy and the proxy's table do), and one trailing dot is the same name.
+pub(crate) fn host_key(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
 /// A configured host: `(record, events)` when it is new or its addresses or port changed.
 pub(crate) fn configured(
     previous: Option<&Host>,
@@ -29,7 +35,7 @@ pub(crate) fn configured(
         }
         None => {
             let host = Host::new(
-                &config.name,
+                &host_key(&config.name),
                 HostSource::Static,
                 config.port,
                 config.addresses.clone(),

@@ -240,7 +240,8 @@ impl Inventory {
     /// Adds or refreshes a configured host; returns its name if it needs a probe now.
     pub fn upsert_static(&self, config: &StaticHost) -> Result<Option<String>, InventoryError> {
         let mut w = self.writer();
-        let previous = w.get(&config.name);
+        let key = announce::host_key(&config.name);
+        let previous = w.get(&key);
         let Some((host, events)) = announce::configured(previous.as_ref(), config, w.now) else {
             return Ok(None);
         };
@@ -250,7 +251,7 @@ impl Inventory {
             ders,
             events,
         })?;
-        Ok(Some(config.name.clone()))
+        Ok(Some(key))
     }
 
     /// Applies an mDNS event; returns the host's name if it needs a probe now.
@@ -565,5 +566,29 @@ mod tests {
         assert!(inv.host("h1").is_some());
         assert_eq!(inv.hosts().len(), 1);
         assert_eq!(inv.snapshot().1.len(), 1);
+    }
+
+    #[test]
+    fn static_host_names_are_keys_in_lower_case_without_a_trailing_dot() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        let name = inv
+            .upsert_static(&StaticHost {
+                name: "H7.Example.COM.".into(),
+                addresses: vec![],
+                port: 16514,
+            })
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("h7.example.com"));
+        assert!(inv.host("h7.example.com").is_some());
+        let again = inv
+            .upsert_static(&StaticHost {
+                name: "h7.example.com".into(),
+                addresses: vec![],
+                port: 16514,
+            })
+            .unwrap();
+        assert_eq!(again, None, "the same host, unchanged");
+        assert_eq!(inv.hosts().len(), 1);
     }
 }

@@ -134,7 +134,8 @@ impl Steps<'_> {
             Ok(opened) => opened,
             Err(refusal) => return refusal.send(&mut client, &open.header).await,
         };
-        if let Some(ended) = self.hand_over_reply(&mut client, &opened.reply).await {
+        let limit = gateway.config.write_timeout;
+        if let Some(ended) = hand_over_reply(&mut client, &opened.reply, limit).await {
             return ended;
         }
         let grounds = Grounds {
@@ -161,38 +162,6 @@ impl Steps<'_> {
             .backend_connect_duration
             .observe(started.elapsed().as_secs_f64());
         backend::open(tls, admitted, open, limit).await
-    }
-
-    /// Gives the client the host's answer to CONNECT_OPEN, within `write_timeout`. A failed
-    /// open ends the session: nothing is relayed after it, so no second CONNECT_OPEN can follow.
-    async fn hand_over_reply<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        client: &mut PacketStream<S>,
-        reply: &[u8],
-    ) -> Option<Ended> {
-        let limit = self.gateway.config.write_timeout;
-        match tokio::time::timeout(limit, client.write_packet(reply)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Some(Ended::closed("client left during CONNECT_OPEN")),
-            Err(_) => {
-                return Some(Ended::closed(
-                    "client did not read the CONNECT_OPEN reply within proxy.write_timeout",
-                ))
-            }
-        }
-        let packet = virtgate_rpc::Packet::parse(reply).ok()?;
-        if packet.header.status == virtgate_rpc::Status::Ok {
-            return None;
-        }
-        let _ = tokio::time::timeout(limit, client.get_mut().shutdown()).await;
-        let why = virtgate_rpc::ErrorReply::decode(&mut virtgate_rpc::Reader::new(packet.payload))
-            .ok()
-            .and_then(|e| e.message)
-            .unwrap_or_else(|| "no message".into());
-        Some(Ended::new(
-            ConnectionResult::OpenFailed,
-            format!("the host refused CONNECT_OPEN ({why}); the session ends with it"),
-        ))
     }
 
     async fn relay<C, B>(
@@ -236,6 +205,37 @@ impl Steps<'_> {
             )
             .await
     }
+}
+
+/// Gives the client the host's answer to CONNECT_OPEN, within `limit` (`write_timeout`). A failed
+/// open ends the session: nothing is relayed after it, so no second CONNECT_OPEN can follow.
+pub(crate) async fn hand_over_reply<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut PacketStream<S>,
+    reply: &[u8],
+    limit: std::time::Duration,
+) -> Option<Ended> {
+    match tokio::time::timeout(limit, client.write_packet(reply)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Some(Ended::closed("client left during CONNECT_OPEN")),
+        Err(_) => {
+            return Some(Ended::closed(
+                "client did not read the CONNECT_OPEN reply within proxy.write_timeout",
+            ))
+        }
+    }
+    let packet = virtgate_rpc::Packet::parse(reply).ok()?;
+    if packet.header.status == virtgate_rpc::Status::Ok {
+        return None;
+    }
+    let _ = tokio::time::timeout(limit, client.get_mut().shutdown()).await;
+    let why = virtgate_rpc::ErrorReply::decode(&mut virtgate_rpc::Reader::new(packet.payload))
+        .ok()
+        .and_then(|e| e.message)
+        .unwrap_or_else(|| "no message".into());
+    Some(Ended::new(
+        ConnectionResult::OpenFailed,
+        format!("the host refused CONNECT_OPEN ({why}); the session ends with it"),
+    ))
 }
 
 /// What an open session rests on: the client's certificate (checked again when the TLS

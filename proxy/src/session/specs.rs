@@ -647,3 +647,60 @@ fn refusals_and_results_share_one_vocabulary_with_the_metrics() {
         assert_eq!(m.connections_total.with_label_values(&[name]).get(), 0);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_does_not_read_the_open_reply_is_cut_off_within_the_write_timeout() {
+    // A client whose receive window is full: the in-memory pipe holds 64 bytes.
+    let (gateway_end, _client) = duplex(64);
+    let mut gateway_end = PacketStream::new(gateway_end);
+    let reply = packet(
+        Header::call(Program::Remote, PROC_CONNECT_OPEN, 1).reply(Status::Ok),
+        &[0; 4096],
+    );
+    let started = Instant::now();
+    let limit = Duration::from_secs(60);
+    let ended = super::hand_over_reply(&mut gateway_end, &reply, limit)
+        .await
+        .expect("the session ends");
+    assert_eq!(ended.result, ConnectionResult::Closed);
+    assert!(
+        ended.detail.contains("did not read the CONNECT_OPEN reply"),
+        "{}",
+        ended.detail
+    );
+    assert!(started.elapsed() >= limit && started.elapsed() < limit * 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_open_is_handed_over_and_then_ends_the_session() {
+    let (gateway_end, mut client) = pipe();
+    let mut gateway_end = gateway_end;
+    let refused = virtgate_rpc::error_reply(
+        &Header::call(Program::Remote, PROC_CONNECT_OPEN, 1),
+        ErrorNumber::NO_CONNECT,
+        virtgate_rpc::ErrorDomain::FROM_REMOTE,
+        "no connection driver available for xen:///",
+    );
+    let ended = super::hand_over_reply(&mut gateway_end, &refused, Duration::from_secs(60))
+        .await
+        .expect("a failed open ends the session");
+    assert_eq!(ended.result, ConnectionResult::OpenFailed);
+    assert!(ended.detail.contains("no connection driver available"));
+    let (h, _) = next(&mut client).await;
+    assert_eq!(
+        h.status,
+        Status::Error,
+        "the client got the host's error first"
+    );
+    let ok = packet(
+        Header::call(Program::Remote, PROC_CONNECT_OPEN, 1).reply(Status::Ok),
+        &[],
+    );
+    let (gateway_end, _client) = pipe();
+    let mut gateway_end = gateway_end;
+    assert!(
+        super::hand_over_reply(&mut gateway_end, &ok, Duration::from_secs(60))
+            .await
+            .is_none()
+    );
+}

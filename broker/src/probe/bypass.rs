@@ -44,6 +44,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::ProbeResult;
 use crate::config::BrokerConfig;
+
+#[cfg(test)]
+mod tests;
 use crate::tls;
 use crate::BrokerError;
 
@@ -95,8 +98,10 @@ enum Answer {
     Accepted,
     /// A failed handshake, or a close without the byte.
     Refused,
-    /// No connection, no answer in time, or another key answered: tells nothing.
+    /// No connection, or no answer in time: tells nothing.
     Unknown,
+    /// A key other than the probe's answered: nothing it says is about this host.
+    OtherKey,
 }
 
 struct Attempt {
@@ -176,6 +181,9 @@ impl Checker {
             self.attempt(None, target, pin, timeout),
             self.attempt(throwaway, target, pin, timeout),
         );
+        if [anonymous.answer, foreign.answer].contains(&Answer::OtherKey) {
+            return None;
+        }
         let fix = self.fix();
         if anonymous.answer == Answer::Accepted {
             return Some(certain(target, "a client without a certificate", &fix));
@@ -213,6 +221,7 @@ impl Checker {
                 }
                 Answer::Refused => users_refused = true,
                 Answer::Unknown => unknown = true,
+                Answer::OtherKey => return None,
             }
         }
         if !named.is_empty() && !users_refused {
@@ -256,7 +265,10 @@ impl Checker {
         };
         self.durations.observe(started.elapsed().as_secs_f64());
         let hints = recorder.hints.lock().expect("hints lock poisoned").take();
-        Attempt { answer, hints }
+        Attempt {
+            answer,
+            hints: hints.filter(|_| answer != Answer::OtherKey),
+        }
     }
 }
 
@@ -281,7 +293,7 @@ async fn connect(config: Arc<rustls::ClientConfig>, target: SocketAddr, pin: Pin
         .and_then(|leaf| virtgate_pki::spki_pin(leaf).ok())
         == Some(pin);
     if !same_key {
-        return Answer::Unknown;
+        return Answer::OtherKey;
     }
     let mut byte = [0u8; 1];
     match tls.read(&mut byte).await {

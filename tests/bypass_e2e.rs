@@ -197,10 +197,12 @@ fn a_host_set_up_as_the_old_docs_said_is_bypassable_and_one_set_up_as_the_new_do
     }
     assert_eq!(metric(api), None, "the finding left /metrics too");
 
+    // libvirtd completes the handshake, checks the certificate and closes without libvirt's
+    // confirmation byte: refused by the host, not by the client.
     let out = virsh(&direct(&new, admin), &["list", "--all"]);
     assert!(
-        !out.status.success(),
-        "the admin bundle straight at the new-docs host must be refused: {}",
+        !out.status.success() && text(&out).contains("Unable to read TLS confirmation"),
+        "the admin bundle straight at the new-docs host must be refused by libvirtd: {}",
         text(&out)
     );
     let through = format!(
@@ -214,4 +216,67 @@ fn a_host_set_up_as_the_old_docs_said_is_bypassable_and_one_set_up_as_the_new_do
         text(&out),
         up.stderr_text()
     );
+}
+
+/// A standalone broker knows which CAs sign users' certificates (`broker.user_ca_files`) but
+/// not their key: from the certificate request alone it can only say "possible". With the key
+/// it tries a throwaway user certificate and knows.
+#[test]
+fn from_the_certificate_request_alone_a_bypass_is_possible_and_the_users_ca_key_settles_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = bootstrap_dev(&dir.path().join("pki-data"), &[], &[]).unwrap();
+    let users_ca = std::fs::read_to_string(&pki.users_ca.cert).unwrap();
+    // Trusts the users' CA, but allows only the gateway's DN: the old docs' optional step done.
+    let listed = Libvirtd::start(LibvirtdOptions {
+        extra_client_cas: vec![users_ca],
+        tls_allowed_dn_list: Some(vec![BACKEND_DN.to_string()]),
+        ..LibvirtdOptions::default()
+    })
+    .unwrap();
+    let host = format!(
+        "[[broker.hosts]]\nname = \"localhost\"\naddresses = [\"127.0.0.1\"]\nport = {}\n",
+        listed.port()
+    );
+    let users = format!(
+        "user_ca_files = [{:?}]\n",
+        pki.users_ca.cert.display().to_string()
+    );
+    let key = format!(
+        "user_ca_key_file = {:?}\n",
+        pki.users_ca.key.display().to_string()
+    );
+
+    let keyless_dir = dir.path().join("keyless");
+    std::fs::create_dir(&keyless_dir).unwrap();
+    let keyless = common::Broker::start(&keyless_dir, &format!("{users}{host}"));
+    let probed = keyless.wait_host("localhost", Duration::from_secs(15), |h| h["state"] == "up");
+    let detail = bypassable(&probed).expect("a finding from the certificate request");
+    assert!(
+        detail.starts_with("possible: ")
+            && detail.contains(&format!("from {}", users_ca_subject(&pki.users_ca.cert)))
+            && detail.contains("unless its tls_allowed_dn_list excludes them"),
+        "{detail}"
+    );
+
+    let keyed_dir = dir.path().join("keyed");
+    std::fs::create_dir(&keyed_dir).unwrap();
+    let keyed = common::Broker::start(&keyed_dir, &format!("{users}{key}{host}"));
+    let probed = keyed.wait_host("localhost", Duration::from_secs(15), |h| h["state"] == "up");
+    assert_eq!(
+        bypassable(&probed),
+        None,
+        "the allow-list refused a throwaway user certificate: {probed:#}"
+    );
+    assert!(
+        listed
+            .log_text()
+            .contains("not on the list of allowed clients"),
+        "refused for its DN:\n{}",
+        listed.log_text()
+    );
+}
+
+fn users_ca_subject(cert: &Path) -> String {
+    let der = virtgate_pki::read_certs(cert).unwrap().remove(0);
+    virtgate_pki::subject_dn(&der).unwrap()
 }

@@ -336,6 +336,13 @@ fn issue_client(args: ClientArgs, default_ca: &Path) -> Result<()> {
 }
 
 fn issue_backend(args: BackendArgs, default_ca: &Path) -> Result<()> {
+    if args.issue.ca.is_none() && !default_ca.join(pki::CA_CERT).exists() {
+        bail!(
+            "no backend CA in {} yet; create it with `virtgate pki init --role backend` (it signs \
+             nothing but this identity, and is the one CA hosts trust), or point --ca at one",
+            shown(default_ca)
+        );
+    }
     let ca = load_ca(args.issue.ca.as_deref(), default_ca)?;
     print_note(
         &ca,

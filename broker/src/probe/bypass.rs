@@ -110,6 +110,14 @@ struct Attempt {
     hints: Option<Vec<Vec<u8>>>,
 }
 
+impl Attempt {
+    /// No connection made (the throwaway certificate could not be made).
+    const UNKNOWN: Attempt = Attempt {
+        answer: Answer::Unknown,
+        hints: None,
+    };
+}
+
 impl Checker {
     /// `None` unless `broker.user_ca_files` is set: without knowing which CAs sign users'
     /// certificates the broker does not look for a way around the gateway.
@@ -176,11 +184,13 @@ impl Checker {
     }
 
     async fn verdict(&self, target: SocketAddr, pin: Pin, timeout: Duration) -> Option<Verdict> {
-        let throwaway = throwaway_client(BYPASS_PROBE_DN).ok();
-        let (anonymous, foreign) = tokio::join!(
-            self.attempt(None, target, pin, timeout),
-            self.attempt(throwaway, target, pin, timeout),
-        );
+        let foreign = async {
+            match throwaway_client(BYPASS_PROBE_DN) {
+                Ok(identity) => self.attempt(Some(identity), target, pin, timeout).await,
+                Err(_) => Attempt::UNKNOWN,
+            }
+        };
+        let (anonymous, foreign) = tokio::join!(self.attempt(None, target, pin, timeout), foreign);
         if [anonymous.answer, foreign.answer].contains(&Answer::OtherKey) {
             return None;
         }
@@ -208,9 +218,12 @@ impl Checker {
                     dn: BYPASS_PROBE_DN.into(),
                     days: 1,
                 })
-                .and_then(|issued| issued.in_memory())
-                .ok();
-            match self.attempt(identity, target, pin, timeout).await.answer {
+                .and_then(|issued| issued.in_memory());
+            let answer = match identity {
+                Ok(identity) => self.attempt(Some(identity), target, pin, timeout).await,
+                Err(_) => Attempt::UNKNOWN,
+            };
+            match answer.answer {
                 Answer::Accepted => {
                     let what = format!(
                         "a certificate for {BYPASS_PROBE_DN}, which no rule allows, from the \

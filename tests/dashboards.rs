@@ -185,6 +185,28 @@ const LABEL_VALUES: &[(&str, &str, &[&str], bool)] = &[
         &["unknown", "pending", "trusted_ca", "pinned", "changed"],
         false,
     ),
+    (
+        "virtgate_cert_findings",
+        "finding",
+        &[
+            "expired",
+            "not_yet_valid",
+            "expiring_soon",
+            "expiring_critical",
+            "cn_only",
+            "name_not_covered",
+            "untrusted_chain",
+            "self_signed",
+            "weak_key",
+            "weak_signature",
+            "not_server_auth",
+            "not_client_auth",
+            "libvirt_key_usage",
+            "changed",
+            "bypassable",
+        ],
+        false,
+    ),
 ];
 const CERT_ROLES: &[&str] = &["host", "host_chain", "proxy_server", "proxy_client", "ca"];
 
@@ -198,6 +220,7 @@ const SHIPPED_ALERTS: &[ShippedRules] = &[
             ("VirtgateCertificateExpired", "critical"),
             ("VirtgateCertificateExpiringCritical", "critical"),
             ("VirtgateCertificateExpiringSoon", "warning"),
+            ("VirtgateHostBypassable", "critical"),
             ("VirtgateHostKeyChanged", "critical"),
             ("VirtgateHostPendingApproval", "warning"),
             ("VirtgateProbesFailing", "warning"),

@@ -422,6 +422,121 @@ fn an_unknown_dn_attribute_is_refused_by_name_before_anything_is_written() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// the two CA roles
+
+/// Runs `virtgate ARGS` with `data` as the data directory; returns its stdout and stderr and
+/// whether it succeeded.
+fn in_data(data: &Path, args: &[&str]) -> (bool, String) {
+    let out = virtgate_in(Some(data), args);
+    (out.status.success(), text(&out))
+}
+
+#[test]
+fn the_users_and_the_backend_ca_have_their_own_directories_and_sign_only_their_own() {
+    let data = tempfile::tempdir().unwrap();
+    let data = data.path();
+    let (done, out) = in_data(data, &["pki", "init"]);
+    assert!(done && out.contains("users' CA"), "{out}");
+    let (done, out) = in_data(data, &["pki", "init", "--role", "backend"]);
+    assert!(done && out.contains("issue backend"), "{out}");
+    let users = parse(&der(&data.join("pki/ca/cacert.pem")))
+        .subject()
+        .to_string();
+    let backend = parse(&der(&data.join("pki/backend-ca/cacert.pem")))
+        .subject()
+        .to_string();
+    assert!(users.contains("OU=virtgate-users"), "{users}");
+    assert!(backend.contains("OU=virtgate-backend"), "{backend}");
+
+    let gw = data.join("gw");
+    let (done, out) = in_data(data, &["pki", "issue", "backend", "--out", s(&gw)]);
+    assert!(
+        done && out.contains("tls_allowed_dn_list = [\"O=virtgate,CN=virtgate-gateway\"]")
+            && out.contains("proxy.backend_cert_file"),
+        "{out}"
+    );
+    let cert = der(&gw.join("clientcert.pem"));
+    assert_eq!(
+        parse(&cert).subject().to_string(),
+        "O=virtgate, CN=virtgate-gateway"
+    );
+    assert_eq!(parse(&cert).issuer().to_string(), backend);
+    let (done, out) = in_data(data, &["pki", "check", s(&gw)]);
+    assert!(done && out.contains("from the backend CA"), "{out}");
+
+    // Each CA refuses what the other is for, before writing anything.
+    let x = data.join("x");
+    let gateway_dn = "O=virtgate,CN=virtgate-gateway";
+    let (done, out) = in_data(
+        data,
+        &["pki", "issue", "client", "--dn", gateway_dn, "--out", s(&x)],
+    );
+    assert!(!done && out.contains("virtgate pki issue backend"), "{out}");
+    let backend_dir = data.join("pki/backend-ca");
+    let alice = [
+        "pki",
+        "issue",
+        "client",
+        "--ca",
+        s(&backend_dir),
+        "--dn",
+        "CN=alice",
+        "--out",
+        s(&x),
+    ];
+    let (done, out) = in_data(data, &alice);
+    assert!(!done && out.contains("backend CA"), "{out}");
+    let (done, out) = in_data(
+        data,
+        &[
+            "pki",
+            "issue",
+            "server",
+            "--ca",
+            s(&backend_dir),
+            "--name",
+            "h1",
+            "--out",
+            s(&x),
+        ],
+    );
+    assert!(!done && out.contains("backend CA"), "{out}");
+    assert!(!x.exists());
+}
+
+#[test]
+fn issue_backend_without_a_backend_ca_says_how_to_make_one() {
+    let data = tempfile::tempdir().unwrap();
+    let (done, out) = in_data(
+        data.path(),
+        &[
+            "pki",
+            "issue",
+            "backend",
+            "--out",
+            s(&data.path().join("gw")),
+        ],
+    );
+    assert!(
+        !done && out.contains("virtgate pki init --role backend"),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_warns_about_a_backend_identity_from_a_ca_that_declares_no_role() {
+    let scratch = Scratch::with_ca();
+    let gw = scratch.issue_client("gw", "O=virtgate,CN=virtgate-gateway");
+    let out = ok(&["pki", "check", s(&gw)]);
+    assert!(
+        out.contains("warning")
+            && out.contains("declares no role")
+            && out.contains("--role backend"),
+        "{out}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // check
 
 #[test]

@@ -74,12 +74,25 @@ fn up_generates_a_dev_pki_once_and_its_admin_bundle_reaches_a_host() {
             && connect.contains(&format!(":{port}/")),
         "{connect}"
     );
-    let ca = std::fs::read_to_string(dir.path().join("data/pki/ca/cacert.pem")).unwrap();
+    // Hosts trust the backend CA, not the users' CA that signed the admin bundle, and allow
+    // only the gateway's DN: the banner says which file and which DN.
+    let setup = field(&lines, "host setup");
+    let backend_ca = dir.path().join("data/pki/backend-ca/cacert.pem");
+    assert!(
+        setup.contains(&backend_ca.display().to_string())
+            && setup.contains(&format!(
+                "tls_allowed_dn_list = [\"{}\"]",
+                virtgate_pki::BACKEND_DN
+            )),
+        "{setup}"
+    );
+    let ca = std::fs::read_to_string(&backend_ca).unwrap();
     first.stop(Duration::from_secs(5));
 
-    // A host that trusts the development CA, added to the configuration.
+    // A host set up as the banner says, added to the configuration.
     let libvirtd = Libvirtd::start(LibvirtdOptions {
         extra_client_cas: vec![ca],
+        tls_allowed_dn_list: Some(vec![virtgate_pki::BACKEND_DN.to_string()]),
         ..Default::default()
     })
     .unwrap();
@@ -108,4 +121,88 @@ fn up_generates_a_dev_pki_once_and_its_admin_bundle_reaches_a_host() {
     };
     assert!(listed.status.success(), "{}", text(&listed));
     assert!(String::from_utf8_lossy(&listed.stdout).contains("test"));
+}
+
+/// What `up` created before the users' and the backend CA were split: one CA for the server
+/// certificate, the backend identity and the admin bundle.
+fn single_ca_data_dir(data: &std::path::Path) {
+    use virtgate_pki::{issue_client, issue_server, Ca, CaOptions, ClientRequest, Output};
+    let root = data.join("pki");
+    let ca = Ca::init_with(
+        &root.join("ca"),
+        &CaOptions {
+            organization: "virtgate-dev".into(),
+            ..CaOptions::default()
+        },
+    )
+    .unwrap();
+    let mut server = virtgate_pki::ServerRequest::new("localhost");
+    server.ips = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+    issue_server(&ca, &server, &Output::new(root.join("server"))).unwrap();
+    let admin = ClientRequest::new(virtgate_pki::ADMIN_DN);
+    issue_client(&ca, &admin, &Output::new(root.join("admin"))).unwrap();
+    // Today's `issue_client` refuses the backend identity from a users' CA: written by hand.
+    let backend = root.join("backend");
+    std::fs::create_dir(&backend).unwrap();
+    let issued = ca
+        .sign_client(&ClientRequest::new(virtgate_pki::BACKEND_DN))
+        .unwrap();
+    std::fs::write(backend.join("cacert.pem"), ca.cert_pem()).unwrap();
+    std::fs::write(backend.join("clientcert.pem"), &issued.cert_pem).unwrap();
+    std::fs::write(backend.join("clientkey.pem"), &issued.key_pem).unwrap();
+    std::fs::set_permissions(
+        backend.join("clientkey.pem"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_old_single_ca_data_directory_is_split_once_and_the_banner_says_what_hosts_must_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    single_ca_data_dir(&data);
+    let admin_cert = std::fs::read(data.join("pki/admin/clientcert.pem")).unwrap();
+    let (api, port) = (free_port(), free_port());
+    let config = dir.path().join("virtgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\ndata_dir = {:?}\nlisten = \"127.0.0.1:{api}\"\ndiscovery = false\n[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+
+    let (mut first, lines) = up(&config);
+    let changed: Vec<&String> = lines.iter().filter(|l| l.contains("CHANGED")).collect();
+    let text = lines.join("\n");
+    let backend_ca = data.join("pki/backend-ca/cacert.pem");
+    let users_ca = data.join("pki/ca/cacert.pem");
+    assert!(
+        !changed.is_empty()
+            && text.contains(&format!(
+                "re-issued from a new backend CA, {}",
+                backend_ca.display()
+            ))
+            && text.contains(&format!(
+                "remove {} from libvirtd's ca_file",
+                users_ca.display()
+            ))
+            && text.contains(virtgate_pki::BACKEND_DN),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(data.join("pki/admin/clientcert.pem")).unwrap(),
+        admin_cert,
+        "the admin bundle keeps working"
+    );
+    first.stop(Duration::from_secs(5));
+
+    let (_second, lines) = up(&config);
+    assert!(
+        !lines.iter().any(|l| l.contains("CHANGED")),
+        "said once: {lines:#?}"
+    );
+    assert!(field(&lines, "host setup").contains(&backend_ca.display().to_string()));
 }

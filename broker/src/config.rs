@@ -64,6 +64,15 @@ pub struct BrokerConfig {
     /// Client identity presented while probing (the proxy's backend identity), PEM.
     pub client_cert_file: Option<PathBuf>,
     pub client_key_file: Option<PathBuf>,
+    /// PEM files of the CAs that sign people's client certificates (the gateway's
+    /// `proxy.client_ca_files`; `virtgate up` fills it from there). When set, every probe also
+    /// checks whether users can connect to the host directly, around the gateway (finding
+    /// `bypassable`).
+    pub user_ca_files: Vec<PathBuf>,
+    /// The private key of one of `user_ca_files`: the bypass check then signs a throwaway user
+    /// certificate with it and knows for certain whether a host accepts users directly.
+    /// `virtgate up` sets it with its development PKI.
+    pub user_ca_key_file: Option<PathBuf>,
     /// Hosts not seen for this long are forgotten, with their certificates and series.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
@@ -85,6 +94,8 @@ impl Default for BrokerConfig {
             trusted_ca_files: Vec::new(),
             client_cert_file: None,
             client_key_file: None,
+            user_ca_files: Vec::new(),
+            user_ca_key_file: None,
             retention: Duration::from_secs(14 * 86400),
         }
     }
@@ -101,9 +112,23 @@ impl BrokerConfig {
                 path.display()
             ));
         }
+        for path in self.user_ca_files.iter().filter(|p| !p.is_file()) {
+            problems.push(format!(
+                "broker.user_ca_files: {} is not a readable file",
+                path.display()
+            ));
+        }
+        if self.user_ca_key_file.is_some() && self.user_ca_files.is_empty() {
+            problems.push(
+                "broker.user_ca_key_file: set broker.user_ca_files to the CA certificate it \
+                 belongs to"
+                    .into(),
+            );
+        }
         for (key, path) in [
             ("client_cert_file", self.client_cert_file.as_ref()),
             ("client_key_file", self.client_key_file.as_ref()),
+            ("user_ca_key_file", self.user_ca_key_file.as_ref()),
         ] {
             if let Some(path) = path.filter(|p| !p.is_file()) {
                 problems.push(format!(

@@ -75,7 +75,7 @@ impl Metrics {
         );
         let cert_findings = int_gauge(
             "virtgate_cert_findings",
-            "Number of a host's certificates with this finding (see docs/broker.md for the vocabulary).",
+            "Number of a host's certificates with this finding; 1 for the host-level findings changed and bypassable (see docs/broker.md for the vocabulary).",
             &["host", "finding"],
         );
         let hosts = int_gauge(
@@ -96,7 +96,7 @@ impl Metrics {
         let probe_duration = on.add(Histogram::with_opts(
             HistogramOpts::new(
                 "virtgate_probe_duration_seconds",
-                "Time to connect and complete a TLS handshake with one address.",
+                "Time to connect and complete a TLS handshake with one address (the certificate probe, and each handshake of the bypass check).",
             )
             .buckets(vec![
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

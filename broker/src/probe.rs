@@ -1,4 +1,7 @@
-//! One TLS handshake to one address: what certificate chain does the host present?
+//! One TLS handshake to one address: what certificate chain does the host present? And, in
+//! [`bypass`], a few more to tell whether users can connect to the host around the gateway.
+
+pub(crate) mod bypass;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -27,6 +30,9 @@ pub struct ProbeResult {
     pub address: IpAddr,
     pub duration: Duration,
     pub outcome: Result<Presented, ProbeError>,
+    /// The bypass check's verdict, on the one address it was made at ([`bypass::Checker`]);
+    /// `None` everywhere when no check was made or it could not tell.
+    pub bypass: Option<bypass::Verdict>,
 }
 
 /// Connects to `address:port`, completes a TLS handshake and returns the presented chain.
@@ -52,6 +58,7 @@ pub async fn probe(
         address,
         duration: started.elapsed(),
         outcome,
+        bypass: None,
     }
 }
 

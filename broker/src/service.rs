@@ -20,6 +20,7 @@ use crate::config::BrokerConfig;
 use crate::inventory::{Inventory, SystemClock, TrustPolicy};
 use crate::metrics::Metrics;
 use crate::model::EventKind;
+use crate::probe::bypass::Checker as BypassChecker;
 use crate::probe::{probe, ProbeError, ProbeErrorReason, ProbeResult};
 use crate::store::Store;
 use crate::tls::{self, TrustAnchors};
@@ -137,6 +138,7 @@ pub async fn start_with(
     let inventory = Arc::new(Inventory::open(store, policy, Arc::new(SystemClock))?);
     let metrics = Arc::new(Metrics::new());
     metrics.set_own_certificates(own_certificates(config, &extra_own_certificates)?);
+    let bypass = BypassChecker::from_config(config, metrics.probe_duration.clone())?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| BrokerError::Listen {
@@ -170,6 +172,7 @@ pub async fn start_with(
             inventory: inventory.clone(),
             metrics: metrics.clone(),
             tls: tls_config,
+            bypass,
             interval: config.probe_interval,
             timeout: config.probe_timeout,
             limit: Arc::new(Semaphore::new(config.probe_concurrency.max(1))),
@@ -302,6 +305,8 @@ struct ProbeScheduler {
     inventory: Arc<Inventory>,
     metrics: Arc<Metrics>,
     tls: Arc<ClientConfig>,
+    /// Whether users can walk around the gateway; `None` without `broker.user_ca_files`.
+    bypass: Option<Arc<BypassChecker>>,
     interval: Duration,
     timeout: Duration,
     limit: Arc<Semaphore>,
@@ -364,7 +369,7 @@ impl ProbeScheduler {
         } else {
             Ok(host.addresses.clone())
         };
-        let results: Vec<ProbeResult> = match addresses {
+        let mut results: Vec<ProbeResult> = match addresses {
             Ok(addresses) => {
                 let probes = addresses
                     .into_iter()
@@ -375,8 +380,14 @@ impl ProbeScheduler {
                 address: IpAddr::from([0, 0, 0, 0]),
                 duration: Duration::ZERO,
                 outcome: Err(e),
+                bypass: None,
             }],
         };
+        if let Some(bypass) = &self.bypass {
+            bypass
+                .check(&host, &mut results, host.port, self.timeout)
+                .await;
+        }
         for r in &results {
             self.metrics
                 .probe_duration

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
+use rustls::client::{ResolvesClientCert, Resumption, WebPkiServerVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore,
@@ -143,6 +143,25 @@ impl ServerCertVerifier for CaptureAnyCertificate {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         virtgate_pki::supported_verify_schemes()
     }
+}
+
+/// A probe configuration whose client certificate (if any) comes from `resolver`, which also
+/// sees the CA names of the host's certificate request; no session resumption, so every
+/// connection authenticates afresh. For the bypass check.
+pub(crate) fn probe_config_with_resolver(
+    resolver: Arc<dyn ResolvesClientCert>,
+) -> Result<Arc<ClientConfig>, TlsSetupError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError::Invalid {
+            path: "tls".into(),
+            reason: e.to_string(),
+        })?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(CaptureAnyCertificate))
+        .with_client_cert_resolver(resolver);
+    config.resumption = Resumption::disabled();
+    Ok(Arc::new(config))
 }
 
 /// The probe's client configuration: capture any chain, present the client identity if given

@@ -9,6 +9,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
 };
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
 
 use crate::dn::parse_dn;
@@ -18,6 +19,7 @@ use crate::files::{
 };
 use crate::identity::certificate_pem;
 use crate::pem::{certificate_ders, is_ca, parse_cert};
+use crate::roles::{issuer_fits, CaRole, Issuing};
 use crate::rules::parse_certificate;
 use crate::PkiError;
 
@@ -43,12 +45,16 @@ fn validate_days(days: u32) -> Result<(), PkiError> {
 /// What a new CA looks like.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaOptions {
-    /// Subject CN. `None`: `<organization> CA <first 8 hex digits of the key id>`, so CAs made
-    /// on different machines are told apart in every tool that prints an issuer.
+    /// Subject CN. `None`: `<organization> CA <first 8 hex digits of the key id>` (with the
+    /// role, `<organization> users CA <id>` / `<organization> backend CA <id>`), so CAs made on
+    /// different machines are told apart in every tool that prints an issuer.
     pub common_name: Option<String>,
     /// Subject O.
     pub organization: String,
     pub days: u32,
+    /// What the CA is for, written into its subject as an OU ([`CaRole::unit`]); `None`: a CA
+    /// that declares no role (hosts' certificates, or anything outside virtgate's roles).
+    pub role: Option<CaRole>,
 }
 
 impl Default for CaOptions {
@@ -57,6 +63,7 @@ impl Default for CaOptions {
             common_name: None,
             organization: "virtgate".into(),
             days: CA_DAYS,
+            role: None,
         }
     }
 }
@@ -102,50 +109,65 @@ impl Ca {
             }
         }
         ensure_dir(dir)?;
-
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(PkiError::Sign)?;
-        let mut params = CertificateParams::default();
-        let common_name = match &options.common_name {
-            Some(cn) => cn.clone(),
-            None => {
-                let id = params.key_identifier(&key);
-                format!("{} CA {}", options.organization, hex::encode(&id[..4]))
-            }
-        };
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, options.organization.as_str());
-        dn.push(DnType::CommonName, common_name.as_str());
-        params.distinguished_name = dn;
-        // Path length 0: this CA signs leaves only, so a leaf key can never act as a CA.
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - BACKDATE;
-        params.not_after = now + Duration::days(options.days.into());
-        let cert = params.self_signed(&key).map_err(PkiError::Sign)?;
-
+        let (params, key, cert) = self_signed(options)?;
         write_file(&files.key, &key.serialize_pem(), KEY_MODE, Existing::Refuse)?;
         if let Err(e) = write_file(&files.cert, &cert.pem(), CERT_MODE, Existing::Refuse) {
             // A key without its certificate would make the next `init` refuse and `load` fail.
             let _ = fs::remove_file(&files.key);
             return Err(e);
         }
+        Ok(Self::assemble(files, &cert, params, key))
+    }
+
+    /// A new CA that exists only in memory ([`Ca::files`] names no real directory): for
+    /// throwaway certificates, e.g. the broker's check that a host refuses a CA it cannot trust.
+    pub fn in_memory(options: &CaOptions) -> Result<Ca, PkiError> {
+        validate_days(options.days)?;
+        let (params, key, cert) = self_signed(options)?;
+        Ok(Self::assemble(
+            CaFiles::in_dir(Path::new("")),
+            &cert,
+            params,
+            key,
+        ))
+    }
+
+    fn assemble(
+        files: CaFiles,
+        cert: &rcgen::Certificate,
+        params: CertificateParams,
+        key: KeyPair,
+    ) -> Ca {
         let der = cert.der().to_vec();
         let (subject, not_after) = subject_and_expiry(&der);
-        Ok(Ca {
+        Ca {
             files,
             cert_pem: cert.pem(),
             cert_der: der,
             subject,
             not_after,
             issuer: Issuer::new(params, key),
-        })
+        }
     }
 
     /// Loads the CA in `dir`. The key must be unencrypted PKCS#8 (what `init` writes);
     /// `cacert.pem` may be a bundle, the CA is the certificate that matches the key.
     pub fn load(dir: &Path) -> Result<Ca, PkiError> {
-        let files = CaFiles::in_dir(dir);
+        Self::load_from(CaFiles::in_dir(dir))
+    }
+
+    /// Loads a CA from a certificate file (or bundle) and its key file kept elsewhere, e.g.
+    /// the broker's `user_ca_files` and `user_ca_key_file`.
+    pub fn load_files(cert: &Path, key: &Path) -> Result<Ca, PkiError> {
+        Self::load_from(CaFiles {
+            dir: cert.parent().unwrap_or(Path::new("")).to_path_buf(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+        })
+    }
+
+    fn load_from(files: CaFiles) -> Result<Ca, PkiError> {
+        let dir = files.dir.as_path();
         let read = |path: &Path, file: &'static str| {
             fs::read_to_string(path).map_err(|source| match source.kind() {
                 ErrorKind::NotFound => PkiError::NoCa {
@@ -240,6 +262,11 @@ impl Ca {
         self.not_after
     }
 
+    /// The role the CA declares in its subject ([`CaRole::of_certificate`]).
+    pub fn role(&self) -> Option<CaRole> {
+        CaRole::of_certificate(&self.cert_der)
+    }
+
     /// Signs a server certificate; nothing is written.
     pub fn sign_server(&self, request: &ServerRequest) -> Result<Issued, PkiError> {
         validate_days(request.days)?;
@@ -311,6 +338,44 @@ impl Ca {
             not_after,
         })
     }
+}
+
+/// A new ECDSA P-256 key and a self-signed CA certificate for it, as `options` say.
+fn self_signed(
+    options: &CaOptions,
+) -> Result<(CertificateParams, KeyPair, rcgen::Certificate), PkiError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(PkiError::Sign)?;
+    let mut params = CertificateParams::default();
+    let common_name = match &options.common_name {
+        Some(cn) => cn.clone(),
+        None => {
+            let id = params.key_identifier(&key);
+            let role = options
+                .role
+                .map(|r| format!(" {}", r.as_str()))
+                .unwrap_or_default();
+            format!(
+                "{}{role} CA {}",
+                options.organization,
+                hex::encode(&id[..4])
+            )
+        }
+    };
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, options.organization.as_str());
+    if let Some(role) = options.role {
+        dn.push(DnType::OrganizationalUnitName, role.unit());
+    }
+    dn.push(DnType::CommonName, common_name.as_str());
+    params.distinguished_name = dn;
+    // Path length 0: this CA signs leaves only, so a leaf key can never act as a CA.
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + Duration::days(options.days.into());
+    let cert = params.self_signed(&key).map_err(PkiError::Sign)?;
+    Ok((params, key, cert))
 }
 
 /// The subject DN string and the end of validity of a certificate this CA made or loaded.
@@ -455,6 +520,44 @@ impl std::fmt::Debug for Issued {
     }
 }
 
+impl Issued {
+    /// The certificate and key as rustls takes them, for an identity that is never written
+    /// anywhere (the broker's throwaway bypass-check certificates).
+    pub fn in_memory(&self) -> Result<InMemoryIdentity, PkiError> {
+        use rustls::pki_types::pem::PemObject;
+        let bad = |reason: String| PkiError::BadCertificate {
+            path: PathBuf::from("(in memory)"),
+            reason,
+        };
+        let cert = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .map_err(|e| bad(e.to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(InMemoryIdentity {
+            subject: self.subject.clone(),
+            chain: vec![cert],
+            key,
+        })
+    }
+}
+
+/// A client certificate and its private key in memory, in the types rustls takes.
+pub struct InMemoryIdentity {
+    /// Subject DN, as [`Issued::subject`].
+    pub subject: String,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl std::fmt::Debug for InMemoryIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Debug output ends up in logs; the private key must not.
+        f.debug_struct("InMemoryIdentity")
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where and how [`issue_server`] / [`issue_client`] write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
@@ -494,26 +597,30 @@ pub struct ClientBundle {
 }
 
 /// Issues a server certificate and writes `servercert.pem`, `serverkey.pem` (0600) and
-/// `cacert.pem` into `out.dir`.
+/// `cacert.pem` into `out.dir`. A backend CA is refused ([`issuer_fits`]).
 pub fn issue_server(
     ca: &Ca,
     request: &ServerRequest,
     out: &Output,
 ) -> Result<ServerBundle, PkiError> {
     let files = ServerFiles::in_dir(&out.dir);
+    issuer_fits(ca.role(), Issuing::Server)?;
     let issued = ca.sign_server(request)?;
     write_leaf(ca, out, &files.cert, &files.key, &files.ca_cert, &issued)?;
     Ok(ServerBundle { files, issued })
 }
 
 /// Issues a client certificate and writes the `pkipath` layout into `out.dir`: `cacert.pem`,
-/// `clientcert.pem`, `clientkey.pem` (0600).
+/// `clientcert.pem`, `clientkey.pem` (0600). A CA whose role does not fit the DN is refused
+/// ([`issuer_fits`]): people's certificates never come from a backend CA, the gateway's backend
+/// identity never from a users' CA.
 pub fn issue_client(
     ca: &Ca,
     request: &ClientRequest,
     out: &Output,
 ) -> Result<ClientBundle, PkiError> {
     let files = ClientFiles::in_dir(&out.dir);
+    issuer_fits(ca.role(), Issuing::Client { dn: &request.dn })?;
     let issued = ca.sign_client(request)?;
     write_leaf(ca, out, &files.cert, &files.key, &files.ca_cert, &issued)?;
     Ok(ClientBundle { files, issued })

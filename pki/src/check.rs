@@ -23,6 +23,8 @@ use crate::rules::{
 };
 use crate::PkiError;
 
+mod roles;
+
 /// How bad a finding is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
@@ -281,6 +283,7 @@ impl Checker<'_> {
             self.layouts.push(Layout::Ca);
         }
 
+        let system = !local_ca.exists();
         // The system layout keeps the CA apart: /etc/pki/libvirt next to /etc/pki/CA.
         let system_ca = dir.parent().map(|p| p.join("CA").join(CA_CERT));
         let ca_path = if local_ca.exists() {
@@ -342,6 +345,7 @@ impl Checker<'_> {
             let key = client_key.unwrap_or_else(|| dir.join(CLIENT_KEY));
             self.leaf_pair(Role::Client, &dir.join(CLIENT_CERT), &key, &cas);
         }
+        self.roles(dir, (server, client, system), &cas);
         if !server && !self.options.hostnames.is_empty() {
             self.problem(
                 "--hostname",

@@ -7,8 +7,12 @@
 //! and `check` words; a small certificate authority kept as `cacert.pem` + `cakey.pem`; server
 //! and client certificates that libvirt accepts (critical Key Usage digitalSignature +
 //! keyEncipherment, EKU serverAuth / clientAuth, SANs that always include the CN) written in
-//! libvirt's file layouts; `check`, which tells whether a directory or PEM file will work with
-//! libvirt and the gateway; and the development PKI `virtgate up` creates on first start.
+//! libvirt's file layouts; the two CA roles kept apart (a users' CA that signs people's
+//! certificates, a backend CA that signs only the gateway's backend identity and is the one CA
+//! hosts trust), marked in each CA's subject; `check`, which tells whether a directory or PEM
+//! file will work with libvirt and the gateway and whether the roles are mixed; throwaway
+//! in-memory client identities for the broker's bypass check; and the development PKI
+//! `virtgate up` creates on first start.
 //! Must not: touch the network, start or reconfigure services, print or log (callers do),
 //! write a private key with any mode but 0600, replace an existing CA, hand-roll crypto or
 //! encodings (rustls, rustls-pki-types, rcgen and x509-parser do), or use OpenSSL (everything
@@ -23,16 +27,20 @@ mod files;
 mod identity;
 mod keys;
 mod pem;
+mod roles;
 mod rules;
 
 use std::path::{Path, PathBuf};
 
 pub use ca::{
     issue_client, issue_server, read_trust_files, Ca, CaOptions, ClientBundle, ClientRequest,
-    Issued, Output, ServerBundle, ServerRequest, CA_DAYS, LEAF_DAYS, MAX_DAYS,
+    InMemoryIdentity, Issued, Output, ServerBundle, ServerRequest, CA_DAYS, LEAF_DAYS, MAX_DAYS,
 };
 pub use check::{check, CheckFinding, CheckOptions, Layout, Level, Report};
-pub use dev::{bootstrap_dev, DevPki, ADMIN_DN, BACKEND_DN, DEV_DAYS, DEV_PKI_DIR};
+pub use dev::{
+    bootstrap_dev, DevPki, ADMIN_DN, BACKEND_CA_DIR, BACKEND_DN, DEV_DAYS, DEV_PKI_DIR,
+    USERS_CA_DIR,
+};
 pub use dn::{common_name_part, dn_string, parse_dn, SUPPORTED_ATTRIBUTES};
 pub use files::{
     CaFiles, ClientFiles, ServerFiles, CA_CERT, CA_KEY, CERT_MODE, CLIENT_CERT, CLIENT_KEY,
@@ -44,6 +52,10 @@ pub use identity::{
     InvalidCertificate, PemError, Pin, PinError,
 };
 pub use pem::format_time;
+pub use roles::{
+    is_backend_dn, issuer_fits, throwaway_client, CaRole, Issuing, BYPASS_PROBE_DN,
+    DEV_ORGANIZATION,
+};
 pub use rules::{
     certificate_findings, libvirt_key_usage_missing, name_finding, parse_certificate, sha256_hex,
     CertError, CertInfo, Finding, FindingKind, Role, Severity, Windows,
@@ -124,6 +136,8 @@ pub enum PkiError {
     NoSuchTarget { path: PathBuf },
     #[error("incomplete development PKI in {}: {reason}", dir.display())]
     IncompleteDevPki { dir: PathBuf, reason: String },
+    #[error("wrong CA for this certificate: {reason}")]
+    WrongCaRole { reason: String },
 }
 
 impl PkiError {

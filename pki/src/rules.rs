@@ -82,6 +82,10 @@ pub enum FindingKind {
     /// Produced by the broker when the presented key differs from the approved pin, never by
     /// [`certificate_findings`].
     Changed,
+    /// Produced by the broker's bypass check, never by [`certificate_findings`]: users can (or,
+    /// as far as the host's TLS certificate request tells, probably can) connect to the host
+    /// directly, around the gateway. The detail starts with `certain:` or `possible:`.
+    Bypassable,
 }
 
 /// How bad a finding is.
@@ -94,7 +98,7 @@ pub enum Severity {
 }
 
 impl FindingKind {
-    pub const ALL: [FindingKind; 14] = [
+    pub const ALL: [FindingKind; 15] = [
         Self::Expired,
         Self::NotYetValid,
         Self::ExpiringSoon,
@@ -109,6 +113,7 @@ impl FindingKind {
         Self::NotClientAuth,
         Self::LibvirtKeyUsage,
         Self::Changed,
+        Self::Bypassable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -127,6 +132,7 @@ impl FindingKind {
             Self::NotClientAuth => "not_client_auth",
             Self::LibvirtKeyUsage => "libvirt_key_usage",
             Self::Changed => "changed",
+            Self::Bypassable => "bypassable",
         }
     }
 
@@ -143,7 +149,8 @@ impl FindingKind {
             | Self::NotServerAuth
             | Self::NotClientAuth
             | Self::LibvirtKeyUsage
-            | Self::Changed => Severity::Problem,
+            | Self::Changed
+            | Self::Bypassable => Severity::Problem,
         }
     }
 }

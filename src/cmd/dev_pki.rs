@@ -1,6 +1,8 @@
 //! `virtgate up` on embedded defaults: a development PKI generated on first start (and reused on
 //! later starts) for every TLS setting left unset, plus an admin rule so the generated admin
-//! bundle can connect at once.
+//! bundle can connect at once. Two CAs: the users' CA (`DevPki::users_ca`) signs people's
+//! bundles and the gateway's server certificate; the backend CA signs only the gateway's
+//! backend identity and is the one CA hosts trust.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,8 @@ use crate::config::Config;
 pub struct Bootstrap {
     dev: DevPki,
     default_rule_added: bool,
+    /// The gateway presents the development backend identity (not one from the configuration).
+    dev_backend: bool,
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -46,6 +50,10 @@ impl Bootstrap {
             absolute(&dev.root).display()
         );
         println!(
+            "  users' CA       {} (signs people's certificates: `virtgate pki issue client`; never give it to a host)",
+            absolute(&dev.users_ca.cert).display()
+        );
+        println!(
             "  admin bundle    {} (client certificate, DN {})",
             absolute(&dev.admin.dir).display(),
             virtgate_pki::ADMIN_DN
@@ -54,11 +62,14 @@ impl Bootstrap {
             "  connect with    virsh -c 'qemu+tls://{gateway}:{port}/system?name=qemu://HOST/system&pkipath={}'",
             absolute(&dev.admin.dir).display()
         );
-        println!(
-            "  host setup      each libvirt host must trust {} (its ca_file) and allow DN \"{}\" (docs/pki.md)",
-            absolute(&dev.ca.cert).display(),
-            virtgate_pki::BACKEND_DN
-        );
+        if self.dev_backend {
+            println!("  host setup      {}", host_setup(dev));
+        }
+        if dev.backend_reissued && self.dev_backend {
+            for line in split_notice(dev) {
+                println!("  CHANGED         {line}");
+            }
+        }
         if self.default_rule_added {
             println!("  access rule     {} may reach every host read-write (add [[proxy.rules]] to change)", virtgate_pki::ADMIN_DN);
         }
@@ -66,6 +77,36 @@ impl Bootstrap {
             println!("  warning         the existing server certificate does not cover {name}; delete {} to regenerate it", absolute(&dev.server.dir).display());
         }
     }
+}
+
+/// What every libvirt host must do to trust the gateway and nobody else.
+fn host_setup(dev: &DevPki) -> String {
+    format!(
+        "each libvirt host must trust only the backend CA {} (add it to libvirtd's ca_file; never the users' CA) and set tls_allowed_dn_list = [\"{}\"] (docs/pki.md, Deploying)",
+        absolute(&dev.backend_ca.cert).display(),
+        virtgate_pki::BACKEND_DN
+    )
+}
+
+/// Printed once, on the start that split a single-CA data directory.
+fn split_notice(dev: &DevPki) -> [String; 3] {
+    let users = absolute(&dev.users_ca.cert);
+    let backend = absolute(&dev.backend_ca.cert);
+    [
+        format!(
+            "the gateway's backend identity ({}) was re-issued from a new backend CA, {}: it came from {}, which also signs users' certificates, so every host that trusted it let users in directly, around the gateway",
+            absolute(&dev.backend.dir).display(),
+            backend.display(),
+            users.display()
+        ),
+        format!(
+            "on every host: remove {} from libvirtd's ca_file (unless the host's own certificate comes from it; then re-issue that first), add {}, set tls_allowed_dn_list = [\"{}\"], restart libvirtd",
+            users.display(),
+            backend.display(),
+            virtgate_pki::BACKEND_DN
+        ),
+        "until then the gateway cannot reach those hosts; admin and user bundles keep working (the users' CA did not change)".to_string(),
+    ]
 }
 
 /// Fills the proxy's (and the broker's probe) TLS settings that are unset with the development
@@ -100,13 +141,15 @@ pub fn prepare_up(config: &mut Config) -> anyhow::Result<Option<Bootstrap>> {
         .get_or_insert_with(|| dev.server.cert.clone());
     p.server_key_file
         .get_or_insert_with(|| dev.server.key.clone());
-    if p.client_ca_files.is_empty() {
-        p.client_ca_files.push(dev.ca.cert.clone());
+    let dev_users_ca = p.client_ca_files.is_empty();
+    if dev_users_ca {
+        p.client_ca_files.push(dev.users_ca.cert.clone());
     }
     p.backend_cert_file
         .get_or_insert_with(|| dev.backend.cert.clone());
     p.backend_key_file
         .get_or_insert_with(|| dev.backend.key.clone());
+    let dev_backend = p.backend_cert_file.as_ref() == Some(&dev.backend.cert);
     let default_rule_added = p.rules.is_empty();
     if default_rule_added {
         p.rules.push(Rule {
@@ -116,17 +159,37 @@ pub fn prepare_up(config: &mut Config) -> anyhow::Result<Option<Bootstrap>> {
         });
     }
     fill_broker_identity(config);
+    // The broker holds the users' CA key of the dev PKI: its bypass check then knows for
+    // certain whether a host lets users in.
+    if dev_users_ca
+        && config.broker.user_ca_key_file.is_none()
+        && config.broker.user_ca_files.contains(&dev.users_ca.cert)
+    {
+        config.broker.user_ca_key_file = Some(dev.users_ca.key.clone());
+    }
+    if dev.backend_reissued && dev_backend {
+        tracing::warn!(
+            backend_ca = %absolute(&dev.backend_ca.cert).display(),
+            users_ca = %absolute(&dev.users_ca.cert).display(),
+            "the gateway's backend identity was re-issued from a new backend CA; every libvirt host must trust it instead of the users' CA and set tls_allowed_dn_list"
+        );
+    }
     Ok(Some(Bootstrap {
         dev,
         default_rule_added,
+        dev_backend,
     }))
 }
 
 /// The broker's probes present the gateway's backend identity unless told otherwise, so hosts
-/// see one client identity.
+/// see one client identity; the CAs that sign the gateway's users are the ones its bypass
+/// check looks for in hosts' certificate requests.
 fn fill_broker_identity(config: &mut Config) {
     if config.broker.client_cert_file.is_none() && config.broker.client_key_file.is_none() {
         config.broker.client_cert_file = config.proxy.backend_cert_file.clone();
         config.broker.client_key_file = config.proxy.backend_key_file.clone();
+    }
+    if config.proxy.enabled && config.broker.user_ca_files.is_empty() {
+        config.broker.user_ca_files = config.proxy.client_ca_files.clone();
     }
 }

@@ -1,6 +1,8 @@
-//! `virtgate pki`: a certificate authority, libvirt server and client certificates, and checks
-//! of existing certificate files. The work is done by `virtgate-pki`; this module parses flags
-//! and tells the operator what was written where and how to use it.
+//! `virtgate pki`: certificate authorities in two roles (the users' CA that signs people's
+//! certificates, the backend CA that signs only the gateway's backend identity and is the one
+//! CA hosts trust), libvirt server and client certificates, and checks of existing certificate
+//! files. The work is done by `virtgate-pki`; this module parses flags and tells the operator
+//! what was written where and how to use it.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -18,7 +20,8 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum PkiCommand {
-    /// Create a certificate authority: cacert.pem and cakey.pem (0600).
+    /// Create a certificate authority: cacert.pem and cakey.pem (0600). Its role (users or
+    /// backend) is written into its subject.
     Init(InitArgs),
     /// Issue a certificate signed by the CA, in libvirt's file layout.
     #[command(subcommand)]
@@ -29,7 +32,14 @@ enum PkiCommand {
 
 #[derive(clap::Args)]
 struct InitArgs {
-    /// Directory for the CA (default: <broker.data_dir>/pki/ca).
+    /// What the CA is for: `users` signs people's certificates (and the gateway's server
+    /// certificate); `backend` signs only the gateway's backend identity and is the one CA
+    /// libvirt hosts trust. Default without --dir: users; with --dir: none (a plain CA, e.g. for
+    /// hosts' certificates).
+    #[arg(long, value_enum, value_name = "ROLE")]
+    role: Option<RoleArg>,
+    /// Directory for the CA (default: <broker.data_dir>/pki/ca for users,
+    /// <broker.data_dir>/pki/backend-ca for backend).
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
     /// Subject CN of the CA (default: "virtgate CA" and a short key id).
@@ -46,6 +56,24 @@ enum IssueCommand {
     Server(ServerArgs),
     /// A client certificate: cacert.pem, clientcert.pem, clientkey.pem (a ?pkipath= directory).
     Client(ClientArgs),
+    /// The gateway's backend identity (O=virtgate,CN=virtgate-gateway) from the backend CA:
+    /// the client certificate the gateway presents to hosts (proxy.backend_cert_file).
+    Backend(BackendArgs),
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Users,
+    Backend,
+}
+
+impl From<RoleArg> for pki::CaRole {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::Users => pki::CaRole::Users,
+            RoleArg::Backend => pki::CaRole::Backend,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -53,7 +81,8 @@ struct IssueArgs {
     /// Validity in days (never beyond the CA's own expiry).
     #[arg(long, value_name = "N", default_value_t = pki::LEAF_DAYS)]
     days: u32,
-    /// CA directory (default: <broker.data_dir>/pki/ca, the CA `virtgate up` creates).
+    /// CA directory (default: the users' CA <broker.data_dir>/pki/ca that `virtgate up`
+    /// creates; for `issue backend`, the backend CA <broker.data_dir>/pki/backend-ca).
     #[arg(long, value_name = "DIR")]
     ca: Option<PathBuf>,
     /// Output directory; created with mode 0700 if missing.
@@ -93,6 +122,12 @@ struct ClientArgs {
 }
 
 #[derive(clap::Args)]
+struct BackendArgs {
+    #[command(flatten)]
+    issue: IssueArgs,
+}
+
+#[derive(clap::Args)]
 struct CheckArgs {
     /// A directory (libvirt server files, client pkipath, CA) or a single PEM file.
     #[arg(value_name = "DIR|FILE")]
@@ -104,11 +139,14 @@ struct CheckArgs {
 }
 
 pub async fn run(config: &Config, args: Args) -> Result<()> {
-    let default_ca = config.broker.data_dir.join(pki::DEV_PKI_DIR).join("ca");
+    let pki_dir = config.broker.data_dir.join(pki::DEV_PKI_DIR);
+    let default_ca = pki_dir.join(pki::USERS_CA_DIR);
+    let backend_ca = pki_dir.join(pki::BACKEND_CA_DIR);
     match args.command {
-        PkiCommand::Init(a) => init(a, &default_ca),
+        PkiCommand::Init(a) => init(a, &default_ca, &backend_ca),
         PkiCommand::Issue(IssueCommand::Server(a)) => issue_server(a, &default_ca),
         PkiCommand::Issue(IssueCommand::Client(a)) => issue_client(a, &default_ca),
+        PkiCommand::Issue(IssueCommand::Backend(a)) => issue_backend(a, &backend_ca),
         PkiCommand::Check(a) => check(a),
     }
 }
@@ -121,14 +159,21 @@ fn shown(path: &Path) -> String {
         .to_string()
 }
 
-fn init(args: InitArgs, default_dir: &Path) -> Result<()> {
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| default_dir.to_path_buf());
+fn init(args: InitArgs, users_dir: &Path, backend_dir: &Path) -> Result<()> {
+    let role: Option<pki::CaRole> = match (args.role, &args.dir) {
+        (Some(role), _) => Some(role.into()),
+        (None, None) => Some(pki::CaRole::Users),
+        (None, Some(_)) => None,
+    };
+    let dir = match (&args.dir, role) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(pki::CaRole::Backend)) => backend_dir.to_path_buf(),
+        (None, _) => users_dir.to_path_buf(),
+    };
     let options = pki::CaOptions {
         common_name: args.cn,
         days: args.days,
+        role,
         ..pki::CaOptions::default()
     };
     let ca = pki::Ca::init_with(&dir, &options)?;
@@ -143,14 +188,37 @@ fn init(args: InitArgs, default_dir: &Path) -> Result<()> {
         "  {}  private key (mode 0600); keep it on this machine",
         shown(&files.key)
     );
-    let ca_flag = if args.dir.is_some() {
+    let default_dir = if role == Some(pki::CaRole::Backend) {
+        backend_dir
+    } else {
+        users_dir
+    };
+    let ca_flag = if dir != default_dir {
         format!(" --ca {}", shown(&dir))
     } else {
         String::new()
     };
     println!("next:");
-    println!("  virtgate pki issue server{ca_flag} --name HOST --dns SHORT --ip ADDR --out DIR");
-    println!("  virtgate pki issue client{ca_flag} --dn 'O=ORG,CN=NAME' --out DIR");
+    match role {
+        Some(pki::CaRole::Users) => {
+            println!("  role: users' CA: it signs people's certificates and the gateway's server certificate; put it into proxy.client_ca_files, never into a libvirt host's ca_file");
+            println!("  virtgate pki issue client{ca_flag} --dn 'O=ORG,CN=NAME' --out DIR");
+            println!("  virtgate pki issue server{ca_flag} --name GATEWAY --dns SHORT --ip ADDR --out DIR");
+        }
+        Some(pki::CaRole::Backend) => {
+            println!(
+                "  role: backend CA: it signs only the gateway's backend identity; every libvirt host trusts it (ca_file) and sets tls_allowed_dn_list = [\"{}\"]",
+                pki::BACKEND_DN
+            );
+            println!("  virtgate pki issue backend{ca_flag} --out DIR");
+        }
+        None => {
+            println!(
+                "  virtgate pki issue server{ca_flag} --name HOST --dns SHORT --ip ADDR --out DIR"
+            );
+            println!("  virtgate pki issue client{ca_flag} --dn 'O=ORG,CN=NAME' --out DIR");
+        }
+    }
     Ok(())
 }
 
@@ -168,6 +236,7 @@ fn output(args: &IssueArgs) -> Result<pki::Output> {
 
 fn issue_server(args: ServerArgs, default_ca: &Path) -> Result<()> {
     let ca = load_ca(args.issue.ca.as_deref(), default_ca)?;
+    print_note(&ca, pki::Issuing::Server);
     let request = pki::ServerRequest {
         name: args.name,
         dns: args.dns,
@@ -204,33 +273,96 @@ fn issue_server(args: ServerArgs, default_ca: &Path) -> Result<()> {
     Ok(())
 }
 
-fn issue_client(args: ClientArgs, default_ca: &Path) -> Result<()> {
-    let ca = load_ca(args.issue.ca.as_deref(), default_ca)?;
+/// A note [`pki::issuer_fits`] has about what `ca` is about to sign (a refusal is left to
+/// the library, which refuses before writing anything).
+fn print_note(ca: &pki::Ca, what: pki::Issuing<'_>) {
+    if let Ok(Some(note)) = pki::issuer_fits(ca.role(), what) {
+        println!("note: {note}");
+    }
+}
+
+/// Issues and writes a client bundle for `dn` and says what was written.
+fn write_client(ca: &pki::Ca, dn: String, args: &IssueArgs) -> Result<pki::ClientBundle> {
     let request = pki::ClientRequest {
-        dn: args.dn,
-        days: args.issue.days,
+        dn,
+        days: args.days,
     };
-    let bundle = pki::issue_client(&ca, &request, &output(&args.issue)?)
+    let bundle = pki::issue_client(ca, &request, &output(args)?)
         .with_context(|| format!("cannot issue a client certificate for {}", request.dn))?;
-    let issued = &bundle.issued;
     let files = &bundle.files;
-    let dir = shown(&files.dir);
     println!(
         "issued a client certificate for {} from {}",
-        issued.subject,
+        bundle.issued.subject,
         ca.subject()
     );
-    println!("  valid until  {}", pki::format_time(issued.not_after));
+    println!(
+        "  valid until  {}",
+        pki::format_time(bundle.issued.not_after)
+    );
     println!("wrote a libvirt client bundle (pkipath layout):");
     println!("  {}  CA certificate", shown(&files.ca_cert));
     println!("  {}  certificate", shown(&files.cert));
     println!("  {}  private key (mode 0600)", shown(&files.key));
-    println!("connect with:");
-    println!("  virsh -c 'qemu+tls://HOST/system?pkipath={dir}' list --all");
+    Ok(bundle)
+}
+
+fn issue_client(args: ClientArgs, default_ca: &Path) -> Result<()> {
+    let ca = load_ca(args.issue.ca.as_deref(), default_ca)?;
+    if pki::is_backend_dn(&args.dn) && ca.role() != Some(pki::CaRole::Backend) {
+        print_note(&ca, pki::Issuing::Client { dn: &args.dn });
+    }
+    let bundle = write_client(&ca, args.dn, &args.issue)?;
+    let dir = shown(&bundle.files.dir);
+    let subject = &bundle.issued.subject;
+    match ca.role() {
+        Some(pki::CaRole::Users) => {
+            println!("connect through the gateway with:");
+            println!("  virsh -c 'qemu+tls://GATEWAY/system?name=qemu://HOST/system&pkipath={dir}' list --all");
+            println!(
+                "the gateway needs {} in proxy.client_ca_files and a [[proxy.rules]] entry for identity \"{subject}\"; hosts never trust this CA",
+                shown(&ca.files().cert)
+            );
+        }
+        _ => {
+            println!("connect with:");
+            println!("  virsh -c 'qemu+tls://HOST/system?pkipath={dir}' list --all");
+            println!(
+                "libvirtd on HOST must trust {} (its ca_file) and, with tls_allowed_dn_list, allow \"{subject}\"",
+                ca.subject()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn issue_backend(args: BackendArgs, default_ca: &Path) -> Result<()> {
+    if args.issue.ca.is_none() && !default_ca.join(pki::CA_CERT).exists() {
+        bail!(
+            "no backend CA in {} yet; create it with `virtgate pki init --role backend` (it signs \
+             nothing but this identity, and is the one CA hosts trust), or point --ca at one",
+            shown(default_ca)
+        );
+    }
+    let ca = load_ca(args.issue.ca.as_deref(), default_ca)?;
+    print_note(
+        &ca,
+        pki::Issuing::Client {
+            dn: pki::BACKEND_DN,
+        },
+    );
+    let bundle = write_client(&ca, pki::BACKEND_DN.to_string(), &args.issue)?;
+    let files = &bundle.files;
+    println!("on the gateway:");
+    println!("  proxy.backend_cert_file = \"{}\"", shown(&files.cert));
+    println!("  proxy.backend_key_file = \"{}\"", shown(&files.key));
+    println!("on every libvirt host (docs/pki.md, Deploying):");
     println!(
-        "libvirtd on HOST must trust {} (its ca_file) and, with tls_allowed_dn_list, allow \"{}\"",
-        ca.subject(),
-        issued.subject
+        "  add {} to libvirtd's ca_file (and no CA that signs users' certificates)",
+        shown(&ca.files().cert)
+    );
+    println!(
+        "  tls_allowed_dn_list = [\"{}\"] in libvirtd.conf, then restart libvirtd",
+        bundle.issued.subject
     );
     Ok(())
 }

@@ -481,6 +481,7 @@ mod tests {
                 reason: crate::probe::ProbeErrorReason::Refused,
                 message: "refused".into(),
             }),
+            bypass: None,
         };
         let interval = Duration::from_secs(600);
         inv.record_probe("h", vec![refused()]).unwrap();

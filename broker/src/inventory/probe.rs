@@ -6,7 +6,7 @@ use virtgate_api::{Endpoint, EventKind, Host, HostState};
 
 use super::{trust, Change, NewEvent, TrustPolicy};
 use crate::cert::parse_certificate;
-use crate::findings::{host_findings, mark_changed};
+use crate::findings::{host_findings, mark_bypass, mark_changed};
 use crate::probe::{ProbeErrorReason, ProbeResult};
 
 /// The host after the probe `results`, taken at `now`.
@@ -20,6 +20,7 @@ pub(crate) fn fold(
     let mut events = Vec::new();
     let mut ders = Vec::new();
     let mut first_chain: Option<Vec<CertificateDer<'static>>> = None;
+    let bypass = results.iter().find_map(|r| r.bypass.clone());
     host.last_probe = Some(now);
     host.endpoints = results
         .into_iter()
@@ -32,6 +33,7 @@ pub(crate) fn fold(
         host.findings.clear();
     }
     mark_changed(&mut host);
+    mark_bypass(&mut host, previous, bypass.as_ref());
     Change::Save {
         host: Box::new(host),
         ders,

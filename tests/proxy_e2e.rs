@@ -717,9 +717,18 @@ fn a_separate_proxy_follows_the_brokers_inventory_over_the_watch_api() {
     }
     let port = common::free_port();
     let metrics_port = common::free_port();
+    // `virtgate broker` on loopback speaks plain HTTP; the data directory still holds the API
+    // certificate the `up` above made, so the URL is given.
+    let plain = format!("http://{api}");
     let mut proxy_cmd = std::process::Command::new(common::VIRTGATE);
     proxy_cmd
-        .args(["--config", config.to_str().unwrap(), "proxy"])
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "proxy",
+            "--broker",
+            &plain,
+        ])
         .env("VIRTGATE_PROXY__LISTEN", format!("[\"127.0.0.1:{port}\"]"))
         .env(
             "VIRTGATE_PROXY__METRICS_LISTEN",
@@ -748,6 +757,8 @@ fn a_separate_proxy_follows_the_brokers_inventory_over_the_watch_api() {
             "hosts",
             "approve",
             "h1",
+            "--broker",
+            &plain,
         ])
         .output()
         .unwrap();

@@ -10,6 +10,7 @@ use std::time::Duration;
 use rustls::ClientConfig;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use virtgate_discovery::{Browser, DiscoveryConfig};
@@ -23,6 +24,7 @@ use crate::model::EventKind;
 use crate::probe::{probe, ProbeError, ProbeErrorReason, ProbeResult};
 use crate::store::Store;
 use crate::tls::{self, TrustAnchors};
+use crate::token::{load_or_create_token, random_hex};
 use crate::BrokerError;
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -34,6 +36,8 @@ pub struct RunningBroker {
     pub metrics: Arc<Metrics>,
     /// Where the HTTP API listens (useful with port 0).
     pub api_addr: SocketAddr,
+    /// `https`, or `http` (loopback only).
+    pub api_scheme: &'static str,
     pub admin_token_path: PathBuf,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -67,36 +71,6 @@ pub fn prepare_data_dir(dir: &Path) -> Result<(), BrokerError> {
     Ok(())
 }
 
-/// Reads the admin token, generating it (0600) at first start.
-pub fn load_or_create_token(path: &Path) -> Result<String, BrokerError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |e| BrokerError::Token {
-        path: path.display().to_string(),
-        source: e,
-    };
-    match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
-    let mut raw = [0u8; 32];
-    getrandom::fill(&mut raw).map_err(|e| io(std::io::Error::other(e.to_string())))?;
-    let token = hex::encode(raw);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    file.write_all(format!("{token}\n").as_bytes())
-        .map_err(io)?;
-    info!(path = %path.display(), "generated the admin token (mode 0600)");
-    Ok(token)
-}
-
 pub async fn start(
     config: &BrokerConfig,
     discovery: &DiscoveryConfig,
@@ -112,8 +86,13 @@ pub async fn start_with(
     extra_own_certificates: Vec<(String, PathBuf)>,
 ) -> Result<RunningBroker, BrokerError> {
     prepare_data_dir(&config.data_dir)?;
+    let api_tls = api_tls(config)?;
     let token_path = config.data_dir.join(ADMIN_TOKEN_FILE);
-    let admin_token = load_or_create_token(&token_path)?;
+    let admin_token = load_or_create_token(&token_path, "admin")?;
+    let read_token = match &config.read_token_file {
+        Some(path) => Some(load_or_create_token(path, "read")?),
+        None => None,
+    };
     let store = Store::open(&config.data_dir.join(DATABASE_FILE))?;
     let anchors = TrustAnchors::from_files(&config.trusted_ca_files)?;
     let client_identity = match (&config.client_cert_file, &config.client_key_file) {
@@ -162,9 +141,16 @@ pub async fn start_with(
         inventory: inventory.clone(),
         metrics: metrics.clone(),
         admin_token,
+        read_token,
         token_path: token_path.display().to_string(),
+        epoch: random_hex(16).map_err(|e| BrokerError::Config(format!("no randomness: {e}")))?,
+        reads_need_auth: config.reads_need_auth(),
+        watchers: Semaphore::new(config.max_watchers.max(1)),
+        max_watchers: config.max_watchers.max(1),
+        requests: Semaphore::new(api::MAX_REQUESTS),
     });
-    tasks.spawn(api::serve(listener, state, shutdown.clone()));
+    let scheme = if api_tls.is_some() { "https" } else { "http" };
+    tasks.spawn(api::serve(listener, api_tls, state, shutdown.clone()));
     tasks.spawn(
         ProbeScheduler {
             inventory: inventory.clone(),
@@ -197,15 +183,34 @@ pub async fn start_with(
         config.retention,
         shutdown.clone(),
     ));
-    info!(api = %api_addr, data_dir = %config.data_dir.display(), discovery = config.discovery, static_hosts = config.hosts.len(), "broker started");
+    info!(api = %format!("{scheme}://{api_addr}"), reads_need_auth = config.reads_need_auth(), data_dir = %config.data_dir.display(), discovery = config.discovery, static_hosts = config.hosts.len(), "broker started");
     Ok(RunningBroker {
         inventory,
         metrics,
         api_addr,
+        api_scheme: scheme,
         admin_token_path: token_path,
         shutdown,
         tasks,
     })
+}
+
+/// The API's TLS acceptor, if `broker.tls_cert_file`/`tls_key_file` are set; refuses plain HTTP
+/// on a listener beyond loopback.
+fn api_tls(config: &BrokerConfig) -> Result<Option<TlsAcceptor>, BrokerError> {
+    match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let tls = api::server_config(cert, key, &config.proxy_ca_files)?;
+            Ok(Some(TlsAcceptor::from(tls)))
+        }
+        (None, None) if config.listens_on_loopback() => Ok(None),
+        (None, None) => Err(BrokerError::PlainHttpBeyondLoopback {
+            addr: config.listen,
+        }),
+        _ => Err(BrokerError::Config(
+            "set both broker.tls_cert_file and broker.tls_key_file, or neither".into(),
+        )),
+    }
 }
 
 /// The certificates virtgate itself holds: the probe/backend client identity and the trusted CAs.

@@ -62,6 +62,13 @@ pub struct ProxyConfig {
     pub connection_threads: usize,
     /// `/metrics` for `virtgate proxy` (in `virtgate up` the broker serves them).
     pub metrics_listen: SocketAddr,
+    /// `virtgate proxy`: PEM file of the CA that issued the followed broker's certificate.
+    pub broker_ca_file: Option<PathBuf>,
+    /// `virtgate proxy`: SPKI SHA-256 pin of the followed broker's key (instead of, or besides,
+    /// `broker_ca_file`).
+    pub broker_pin: Option<String>,
+    /// `virtgate proxy`: file holding the bearer token sent to the broker (its read token).
+    pub broker_token_file: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -89,6 +96,9 @@ impl Default for ProxyConfig {
             max_connections: 5000,
             connection_threads: 0,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 16581)),
+            broker_ca_file: None,
+            broker_pin: None,
+            broker_token_file: None,
         }
     }
 }
@@ -104,6 +114,8 @@ impl ProxyConfig {
             ("crl_file", self.crl_file.as_ref()),
             ("backend_cert_file", self.backend_cert_file.as_ref()),
             ("backend_key_file", self.backend_key_file.as_ref()),
+            ("broker_ca_file", self.broker_ca_file.as_ref()),
+            ("broker_token_file", self.broker_token_file.as_ref()),
         ];
         for (key, path) in files {
             if let Some(path) = path.filter(|p| !p.is_file()) {
@@ -138,6 +150,13 @@ impl ProxyConfig {
                     "proxy.{first} / proxy.{second}: set both or neither"
                 ));
             }
+        }
+        if let Some(Err(e)) = self
+            .broker_pin
+            .as_deref()
+            .map(str::parse::<virtgate_pki::Pin>)
+        {
+            problems.push(format!("proxy.broker_pin: {e}"));
         }
         if let Err(e) = crate::policy::Policy::new(&self.rules) {
             problems.push(format!("proxy.rules: {e}"));

@@ -9,7 +9,7 @@ use virtgate_testlab::libvirtd::Libvirtd;
 use virtgate_testlab::pki::{ClientCertSpec, ServerCertSpec};
 use virtgate_testlab::LabProcess;
 
-use super::{free_port, http, VIRTGATE};
+use super::{free_port, https, tls_client, VIRTGATE};
 
 pub struct Gateway {
     pub process: LabProcess,
@@ -17,6 +17,11 @@ pub struct Gateway {
     pub api: std::net::SocketAddr,
     pub data_dir: PathBuf,
     pub config: PathBuf,
+}
+
+/// The CA `virtgate up` issues its API's development certificate from (the file beside it).
+pub fn up_api_ca(data_dir: &Path) -> PathBuf {
+    data_dir.join("pki/broker/cacert.pem")
 }
 
 /// Where each client identity's libvirt pkipath directory is.
@@ -84,7 +89,7 @@ impl Gateway {
             config,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !http(gw.api, "GET", "/readyz", None, None).is_ok_and(|(s, _)| s == 200) {
+        while !gw.get("/readyz").is_ok_and(|(s, _)| s == 200) {
             assert!(
                 Instant::now() < deadline,
                 "gateway not ready:\n{}",
@@ -95,12 +100,20 @@ impl Gateway {
         gw
     }
 
+    /// `GET path` on the API, over HTTPS verified with `up`'s development CA.
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let ca = up_api_ca(&self.data_dir);
+        if !ca.is_file() {
+            return Err(std::io::Error::other("no API certificate yet"));
+        }
+        https(self.api, &tls_client(&ca, None), "GET", path, None, None)
+    }
+
     /// Waits until the inventory shows `host` in `trust`.
     pub fn wait_trust(&self, host: &str, trust: &str) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let (status, body) =
-                http(self.api, "GET", &format!("/v1/hosts/{host}"), None, None).unwrap();
+            let (status, body) = self.get(&format!("/v1/hosts/{host}")).unwrap();
             if status == 200 && body.contains(&format!("\"trust\": \"{trust}\"")) {
                 return;
             }
@@ -142,7 +155,7 @@ impl Gateway {
     }
 
     pub fn metrics(&self) -> String {
-        http(self.api, "GET", "/metrics", None, None).unwrap().1
+        self.get("/metrics").unwrap().1
     }
 }
 

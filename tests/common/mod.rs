@@ -2,6 +2,7 @@
 #![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
 #![allow(dead_code)]
 
+pub mod fake_broker;
 pub mod gateway;
 pub mod tap;
 
@@ -30,12 +31,79 @@ pub fn free_port() -> u16 {
 /// `virtgate broker` on loopback with its own data directory and config file.
 pub struct Broker {
     pub process: LabProcess,
+    /// Where requests go (loopback, also for a broker listening on a wildcard address).
     pub addr: SocketAddr,
     pub config: PathBuf,
     pub data_dir: PathBuf,
+    /// How requests verify the broker, when it serves HTTPS.
+    pub tls: Option<Arc<ClientConfig>>,
+}
+
+/// The certificate of a broker that serves HTTPS, and the CA that issued it.
+pub struct BrokerCert {
+    pub ca: virtgate_testlab::pki::Ca,
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// SPKI SHA-256 of the broker's key, hex.
+    pub pin: String,
+}
+
+impl BrokerCert {
+    /// A CA and a certificate for localhost, 127.0.0.1 and ::1, written into `dir`.
+    pub fn new(dir: &Path) -> BrokerCert {
+        let ca = virtgate_testlab::pki::Ca::new("virtgate-test broker CA").unwrap();
+        let issued = ca
+            .issue_server(&virtgate_testlab::pki::ServerCertSpec::localhost())
+            .unwrap();
+        let (ca_file, cert_file, key_file) = (
+            dir.join("broker-ca.pem"),
+            dir.join("broker-cert.pem"),
+            dir.join("broker-key.pem"),
+        );
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        std::fs::write(&cert_file, &issued.cert_pem).unwrap();
+        virtgate_testlab::pki::write_file(&key_file, &issued.key_pem, 0o600).unwrap();
+        BrokerCert {
+            ca,
+            ca_file,
+            cert_file,
+            key_file,
+            pin: issued.spki_sha256_hex(),
+        }
+    }
 }
 
 impl Broker {
+    /// Like [`Broker::start`], but listening on every address (0.0.0.0: beyond loopback, so
+    /// reads need a certificate or a token) over HTTPS with `cert`. Requests from the tests go
+    /// to 127.0.0.1 and verify the broker with `cert`'s CA.
+    pub fn start_beyond_loopback(dir: &Path, cert: &BrokerCert, extra_toml: &str) -> Broker {
+        let port = free_port();
+        let data_dir = dir.join("data");
+        let config = dir.join("virtgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[broker]
+data_dir = {:?}
+listen = \"0.0.0.0:{port}\"
+discovery = false
+\
+                 tls_cert_file = {:?}
+tls_key_file = {:?}
+{extra_toml}
+",
+                data_dir.display().to_string(),
+                cert.cert_file.display().to_string(),
+                cert.key_file.display().to_string(),
+            ),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        Self::spawn(addr, config, data_dir, Some(tls_client(&cert.ca_file, None)))
+    }
+
     /// Writes `config_toml` (the `[broker]` section's `data_dir`, `listen` and `discovery =
     /// false` are added) and starts the broker in the root namespace: no mDNS daemon is created.
     pub fn start(dir: &Path, extra_toml: &str) -> Broker {
@@ -50,10 +118,15 @@ impl Broker {
             ),
         )
         .unwrap();
-        Self::spawn(addr, config, data_dir)
+        Self::spawn(addr, config, data_dir, None)
     }
 
-    fn spawn(addr: SocketAddr, config: PathBuf, data_dir: PathBuf) -> Broker {
+    fn spawn(
+        addr: SocketAddr,
+        config: PathBuf,
+        data_dir: PathBuf,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> Broker {
         let mut cmd = Command::new(VIRTGATE);
         cmd.args(["--config", config.to_str().unwrap(), "broker"])
             .env("RUST_LOG", "info");
@@ -63,9 +136,24 @@ impl Broker {
             addr,
             config,
             data_dir,
+            tls,
         };
         broker.wait_ready();
         broker
+    }
+
+    /// One request, over HTTPS when the broker serves it.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, String)> {
+        match &self.tls {
+            Some(tls) => https(self.addr, tls, method, path, token, body),
+            None => http(self.addr, method, path, token, body),
+        }
     }
 
     /// Starts the same broker again (same config and data) after it was stopped.
@@ -75,15 +163,19 @@ impl Broker {
             addr,
             config,
             data_dir,
+            tls,
         } = self;
         process.stop(Duration::from_secs(5));
-        Self::spawn(addr, config, data_dir)
+        Self::spawn(addr, config, data_dir, tls)
     }
 
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if http(self.addr, "GET", "/readyz", None, None).is_ok_and(|(s, _)| s == 200) {
+            if self
+                .request("GET", "/readyz", None, None)
+                .is_ok_and(|(s, _)| s == 200)
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -92,7 +184,8 @@ impl Broker {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn token(&self) -> String {
@@ -102,8 +195,12 @@ impl Broker {
             .to_string()
     }
 
+    /// `GET path`; to a broker beyond loopback (whose reads need a credential) with the admin
+    /// token.
     pub fn get(&self, path: &str) -> (u16, String) {
-        http(self.addr, "GET", path, None, None).expect("broker answers")
+        let token = self.tls.as_ref().map(|_| self.token());
+        self.request("GET", path, token.as_deref(), None)
+            .expect("broker answers")
     }
 
     pub fn get_json(&self, path: &str) -> Value {
@@ -113,7 +210,8 @@ impl Broker {
     }
 
     pub fn post(&self, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-        http(self.addr, "POST", path, token, Some(body)).expect("broker answers")
+        self.request("POST", path, token, Some(body))
+            .expect("broker answers")
     }
 
     pub fn metrics(&self) -> String {
@@ -159,8 +257,20 @@ pub fn http(
     token: Option<&str>,
     body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
+    http_within(addr, Duration::from_secs(70), method, path, token, body)
+}
+
+/// [`http`] that gives up (an error) when the answer takes longer than `limit`.
+pub fn http_within(
+    addr: SocketAddr,
+    limit: Duration,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(70)))?;
+    stream.set_read_timeout(Some(limit))?;
     exchange(stream, addr, method, path, token, body)
 }
 

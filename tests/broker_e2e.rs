@@ -711,7 +711,8 @@ fn idle_watches_have_their_own_pool_so_approvals_and_metrics_still_answer_at_onc
     // once to come back later.
     let (mut refused, mut waiting) = (0, 0);
     for s in &mut watchers {
-        s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let mut head = [0u8; 12];
         match s.read_exact(&mut head) {
             Ok(()) if &head[9..12] == b"503" => refused += 1,

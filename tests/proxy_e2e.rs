@@ -1237,7 +1237,9 @@ fn a_proxy_takes_no_inventory_from_a_broker_its_ca_or_pin_does_not_vouch_for() {
     let attackers_host = libvirtd();
     let tap = Tap::start(
         "127.0.0.1:0",
-        format!("127.0.0.1:{}", attackers_host.port()).parse().unwrap(),
+        format!("127.0.0.1:{}", attackers_host.port())
+            .parse()
+            .unwrap(),
     );
     let dir = tempfile::tempdir().unwrap();
     let attackers_ca = virtgate_testlab::pki::Ca::new("attacker").unwrap();
@@ -1268,7 +1270,10 @@ fn a_proxy_takes_no_inventory_from_a_broker_its_ca_or_pin_does_not_vouch_for() {
     let real_pin = format!("sha256:{}", real.pin);
     let real_ca = real.ca_file.to_str().unwrap();
 
-    for trust in [["--broker-ca", real_ca], ["--broker-pin", real_pin.as_str()]] {
+    for trust in [
+        ["--broker-ca", real_ca],
+        ["--broker-pin", real_pin.as_str()],
+    ] {
         let mut proxy = setup.start(&["--broker", &url, trust[0], trust[1]]);
         proxy
             .wait_for_stderr("cannot follow the broker", Duration::from_secs(10))
@@ -1316,20 +1321,40 @@ fn a_proxy_refuses_a_plain_http_broker_beyond_loopback_and_says_how_to_enable_tl
     let hosts_ca = libvirtd();
     let lab = virtgate_testlab::netns::Lab::fresh("vgplain", &[("evil", 10), ("gw", 11)]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (requests, inventory) = (dir.path().join("requests.log"), dir.path().join("inventory.json"));
+    let (requests, inventory) = (
+        dir.path().join("requests.log"),
+        dir.path().join("inventory.json"),
+    );
     std::fs::write(&requests, "").unwrap();
     std::fs::write(
         &inventory,
-        inventory_pointing_h1_at("10.250.0.10", 16514, &hosts_ca.server_cert().spki_sha256_hex()),
+        inventory_pointing_h1_at(
+            "10.250.0.10",
+            16514,
+            &hosts_ca.server_cert().spki_sha256_hex(),
+        ),
     )
     .unwrap();
     let mut evil_cmd = std::process::Command::new("python3");
-    evil_cmd.arg("-c").arg(PLAIN_HTTP_BROKER).arg(&requests).arg(&inventory);
+    evil_cmd
+        .arg("-c")
+        .arg(PLAIN_HTTP_BROKER)
+        .arg(&requests)
+        .arg(&inventory);
     let _evil = lab.node("evil").spawn(evil_cmd).unwrap();
     // The attacker's broker answers anyone in the lab who asks.
     let probe = "import sys, time, urllib.request\nfor _ in range(50):\n    try:\n        urllib.request.urlopen('http://10.250.0.10:16580/reachable', timeout=1).read(); sys.exit(0)\n    except Exception:\n        time.sleep(0.1)\nsys.exit(1)";
-    let reached = lab.node("gw").command("python3").arg("-c").arg(probe).status().unwrap();
-    assert!(reached.success(), "the fake broker does not answer in the lab");
+    let reached = lab
+        .node("gw")
+        .command("python3")
+        .arg("-c")
+        .arg(probe)
+        .status()
+        .unwrap();
+    assert!(
+        reached.success(),
+        "the fake broker does not answer in the lab"
+    );
 
     let setup = ProxySetup::write(dir.path(), "proxy", &hosts_ca, None, RULES);
     let mut cmd = std::process::Command::new(common::VIRTGATE);
@@ -1389,7 +1414,10 @@ fn proxies_follow_a_broker_beyond_loopback_over_https_by_certificate_or_token_an
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cert = BrokerCert::new(dir.path());
-    let (proxies_ca, read_token) = (dir.path().join("proxies-ca.pem"), dir.path().join("read.token"));
+    let (proxies_ca, read_token) = (
+        dir.path().join("proxies-ca.pem"),
+        dir.path().join("read.token"),
+    );
     std::fs::write(&proxies_ca, libvirtd.ca().cert_pem()).unwrap();
     let broker = Broker::start_beyond_loopback(
         dir.path(),
@@ -1512,7 +1540,11 @@ fn a_proxy_follows_a_restarted_broker_at_once_instead_of_waiting_for_its_old_rev
         Duration::from_secs(15),
         |out| text(out).contains("is not trusted yet"),
     );
-    assert!(text(&pending).contains("is not trusted yet"), "{}", text(&pending));
+    assert!(
+        text(&pending).contains("is not trusted yet"),
+        "{}",
+        text(&pending)
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let old_revision = loop {
         let revision = broker.get_json("/v1/watch?since=0")["revision"]

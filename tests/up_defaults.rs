@@ -186,13 +186,19 @@ fn up_serves_its_api_over_https_with_a_development_certificate_it_reuses() {
         field(&lines, "API certificate").contains("(reused;"),
         "{lines:#?}"
     );
-    assert_eq!(std::fs::read(broker_dir.join("servercert.pem")).unwrap(), cert);
+    assert_eq!(
+        std::fs::read(broker_dir.join("servercert.pem")).unwrap(),
+        cert
+    );
     let (status, _) = common::https(addr, &tls, "GET", "/v1/hosts", None, None).unwrap();
     assert_eq!(status, 401);
     let backend = data.join("pki/backend");
     let proxy_tls = common::tls_client(
         &ca,
-        Some((&backend.join("clientcert.pem"), &backend.join("clientkey.pem"))),
+        Some((
+            &backend.join("clientcert.pem"),
+            &backend.join("clientkey.pem"),
+        )),
     );
     let (status, body) = common::https(addr, &proxy_tls, "GET", "/v1/hosts", None, None).unwrap();
     assert_eq!(status, 200, "{body}");

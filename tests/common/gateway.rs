@@ -283,7 +283,12 @@ impl ProxySetup {
 
 /// Runs virsh `args` at `uri` until `done` holds for its output, or `limit` passes; returns the
 /// last output.
-pub fn virsh_until(uri: &str, args: &[&str], limit: Duration, done: impl Fn(&Output) -> bool) -> Output {
+pub fn virsh_until(
+    uri: &str,
+    args: &[&str],
+    limit: Duration,
+    done: impl Fn(&Output) -> bool,
+) -> Output {
     let deadline = Instant::now() + limit;
     loop {
         let out = virsh(uri, args);

@@ -101,7 +101,12 @@ tls_key_file = {:?}
         )
         .unwrap();
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        Self::spawn(addr, config, data_dir, Some(tls_client(&cert.ca_file, None)))
+        Self::spawn(
+            addr,
+            config,
+            data_dir,
+            Some(tls_client(&cert.ca_file, None)),
+        )
     }
 
     /// Writes `config_toml` (the `[broker]` section's `data_dir`, `listen` and `discovery =

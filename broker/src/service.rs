@@ -87,12 +87,7 @@ pub async fn start_with(
 ) -> Result<RunningBroker, BrokerError> {
     prepare_data_dir(&config.data_dir)?;
     let api_tls = api_tls(config)?;
-    let token_path = config.data_dir.join(ADMIN_TOKEN_FILE);
-    let admin_token = load_or_create_token(&token_path, "admin")?;
-    let read_token = match &config.read_token_file {
-        Some(path) => Some(load_or_create_token(path, "read")?),
-        None => None,
-    };
+    let tokens = Tokens::load(config)?;
     let store = Store::open(&config.data_dir.join(DATABASE_FILE))?;
     let anchors = TrustAnchors::from_files(&config.trusted_ca_files)?;
     let client_identity = match (&config.client_cert_file, &config.client_key_file) {
@@ -137,18 +132,8 @@ pub async fn start_with(
         }
     }
 
-    let state = Arc::new(ApiState {
-        inventory: inventory.clone(),
-        metrics: metrics.clone(),
-        admin_token,
-        read_token,
-        token_path: token_path.display().to_string(),
-        epoch: random_hex(16).map_err(|e| BrokerError::Config(format!("no randomness: {e}")))?,
-        reads_need_auth: config.reads_need_auth(),
-        watchers: Semaphore::new(config.max_watchers.max(1)),
-        max_watchers: config.max_watchers.max(1),
-        requests: Semaphore::new(api::MAX_REQUESTS),
-    });
+    let admin_token_path = tokens.admin_path.clone();
+    let state = tokens.api_state(config, inventory.clone(), metrics.clone())?;
     let scheme = if api_tls.is_some() { "https" } else { "http" };
     tasks.spawn(api::serve(listener, api_tls, state, shutdown.clone()));
     tasks.spawn(
@@ -189,10 +174,57 @@ pub async fn start_with(
         metrics,
         api_addr,
         api_scheme: scheme,
-        admin_token_path: token_path,
+        admin_token_path,
         shutdown,
         tasks,
     })
+}
+
+/// The admin token (generated in the data directory) and the read token, if configured.
+struct Tokens {
+    admin: String,
+    admin_path: PathBuf,
+    read: Option<String>,
+}
+
+impl Tokens {
+    fn load(config: &BrokerConfig) -> Result<Self, BrokerError> {
+        let admin_path = config.data_dir.join(ADMIN_TOKEN_FILE);
+        let admin = load_or_create_token(&admin_path, "admin")?;
+        let read = match &config.read_token_file {
+            Some(path) => Some(load_or_create_token(path, "read")?),
+            None => None,
+        };
+        Ok(Self {
+            admin,
+            admin_path,
+            read,
+        })
+    }
+
+    /// The API's state: these tokens, a fresh epoch, the auth rule and the pools.
+    fn api_state(
+        self,
+        config: &BrokerConfig,
+        inventory: Arc<Inventory>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<ApiState>, BrokerError> {
+        let epoch =
+            random_hex(16).map_err(|e| BrokerError::Config(format!("no randomness: {e}")))?;
+        let max_watchers = config.max_watchers.max(1);
+        Ok(Arc::new(ApiState {
+            inventory,
+            metrics,
+            admin_token: self.admin,
+            read_token: self.read,
+            token_path: self.admin_path.display().to_string(),
+            epoch,
+            reads_need_auth: config.reads_need_auth(),
+            watchers: Semaphore::new(max_watchers),
+            max_watchers,
+            requests: Semaphore::new(api::MAX_REQUESTS),
+        }))
+    }
 }
 
 /// The API's TLS acceptor, if `broker.tls_cert_file`/`tls_key_file` are set; refuses plain HTTP

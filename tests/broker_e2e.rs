@@ -646,13 +646,11 @@ fn a_broker_told_to_listen_beyond_loopback_without_tls_refuses_to_start_and_says
 
 #[test]
 fn idle_watches_have_their_own_pool_so_approvals_and_metrics_still_answer_at_once() {
+    let h1 = libvirtd_with(ServerCertSpec::localhost());
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(
-        dir.path(),
-        &static_host("nothing-listens", common::free_port()),
-    );
-    broker.wait_host("nothing-listens", Duration::from_secs(15), |h| {
-        h["state"] == "down"
+    let broker = Broker::start(dir.path(), &static_host("localhost", h1.port()));
+    broker.wait_host("localhost", Duration::from_secs(15), |h| {
+        h["trust"] == "pending"
     });
     // 256 watches that would never be woken (the review's M5): as many as the old global limit.
     let watch = format!(
@@ -696,15 +694,21 @@ fn idle_watches_have_their_own_pool_so_approvals_and_metrics_still_answer_at_onc
         status == 503 && body.contains("broker.max_watchers"),
         "{status} {body} after {took:?}"
     );
-    let (forget, took) = timed(
+    let approve = format!("{{\"pin\":\"{}\"}}", h1.server_cert().spki_sha256_hex());
+    let started = std::time::Instant::now();
+    let approved = common::http_within(
+        broker.addr,
+        Duration::from_secs(2),
         "POST",
-        "/v1/hosts/nothing-listens/forget",
+        "/v1/hosts/localhost/approve",
         Some(&broker.token()),
+        Some(&approve),
     );
     assert_eq!(
-        forget.as_ref().map(|(s, _)| *s).ok(),
+        approved.as_ref().map(|(s, _)| *s).ok(),
         Some(200),
-        "forget with 256 watches open: {forget:?} after {took:?}"
+        "approve with 256 watches open: {approved:?} after {:?}",
+        started.elapsed()
     );
 
     // The pool holds 64 (broker.max_watchers' default), still waiting; the rest were told at

@@ -65,6 +65,8 @@ pub struct ApiState {
     pub max_watchers: usize,
     /// Other requests served at once.
     pub requests: Semaphore,
+    /// How long a request waits for one of `requests` ([`SLOT_WAIT`]).
+    pub slot_wait: Duration,
 }
 
 type Body = Full<Bytes>;
@@ -297,11 +299,11 @@ async fn admit(
             watch(state, since, timeout, epoch.as_deref()).await
         }
         endpoint => {
-            let Ok(Ok(_slot)) = tokio::time::timeout(SLOT_WAIT, state.requests.acquire()).await
-            else {
+            let wait = state.slot_wait;
+            let Ok(Ok(_slot)) = tokio::time::timeout(wait, state.requests.acquire()).await else {
                 return busy(format!(
-                    "the broker is busy ({MAX_REQUESTS} requests in progress for more than \
-                     {SLOT_WAIT:?}); retry in a moment"
+                    "the broker is busy (every request slot taken for more than {wait:?}); \
+                     retry in a moment"
                 ));
             };
             route(state, endpoint, req).await
@@ -496,6 +498,66 @@ fn certificate_rows(hosts: &[Host], now: i64, within: Option<Duration>) -> Vec<C
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cert::Windows;
+    use crate::config::FirstSight;
+    use crate::inventory::{SystemClock, TrustPolicy};
+    use crate::store::Store;
+    use crate::tls::TrustAnchors;
+    use virtgate_api::{BrokerUrl, Client, ClientError};
+
+    /// The API on a loopback port with `requests` and `watchers` slots, over an empty
+    /// inventory; requests wait 200 ms for a slot.
+    async fn api(dir: &std::path::Path, requests: usize, watchers: usize) -> Client {
+        let policy = TrustPolicy {
+            windows: Windows {
+                warning: Duration::from_secs(30 * 86400),
+                critical: Duration::from_secs(7 * 86400),
+            },
+            first_sight: FirstSight::Approve,
+            anchors: TrustAnchors::none(),
+        };
+        let store = Store::open(&dir.join("i.sqlite")).unwrap();
+        let state = Arc::new(ApiState {
+            inventory: Arc::new(Inventory::open(store, policy, Arc::new(SystemClock)).unwrap()),
+            metrics: Arc::new(Metrics::new()),
+            admin_token: "admin".into(),
+            read_token: None,
+            token_path: "admin.token".into(),
+            epoch: "e".into(),
+            reads_need_auth: false,
+            watchers: Semaphore::new(watchers),
+            max_watchers: watchers,
+            requests: Semaphore::new(requests),
+            slot_wait: Duration::from_millis(200),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(serve(listener, None, state, CancellationToken::new()));
+        Client::new(BrokerUrl::parse(&url).unwrap())
+    }
+
+    fn busy(result: Result<impl std::fmt::Debug, ClientError>) -> bool {
+        matches!(result, Err(e) if e.status() == Some(StatusCode::SERVICE_UNAVAILABLE))
+    }
+
+    #[tokio::test]
+    async fn a_request_that_gets_no_slot_within_the_wait_is_answered_busy_and_watches_are_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every request slot taken: reads are told to come back; the watch has its own pool.
+        let client = api(dir.path(), 0, 1).await;
+        let started = tokio::time::Instant::now();
+        assert!(busy(client.hosts().await));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let watched = client.watch(0, None, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(watched.epoch, "e");
+
+        // Every watch slot taken: the watch is told at once; other reads go on.
+        let client = api(dir.path(), 1, 0).await;
+        let started = tokio::time::Instant::now();
+        assert!(busy(client.watch(0, None, Duration::from_secs(30)).await));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(client.hosts().await.unwrap().is_empty());
+    }
 
     #[test]
     fn tokens_match_only_when_equal() {

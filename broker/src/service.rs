@@ -223,6 +223,7 @@ impl Tokens {
             watchers: Semaphore::new(max_watchers),
             max_watchers,
             requests: Semaphore::new(api::MAX_REQUESTS),
+            slot_wait: api::SLOT_WAIT,
         }))
     }
 }

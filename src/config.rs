@@ -154,9 +154,13 @@ fn describe(errors: figment::Error) -> anyhow::Error {
     )
 }
 
-/// Keys whose values must never be printed.
+/// Keys whose values must never be printed. Keys naming files (`read_token_file`) hold paths,
+/// which are printed.
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
+    if key.ends_with("_file") || key.ends_with("_files") {
+        return false;
+    }
     ["token", "password", "passphrase", "secret", "private_key"]
         .iter()
         .any(|s| key.contains(s))
@@ -196,6 +200,7 @@ mod tests {
             admin_token = "abc"
             [broker]
             db_password = "hunter2"
+            read_token_file = "/etc/virtgate/read.token"
             port = 1
             [[users]]
             name = "alice"
@@ -212,6 +217,10 @@ mod tests {
         assert!(
             text.contains("alice") && text.contains("port = 1"),
             "{text}"
+        );
+        assert!(
+            text.contains("/etc/virtgate/read.token"),
+            "paths of token files are not secrets: {text}"
         );
     }
 

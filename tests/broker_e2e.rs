@@ -1,14 +1,17 @@
 //! The broker against real TLS peers: libvirtd (test driver) daemons on loopback, each with its
 //! own throwaway PKI. The broker runs with `discovery = false` (no mDNS in the root namespace).
+#![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
 
 mod common;
 
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::{sample, Broker};
+use common::{sample, Broker, BrokerCert};
 use serde_json::Value;
 use virtgate_testlab::libvirtd::{Libvirtd, LibvirtdOptions};
-use virtgate_testlab::pki::ServerCertSpec;
+use virtgate_testlab::pki::{ClientCertSpec, ServerCertSpec};
 
 fn libvirtd_with(cert: ServerCertSpec) -> Libvirtd {
     Libvirtd::start(LibvirtdOptions {
@@ -489,5 +492,292 @@ fn probes_present_the_configured_client_identity_which_libvirtd_accepts() {
         )
         .is_some(),
         "the client identity's expiry is exported"
+    );
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one table of who may do what, read top to bottom
+fn reads_beyond_loopback_need_a_proxy_certificate_or_a_token_and_changes_the_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = BrokerCert::new(dir.path());
+    // Proxies present backend identities from their own CA; another CA's are refused.
+    let proxies = virtgate_testlab::pki::Ca::new("proxies").unwrap();
+    let rogue = virtgate_testlab::pki::Ca::new("rogue").unwrap();
+    let proxies_file = dir.path().join("proxies-ca.pem");
+    std::fs::write(&proxies_file, proxies.cert_pem()).unwrap();
+    let identity = |ca: &virtgate_testlab::pki::Ca, name: &str| {
+        let issued = ca
+            .issue_client(&ClientCertSpec::new("O=virtgate,CN=gateway"))
+            .unwrap();
+        let pki = dir.path().join(name);
+        issued.write_client_files(&pki, ca.cert_pem()).unwrap();
+        (pki.join("clientcert.pem"), pki.join("clientkey.pem"))
+    };
+    let (proxy_cert, proxy_key) = identity(&proxies, "proxy");
+    let (rogue_cert, rogue_key) = identity(&rogue, "rogue");
+    let read_token_file = dir.path().join("read.token");
+    let broker = Broker::start_beyond_loopback(
+        dir.path(),
+        &cert,
+        &format!(
+            "proxy_ca_files = [{:?}]\nread_token_file = {:?}\n{}",
+            proxies_file.display().to_string(),
+            read_token_file.display().to_string(),
+            static_host("h1", common::free_port()),
+        ),
+    );
+    assert_eq!(
+        std::fs::metadata(&read_token_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600,
+        "the read token is generated 0600"
+    );
+    let read_token = std::fs::read_to_string(&read_token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let admin_token = broker.token();
+    let anonymous = common::tls_client(&cert.ca_file, None);
+    let certified = common::tls_client(&cert.ca_file, Some((&proxy_cert, &proxy_key)));
+    let rogue_tls = common::tls_client(&cert.ca_file, Some((&rogue_cert, &rogue_key)));
+    let https = |tls, method: &str, path: &str, token: Option<&str>| {
+        common::https(broker.addr, tls, method, path, token, Some(""))
+    };
+
+    for path in [
+        "/v1/hosts",
+        "/v1/hosts/h1",
+        "/v1/certificates",
+        "/v1/events",
+        "/v1/watch?timeout=1s",
+    ] {
+        let (status, body) = https(&anonymous, "GET", path, None).unwrap();
+        assert_eq!(status, 401, "GET {path} without credentials: {body}");
+        assert!(
+            body.contains("broker.proxy_ca_files") && body.contains("read token"),
+            "the refusal says what to present: {body}"
+        );
+        assert_eq!(
+            https(&anonymous, "GET", path, Some("not-the-token"))
+                .unwrap()
+                .0,
+            401,
+            "GET {path} with a wrong token"
+        );
+        for (who, tls, token) in [
+            ("the read token", &anonymous, Some(read_token.as_str())),
+            ("the admin token", &anonymous, Some(admin_token.as_str())),
+            ("a proxy certificate", &certified, None),
+        ] {
+            let (status, body) = https(tls, "GET", path, token).unwrap();
+            assert_eq!(status, 200, "GET {path} with {who}: {body}");
+        }
+        assert!(
+            https(&rogue_tls, "GET", path, Some(&read_token)).is_err(),
+            "a certificate from another CA fails the handshake"
+        );
+    }
+    for open in ["/metrics", "/healthz", "/readyz"] {
+        assert_eq!(
+            https(&anonymous, "GET", open, None).unwrap().0,
+            200,
+            "{open} stays open for Prometheus"
+        );
+    }
+    // Changing the inventory takes the admin token, whatever else the caller presents.
+    for (who, tls, token) in [
+        ("the read token", &anonymous, Some(read_token.as_str())),
+        ("a proxy certificate", &certified, None),
+    ] {
+        let (status, body) = https(tls, "POST", "/v1/hosts/h1/forget", token).unwrap();
+        assert_eq!(status, 401, "forget with {who}: {body}");
+    }
+    assert!(
+        !common::http(broker.addr, "GET", "/metrics", None, None).is_ok_and(|(s, _)| s == 200),
+        "no plain HTTP on the TLS listener"
+    );
+    let (status, body) = https(
+        &anonymous,
+        "POST",
+        "/v1/hosts/h1/forget",
+        Some(&admin_token),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !broker.process.stderr_text().contains(&read_token)
+            && !broker.process.stderr_text().contains(&admin_token),
+        "tokens are never logged"
+    );
+}
+
+#[test]
+fn a_broker_told_to_listen_beyond_loopback_without_tls_refuses_to_start_and_says_how() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("virtgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\ndata_dir = {:?}\nlisten = \"0.0.0.0:{}\"\ndiscovery = false\n",
+            dir.path().join("data").display().to_string(),
+            common::free_port()
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(common::VIRTGATE);
+    cmd.args(["--config", config.to_str().unwrap(), "broker"]);
+    let mut broker = virtgate_testlab::LabProcess::spawn(cmd).unwrap();
+    let status = broker.wait_timeout(Duration::from_secs(10));
+    let stderr = broker.stderr_text();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the broker must not serve plain HTTP beyond loopback; it is running: {stderr}"
+    );
+    assert!(
+        stderr.contains("broker.tls_cert_file")
+            && stderr.contains("virtgate up")
+            && stderr.contains("127.0.0.1"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn idle_watches_have_their_own_pool_so_approvals_and_metrics_still_answer_at_once() {
+    let h1 = libvirtd_with(ServerCertSpec::localhost());
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), &static_host("localhost", h1.port()));
+    broker.wait_host("localhost", Duration::from_secs(15), |h| {
+        h["trust"] == "pending"
+    });
+    // 256 watches that would never be woken (the review's M5): as many as the old global limit.
+    let watch = format!(
+        "GET /v1/watch?since={}&timeout=60s HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        u64::MAX,
+        broker.addr
+    );
+    let mut watchers: Vec<std::net::TcpStream> = (0..256)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(broker.addr).unwrap();
+            s.write_all(watch.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Each request must be answered within two seconds.
+    let timed = |method: &str, path: &str, token: Option<&str>| {
+        let started = std::time::Instant::now();
+        let answer = common::http_within(
+            broker.addr,
+            Duration::from_secs(2),
+            method,
+            path,
+            token,
+            Some(""),
+        );
+        (answer, started.elapsed())
+    };
+    let (metrics, took) = timed("GET", "/metrics", None);
+    assert_eq!(
+        metrics.as_ref().map(|(s, _)| *s).ok(),
+        Some(200),
+        "/metrics with 256 watches open: {metrics:?} after {took:?}"
+    );
+    let (hosts, took) = timed("GET", "/v1/hosts", None);
+    assert_eq!(hosts.map(|(s, _)| s).ok(), Some(200), "{took:?}");
+    let (extra, took) = timed("GET", "/v1/watch?timeout=60s", None);
+    let (status, body) = extra.expect("a watch beyond the pool is answered at once");
+    assert!(
+        status == 503 && body.contains("broker.max_watchers"),
+        "{status} {body} after {took:?}"
+    );
+    let approve = format!("{{\"pin\":\"{}\"}}", h1.server_cert().spki_sha256_hex());
+    let started = std::time::Instant::now();
+    let approved = common::http_within(
+        broker.addr,
+        Duration::from_secs(2),
+        "POST",
+        "/v1/hosts/localhost/approve",
+        Some(&broker.token()),
+        Some(&approve),
+    );
+    assert_eq!(
+        approved.as_ref().map(|(s, _)| *s).ok(),
+        Some(200),
+        "approve with 256 watches open: {approved:?} after {:?}",
+        started.elapsed()
+    );
+
+    // The pool holds 64 (broker.max_watchers' default), still waiting; the rest were told at
+    // once to come back later.
+    let (mut refused, mut waiting) = (0, 0);
+    for s in &mut watchers {
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut head = [0u8; 12];
+        match s.read_exact(&mut head) {
+            Ok(()) if &head[9..12] == b"503" => refused += 1,
+            Ok(()) => panic!("a watch answered: {}", String::from_utf8_lossy(&head)),
+            Err(_) => waiting += 1,
+        }
+    }
+    assert_eq!((refused, waiting), (192, 64));
+}
+
+#[test]
+fn the_watch_answers_at_once_when_the_follower_names_an_epoch_of_another_broker_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(
+        dir.path(),
+        &static_host("nothing-listens", common::free_port()),
+    );
+    let first = broker.get_json("/v1/watch?since=0");
+    let epoch = first["epoch"].as_str().expect("an epoch").to_string();
+    assert!(
+        epoch.len() == 32 && epoch.chars().all(|c| c.is_ascii_hexdigit()),
+        "128 random bits in hex: {epoch:?}"
+    );
+    let revision = first["revision"].as_u64().unwrap();
+
+    // Same epoch, nothing new: the watch waits for its timeout.
+    let started = std::time::Instant::now();
+    let same = broker.get_json(&format!(
+        "/v1/watch?since={}&epoch={epoch}&timeout=2s",
+        u64::MAX
+    ));
+    assert!(started.elapsed() >= Duration::from_millis(1900));
+    assert_eq!(same["epoch"], epoch.as_str());
+
+    // Another epoch: answered at once, whatever `since` says.
+    let started = std::time::Instant::now();
+    let other = broker.get_json(&format!(
+        "/v1/watch?since={}&epoch=0123456789abcdef0123456789abcdef&timeout=30s",
+        u64::MAX
+    ));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(other["epoch"], epoch.as_str());
+    assert!(other["revision"].as_u64().unwrap() >= revision);
+
+    let broker = broker.restart();
+    let after = broker.get_json("/v1/watch?since=0");
+    assert_ne!(after["epoch"], epoch.as_str(), "a new epoch per start");
+}
+
+#[test]
+fn a_path_with_a_broken_escape_before_a_multibyte_character_gets_an_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "");
+    // `%a` followed by `é` (two bytes): decoding used to slice inside the character and panic.
+    let (status, body) = broker.get("/v1/hosts/%a\u{e9}");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = broker.get("/v1/events?host=%a\u{e9}");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !broker.process.stderr_text().contains("panicked"),
+        "{}",
+        broker.process.stderr_text()
     );
 }

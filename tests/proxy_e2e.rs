@@ -5,10 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::gateway::{identity, python, text, virsh, Gateway};
+use common::fake_broker::{inventory_pointing_h1_at, FakeBroker};
+use common::gateway::{identity, python, text, virsh, virsh_until, Gateway, ProxySetup};
 use common::raw::{raw_client, RAW_CONNECT, RAW_OPEN};
-use common::sample;
 use common::tap::Tap;
+use common::{sample, Broker, BrokerCert};
 use virtgate_testlab::libvirtd::{Libvirtd, LibvirtdOptions};
 
 const RULES: &str = r#"
@@ -659,9 +660,18 @@ fn a_separate_proxy_follows_the_brokers_inventory_over_the_watch_api() {
     }
     let port = common::free_port();
     let metrics_port = common::free_port();
+    // `virtgate broker` on loopback speaks plain HTTP; the data directory still holds the API
+    // certificate the `up` above made, so the URL is given.
+    let plain = format!("http://{api}");
     let mut proxy_cmd = std::process::Command::new(common::VIRTGATE);
     proxy_cmd
-        .args(["--config", config.to_str().unwrap(), "proxy"])
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "proxy",
+            "--broker",
+            &plain,
+        ])
         .env("VIRTGATE_PROXY__LISTEN", format!("[\"127.0.0.1:{port}\"]"))
         .env(
             "VIRTGATE_PROXY__METRICS_LISTEN",
@@ -690,6 +700,8 @@ fn a_separate_proxy_follows_the_brokers_inventory_over_the_watch_api() {
             "hosts",
             "approve",
             "h1",
+            "--broker",
+            &plain,
         ])
         .output()
         .unwrap();
@@ -1157,4 +1169,364 @@ os._exit(0)
         "calls, correct answers, threads stuck, first failure: {}",
         text(&out)
     );
+}
+
+/// The attacker's inventory is answered over HTTPS with a certificate for the right names from
+/// the attacker's own CA; a proxy that trusts the real broker's CA, or the real broker's key,
+/// takes nothing from it, so h1 stays unknown and the attacker's host sees no connection.
+#[test]
+fn a_proxy_takes_no_inventory_from_a_broker_its_ca_or_pin_does_not_vouch_for() {
+    let attackers_host = libvirtd();
+    let tap = Tap::start(
+        "127.0.0.1:0",
+        format!("127.0.0.1:{}", attackers_host.port())
+            .parse()
+            .unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let attackers_ca = virtgate_testlab::pki::Ca::new("attacker").unwrap();
+    let forged = attackers_ca
+        .issue_server(&virtgate_testlab::pki::ServerCertSpec::localhost())
+        .unwrap();
+    let (forged_cert, forged_key, attackers_ca_file) = (
+        dir.path().join("forged-cert.pem"),
+        dir.path().join("forged-key.pem"),
+        dir.path().join("attacker-ca.pem"),
+    );
+    std::fs::write(&forged_cert, &forged.cert_pem).unwrap();
+    std::fs::write(&forged_key, &forged.key_pem).unwrap();
+    std::fs::write(&attackers_ca_file, attackers_ca.cert_pem()).unwrap();
+    let fake = FakeBroker::https(
+        &forged_cert,
+        &forged_key,
+        inventory_pointing_h1_at(
+            "127.0.0.1",
+            tap.addr.port(),
+            &attackers_host.server_cert().spki_sha256_hex(),
+        ),
+    );
+    let real = BrokerCert::new(dir.path());
+    let setup = ProxySetup::write(dir.path(), "proxy", &attackers_host, None, RULES);
+    let alice = identity(&attackers_host, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let url = format!("https://127.0.0.1:{}", fake.addr.port());
+    let real_pin = format!("sha256:{}", real.pin);
+    let real_ca = real.ca_file.to_str().unwrap();
+
+    for trust in [
+        ["--broker-ca", real_ca],
+        ["--broker-pin", real_pin.as_str()],
+    ] {
+        let mut proxy = setup.start(&["--broker", &url, trust[0], trust[1]]);
+        proxy
+            .wait_for_stderr("cannot follow the broker", Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("{trust:?}: {}", proxy.stderr_text()));
+        let out = virsh(&setup.uri("h1", &alice), &["list"]);
+        assert!(
+            text(&out).contains("unknown host h1"),
+            "{trust:?}: {}\n{}",
+            text(&out),
+            proxy.stderr_text()
+        );
+        assert!(
+            proxy.stderr_text().contains("TLS with the broker"),
+            "{}",
+            proxy.stderr_text()
+        );
+        proxy.stop(Duration::from_secs(5));
+    }
+    assert!(fake.connections() >= 2, "each proxy tried the broker");
+    assert_eq!(fake.answered(), 0, "no request got past the handshake");
+    assert_eq!(tap.accepted(), 0, "the attacker's host saw no connection");
+
+    // The control: trusting the attacker's CA by mistake hands h1 to the attacker, so the
+    // refusals above are what kept it out.
+    let attackers_ca = attackers_ca_file.to_str().unwrap();
+    let mut fooled = setup.start(&["--broker", &url, "--broker-ca", attackers_ca]);
+    let out = virsh_until(
+        &setup.uri("h1", &alice),
+        &["list"],
+        Duration::from_secs(10),
+        |out| out.status.success(),
+    );
+    assert!(
+        out.status.success() && tap.accepted() > 0,
+        "{}",
+        fooled.stderr_text()
+    );
+    fooled.stop(Duration::from_secs(5));
+}
+
+/// A plain-HTTP broker beyond loopback (here in a lab namespace) is refused before the proxy
+/// sends it anything.
+#[test]
+fn a_proxy_refuses_a_plain_http_broker_beyond_loopback_and_says_how_to_enable_tls() {
+    let hosts_ca = libvirtd();
+    let lab = virtgate_testlab::netns::Lab::fresh("vgplain", &[("evil", 10), ("gw", 11)]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (requests, inventory) = (
+        dir.path().join("requests.log"),
+        dir.path().join("inventory.json"),
+    );
+    std::fs::write(&requests, "").unwrap();
+    std::fs::write(
+        &inventory,
+        inventory_pointing_h1_at(
+            "10.250.0.10",
+            16514,
+            &hosts_ca.server_cert().spki_sha256_hex(),
+        ),
+    )
+    .unwrap();
+    let mut evil_cmd = std::process::Command::new("python3");
+    evil_cmd
+        .arg("-c")
+        .arg(PLAIN_HTTP_BROKER)
+        .arg(&requests)
+        .arg(&inventory);
+    let _evil = lab.node("evil").spawn(evil_cmd).unwrap();
+    // The attacker's broker answers anyone in the lab who asks.
+    let probe = "import sys, time, urllib.request\nfor _ in range(50):\n    try:\n        urllib.request.urlopen('http://10.250.0.10:16580/reachable', timeout=1).read(); sys.exit(0)\n    except Exception:\n        time.sleep(0.1)\nsys.exit(1)";
+    let reached = lab
+        .node("gw")
+        .command("python3")
+        .arg("-c")
+        .arg(probe)
+        .status()
+        .unwrap();
+    assert!(
+        reached.success(),
+        "the fake broker does not answer in the lab"
+    );
+
+    let setup = ProxySetup::write(dir.path(), "proxy", &hosts_ca, None, RULES);
+    let mut cmd = std::process::Command::new(common::VIRTGATE);
+    cmd.args(["--config", setup.config.to_str().unwrap(), "proxy"])
+        .args(["--broker", "http://10.250.0.10:16580"]);
+    let mut proxy = lab.node("gw").spawn(cmd).unwrap();
+    let status = proxy.wait_timeout(Duration::from_secs(10));
+    let stderr = proxy.stderr_text();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "the proxy must refuse a plain-HTTP broker beyond loopback; it runs:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("plain http:// is accepted only for a broker on loopback")
+            && stderr.contains("broker.tls_cert_file")
+            && stderr.contains("--broker-ca"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&requests).unwrap(),
+        "/reachable\n",
+        "the proxy never asked the fake broker"
+    );
+}
+
+/// An HTTP server that logs each request path to argv[1] and answers it with the file argv[2].
+const PLAIN_HTTP_BROKER: &str = r#"
+import http.server, sys
+class Broker(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        with open(sys.argv[1], "a") as log:
+            log.write(self.path.split("?")[0] + "\n")
+        body = open(sys.argv[2], "rb").read()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 16580), Broker).serve_forever()
+"#;
+
+/// A broker listening beyond loopback over HTTPS: one proxy verifies it by CA and presents its
+/// backend identity (from a CA the broker lists), one verifies it by pin and sends the read
+/// token (its identity comes from a CA the broker does not list), one has neither and is
+/// refused. The approval reaches the first two within a round trip.
+#[test]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
+fn proxies_follow_a_broker_beyond_loopback_over_https_by_certificate_or_token_and_see_approvals_at_once(
+) {
+    let others = virtgate_testlab::pki::Ca::new("other gateways").unwrap();
+    let libvirtd = Libvirtd::start(LibvirtdOptions {
+        extra_client_cas: vec![others.cert_pem().to_string()],
+        ..LibvirtdOptions::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cert = BrokerCert::new(dir.path());
+    let (proxies_ca, read_token) = (
+        dir.path().join("proxies-ca.pem"),
+        dir.path().join("read.token"),
+    );
+    std::fs::write(&proxies_ca, libvirtd.ca().cert_pem()).unwrap();
+    let broker = Broker::start_beyond_loopback(
+        dir.path(),
+        &cert,
+        &format!(
+            "proxy_ca_files = [{:?}]\nread_token_file = {:?}\nprobe_interval = \"1s\"\n{}",
+            proxies_ca.display().to_string(),
+            read_token.display().to_string(),
+            host("h1", &["127.0.0.1"], libvirtd.port())
+        ),
+    );
+    broker.wait_host("h1", Duration::from_secs(15), |h| h["trust"] == "pending");
+    let other_identity = {
+        let issued = others
+            .issue_client(&virtgate_testlab::pki::ClientCertSpec::new(
+                "O=virtgate-test,CN=gateway-b",
+            ))
+            .unwrap();
+        let pki = dir.path().join("gateway-b");
+        issued.write_client_files(&pki, others.cert_pem()).unwrap();
+        (pki.join("clientcert.pem"), pki.join("clientkey.pem"))
+    };
+    let by_cert = ProxySetup::write(dir.path(), "by-cert", &libvirtd, None, RULES);
+    let by_token = ProxySetup::write(
+        dir.path(),
+        "by-token",
+        &libvirtd,
+        Some(other_identity.clone()),
+        RULES,
+    );
+    let anonymous = ProxySetup::write(
+        dir.path(),
+        "anonymous",
+        &libvirtd,
+        Some(other_identity),
+        RULES,
+    );
+    let port = broker.addr.port();
+    let (url, ca) = (
+        format!("https://127.0.0.1:{port}"),
+        cert.ca_file.to_str().unwrap(),
+    );
+    let _a = by_cert.start(&["--broker", &url, "--broker-ca", ca]);
+    let _b = by_token.start(&[
+        "--broker",
+        &format!("https://localhost:{port}"),
+        "--broker-pin",
+        &format!("sha256:{}", cert.pin),
+        "--broker-token-file",
+        read_token.to_str().unwrap(),
+    ]);
+    let mut c = anonymous.start(&["--broker", &url, "--broker-ca", ca]);
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+
+    for proxy in [&by_cert, &by_token] {
+        let pending = virsh_until(
+            &proxy.uri("h1", &alice),
+            &["list"],
+            Duration::from_secs(10),
+            |out| text(out).contains("is not trusted yet"),
+        );
+        assert!(
+            text(&pending).contains("is not trusted yet"),
+            "{}",
+            text(&pending)
+        );
+    }
+    c.wait_for_stderr("HTTP 401", Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{}", c.stderr_text()));
+    let refused = virsh(&anonymous.uri("h1", &alice), &["list"]);
+    assert!(
+        text(&refused).contains("unknown host h1"),
+        "{}",
+        text(&refused)
+    );
+
+    // The CLI speaks HTTPS too: the broker of its configuration is verified by the pin of
+    // broker.tls_cert_file, and the admin token goes with it.
+    let approved = broker.cli(&["hosts", "approve", "h1"]);
+    assert!(approved.status.success(), "{}", text(&approved));
+    for proxy in [&by_cert, &by_token] {
+        let listed = virsh_until(
+            &proxy.uri("h1", &alice),
+            &["list", "--all"],
+            Duration::from_secs(5),
+            |out| out.status.success(),
+        );
+        assert!(
+            listed.status.success() && String::from_utf8_lossy(&listed.stdout).contains("test"),
+            "the approval reaches the proxy: {}",
+            text(&listed)
+        );
+    }
+}
+
+/// Revisions start again when the broker restarts; the epoch in every watch answer makes a
+/// following proxy take the restarted broker's inventory at once, so an approval made right
+/// after the restart reaches it within a round trip, not after the old revision is passed.
+#[test]
+fn a_proxy_follows_a_restarted_broker_at_once_instead_of_waiting_for_its_old_revision() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    // Busy hosts make the revision climb fast (every probe is a change).
+    let busy: String = (0..8)
+        .map(|i| host(&format!("nothing{i}"), &["127.0.0.1"], common::free_port()))
+        .collect();
+    let broker = Broker::start(
+        dir.path(),
+        &format!(
+            "probe_interval = \"1s\"\n{}{busy}",
+            host("h1", &["127.0.0.1"], libvirtd.port())
+        ),
+    );
+    let setup = ProxySetup::write(dir.path(), "proxy", &libvirtd, None, RULES);
+    let mut proxy = setup.start(&["--broker", &broker.url()]);
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let pending = virsh_until(
+        &setup.uri("h1", &alice),
+        &["list"],
+        Duration::from_secs(15),
+        |out| text(out).contains("is not trusted yet"),
+    );
+    assert!(
+        text(&pending).contains("is not trusted yet"),
+        "{}",
+        text(&pending)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let old_revision = loop {
+        let revision = broker.get_json("/v1/watch?since=0")["revision"]
+            .as_u64()
+            .unwrap();
+        if revision >= 80 {
+            break revision;
+        }
+        assert!(std::time::Instant::now() < deadline, "revision {revision}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    // The same broker, restarted on a quiet configuration: its revisions start again, far below.
+    let config = std::fs::read_to_string(&broker.config).unwrap();
+    std::fs::write(
+        &broker.config,
+        config.replace("probe_interval = \"1s\"", "probe_interval = \"10m\""),
+    )
+    .unwrap();
+    let broker = broker.restart();
+    let approved = broker.cli(&["hosts", "approve", "h1"]);
+    assert!(approved.status.success(), "{}", text(&approved));
+    let new_revision = broker.get_json("/v1/watch?since=0")["revision"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        new_revision < old_revision,
+        "the test needs the new revisions below the old: {new_revision} vs {old_revision}"
+    );
+    let listed = virsh_until(
+        &setup.uri("h1", &alice),
+        &["list", "--all"],
+        Duration::from_secs(8),
+        |out| out.status.success(),
+    );
+    assert!(
+        listed.status.success(),
+        "the approval did not reach the proxy after the restart: {}\n{}",
+        text(&listed),
+        proxy.stderr_text()
+    );
+    proxy.stop(Duration::from_secs(5));
 }

@@ -206,3 +206,99 @@ fn an_old_single_ca_data_directory_is_split_once_and_the_banner_says_what_hosts_
     );
     assert!(field(&lines, "host setup").contains(&backend_ca.display().to_string()));
 }
+
+#[test]
+fn up_serves_its_api_over_https_with_a_development_certificate_it_reuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, port) = (free_port(), free_port());
+    let data = dir.path().join("data");
+    let write_config = |listen: &str| {
+        let config = dir.path().join("virtgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[broker]\ndata_dir = {:?}\nlisten = \"{listen}:{api}\"\ndiscovery = false\n[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n",
+                data.display().to_string()
+            ),
+        )
+        .unwrap();
+        config
+    };
+    let config = write_config("127.0.0.1");
+    let (mut first, lines) = up(&config);
+    assert_eq!(
+        field(&lines, "inventory API"),
+        format!("https://127.0.0.1:{api}/v1/hosts")
+    );
+    assert!(
+        field(&lines, "API certificate").contains("(created;"),
+        "{lines:#?}"
+    );
+    let broker_dir = data.join("pki/broker");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&broker_dir), 0o700);
+    assert_eq!(mode(&broker_dir.join("serverkey.pem")), 0o600);
+    let ca = broker_dir.join("cacert.pem");
+    let cert = std::fs::read(broker_dir.join("servercert.pem")).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{api}").parse().unwrap();
+    let tls = common::tls_client(&ca, None);
+    let (status, body) = common::https(addr, &tls, "GET", "/v1/hosts", None, None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        !common::http(addr, "GET", "/metrics", None, None).is_ok_and(|(s, _)| s == 200),
+        "no plain HTTP once the API has a certificate"
+    );
+    // The CLI finds the development CA of the local broker by itself, and refuses another CA.
+    let cli = |args: &[&str]| {
+        Command::new(VIRTGATE)
+            .args(["--config", config.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let hosts = cli(&["hosts"]);
+    assert!(hosts.status.success(), "{}", text(&hosts));
+    let stranger = virtgate_testlab::pki::Ca::new("stranger").unwrap();
+    let stranger_file = dir.path().join("stranger.pem");
+    std::fs::write(&stranger_file, stranger.cert_pem()).unwrap();
+    let refused = cli(&[
+        "certs",
+        "--broker",
+        &format!("https://127.0.0.1:{api}"),
+        "--broker-ca",
+        stranger_file.to_str().unwrap(),
+    ]);
+    assert!(
+        !refused.status.success() && text(&refused).contains("TLS with the broker"),
+        "{}",
+        text(&refused)
+    );
+    first.stop(Duration::from_secs(5));
+
+    // Beyond loopback: the same certificate, and reads need a credential; the development
+    // backend identity (what a separate proxy would present) is one.
+    let config = write_config("0.0.0.0");
+    let (_second, lines) = up(&config);
+    assert!(
+        field(&lines, "API certificate").contains("(reused;"),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        std::fs::read(broker_dir.join("servercert.pem")).unwrap(),
+        cert
+    );
+    let (status, _) = common::https(addr, &tls, "GET", "/v1/hosts", None, None).unwrap();
+    assert_eq!(status, 401);
+    let backend = data.join("pki/backend");
+    let proxy_tls = common::tls_client(
+        &ca,
+        Some((
+            &backend.join("clientcert.pem"),
+            &backend.join("clientkey.pem"),
+        )),
+    );
+    let (status, body) = common::https(addr, &proxy_tls, "GET", "/v1/hosts", None, None).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let hosts = cli(&["hosts"]);
+    assert!(hosts.status.success(), "{}", text(&hosts));
+}

@@ -1,11 +1,13 @@
 //! The one client of the broker's API: typed requests and answers, bounded in time.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -13,6 +15,7 @@ use crate::model::{
     ApproveRequest, CertificateRow, ErrorBody, Event, ForgetResponse, Host, HostDetail,
     WatchResponse,
 };
+use crate::tls::{BrokerTrust, ClientIdentity};
 
 /// How long reaching the broker (TCP connect) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -23,10 +26,34 @@ const MAX_ANSWER: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{url:?} is not a broker URL: {why}; use http://HOST:PORT")]
+    #[error("{url:?} is not a broker URL: {why}; use https://HOST:PORT (or http://127.0.0.1:PORT for a broker on this machine)")]
     BadUrl { url: String, why: &'static str },
+    #[error(
+        "{url}: plain http:// is accepted only for a broker on loopback, because whoever sits \
+         between here and the broker could rewrite the inventory and the pins this client \
+         trusts; serve the broker's API over HTTPS (broker.tls_cert_file and tls_key_file, or \
+         `virtgate up`, which issues a development certificate) and use https://HOST:PORT with \
+         --broker-ca FILE or --broker-pin sha256:…"
+    )]
+    PlainHttpBeyondLoopback { url: String },
+    #[error(
+        "nothing to verify the broker's certificate with: pass --broker-ca FILE (the CA that \
+         issued it; proxy.broker_ca_file) or --broker-pin sha256:… (its key's pin; \
+         proxy.broker_pin)"
+    )]
+    NoTrust,
+    #[error("TLS towards the broker: {0}")]
+    TlsSetup(String),
+    #[error(transparent)]
+    Pem(#[from] virtgate_pki::PemError),
     #[error("cannot reach the broker at {url}: {source}; is `virtgate up` (or `virtgate broker`) running there? (--broker URL)")]
     Connect { url: String, source: std::io::Error },
+    #[error(
+        "TLS with the broker at {url} failed: {reason}; check --broker-ca / --broker-pin (the \
+         broker's certificate must come from that CA and cover the URL's host name, or carry \
+         that pin) and that the broker serves HTTPS there"
+    )]
+    Tls { url: String, reason: String },
     #[error("the broker at {url} did not answer within {limit:?}")]
     Timeout { url: String, limit: Duration },
     #[error("talking to the broker at {url}: {source}")]
@@ -49,12 +76,25 @@ impl ClientError {
     }
 }
 
-/// Where the broker is: `http://HOST:PORT`.
+/// How the API is spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// Where the broker is: `https://HOST[:PORT]`, or `http://` with a loopback host. The port
+/// defaults to 16580.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerUrl {
-    /// `HOST:PORT`, as connected to and sent in `Host:`.
-    authority: String,
+    scheme: Scheme,
+    /// Without brackets.
+    host: String,
+    port: u16,
 }
+
+/// The broker's port when a URL names none.
+pub const DEFAULT_PORT: u16 = 16580;
 
 impl BrokerUrl {
     pub fn parse(url: &str) -> Result<Self, ClientError> {
@@ -62,46 +102,143 @@ impl BrokerUrl {
             url: url.to_string(),
             why,
         };
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| bad("only http:// URLs are supported"))?;
+        let (scheme, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (Scheme::Https, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (Scheme::Http, rest)
+        } else {
+            return Err(bad("it must start with https:// or http://"));
+        };
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
             return Err(bad("expected no path, query or user name"));
         }
-        Ok(Self {
-            authority: authority.to_string(),
-        })
+        let (host, port) = split_host_port(authority).ok_or_else(|| {
+            bad("expected HOST, HOST:PORT, or [IPv6]:PORT with a port from 1 to 65535")
+        })?;
+        let parsed = Self {
+            scheme,
+            host: host.to_string(),
+            port,
+        };
+        if scheme == Scheme::Http && !parsed.is_loopback() {
+            return Err(ClientError::PlainHttpBeyondLoopback {
+                url: url.to_string(),
+            });
+        }
+        Ok(parsed)
     }
 
-    pub fn authority(&self) -> &str {
-        &self.authority
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
     }
+
+    /// The host name or address, IPv6 without brackets.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `HOST:PORT`, as connected to and sent in `Host:` (IPv6 in brackets).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Whether the host is `localhost` or a loopback address.
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.to_canonical().is_loopback())
+    }
+}
+
+fn split_host_port(authority: &str) -> Option<(&str, u16)> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        host.parse::<std::net::Ipv6Addr>().ok()?;
+        match after {
+            "" => (host, None),
+            _ => (host, Some(after.strip_prefix(':')?)),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() || (!authority.starts_with('[') && host.contains(':')) {
+        return None;
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => p.parse().ok().filter(|p| *p != 0)?,
+    };
+    Some((host, port))
 }
 
 impl std::fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}", self.authority)
+        let scheme = match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        write!(f, "{scheme}://{}", self.authority())
     }
 }
 
 /// A client of one broker. Cheap to clone; every request is its own connection (requests are
 /// rare: CLI commands, and one long-poll at a time per proxy).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     url: BrokerUrl,
     token: Option<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Debug output ends up in logs; the token must not.
+        f.debug_struct("Client")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Client {
+    /// A client of `url`; an `https://` URL needs [`Client::with_tls`] too.
     pub fn new(url: BrokerUrl) -> Self {
-        Self { url, token: None }
+        Self {
+            url,
+            token: None,
+            tls: None,
+        }
     }
 
     /// Sends `Authorization: Bearer TOKEN` with every request.
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
+    }
+
+    /// How an `https://` broker is verified, and the client certificate offered to it.
+    pub fn with_tls(
+        mut self,
+        trust: &BrokerTrust,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<Self, ClientError> {
+        self.tls = Some(crate::tls::client_config(trust, identity)?);
+        Ok(self)
     }
 
     pub fn url(&self) -> &BrokerUrl {
@@ -156,9 +293,18 @@ impl Client {
         self.post(&path, &serde_json::json!({})).await
     }
 
-    /// Long-poll: answers once the inventory's revision passes `since`, or after `timeout`.
-    pub async fn watch(&self, since: u64, timeout: Duration) -> Result<WatchResponse, ClientError> {
-        let path = format!("/v1/watch?since={since}&timeout={}s", timeout.as_secs());
+    /// Long-poll: answers once the inventory's revision passes `since`, or after `timeout` —
+    /// or at once when the broker's epoch is not `epoch` (it restarted since).
+    pub async fn watch(
+        &self,
+        since: u64,
+        epoch: Option<&str>,
+        timeout: Duration,
+    ) -> Result<WatchResponse, ClientError> {
+        let mut path = format!("/v1/watch?since={since}&timeout={}s", timeout.as_secs());
+        if let Some(epoch) = epoch {
+            path.push_str(&format!("&epoch={}", encode(epoch)));
+        }
         self.get(&path, timeout + REQUEST_TIMEOUT).await
     }
 
@@ -211,22 +357,58 @@ impl Client {
         body: Bytes,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let url = self.url.to_string();
+        let timeout = || ClientError::Timeout {
+            url: url.clone(),
+            limit: CONNECT_TIMEOUT,
+        };
         let connect = tokio::net::TcpStream::connect(self.url.authority());
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
-            .map_err(|_| ClientError::Timeout {
-                url: url.clone(),
-                limit: CONNECT_TIMEOUT,
-            })?
+            .map_err(|_| timeout())?
             .map_err(|source| ClientError::Connect {
                 url: url.clone(),
                 source,
             })?;
+        match self.url.scheme() {
+            Scheme::Http => self.exchange_over(stream, method, path, body).await,
+            Scheme::Https => {
+                let config = self.tls.clone().ok_or(ClientError::NoTrust)?;
+                let name = ServerName::try_from(self.url.host().to_string()).map_err(|_| {
+                    ClientError::BadUrl {
+                        url: url.clone(),
+                        why: "the host is neither a DNS name nor an IP address",
+                    }
+                })?;
+                let handshake = tokio_rustls::TlsConnector::from(config).connect(name, stream);
+                let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+                    .await
+                    .map_err(|_| timeout())?
+                    .map_err(|source| ClientError::Tls {
+                        url: url.clone(),
+                        reason: crate::tls::describe(&source),
+                    })?;
+                self.exchange_over(stream, method, path, body).await
+            }
+        }
+    }
+
+    /// One request and its answer over `io` (TCP or TLS).
+    async fn exchange_over<IO>(
+        &self,
+        io: IO,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), ClientError>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let url = self.url.to_string();
         let http = |source| ClientError::Http {
             url: url.clone(),
             source,
         };
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(http)?;
         let mut builder = Request::builder()
@@ -287,13 +469,75 @@ mod tests {
     use super::*;
 
     #[test]
-    fn broker_urls_are_plain_http_authorities() {
+    fn broker_urls_are_authorities_with_a_scheme_and_a_default_port() {
         let url = BrokerUrl::parse("http://127.0.0.1:16580/").unwrap();
         assert_eq!(url.authority(), "127.0.0.1:16580");
         assert_eq!(url.to_string(), "http://127.0.0.1:16580");
-        assert!(BrokerUrl::parse("127.0.0.1:16580").is_err());
-        assert!(BrokerUrl::parse("http://h/v1").is_err());
-        assert!(BrokerUrl::parse("http://").is_err());
+        let url = BrokerUrl::parse("https://[fd00::7]").unwrap();
+        assert_eq!((url.host(), url.port()), ("fd00::7", DEFAULT_PORT));
+        assert_eq!(url.to_string(), "https://[fd00::7]:16580");
+        assert_eq!(
+            BrokerUrl::parse("https://broker.example.org:443")
+                .unwrap()
+                .authority(),
+            "broker.example.org:443"
+        );
+        for bad in [
+            "127.0.0.1:16580",
+            "ftp://h",
+            "http://h/v1",
+            "http://",
+            "https://:16580",
+            "https://h:0",
+            "https://h:http",
+            "https://fd00::7",
+            "https://[nohost]:1",
+            "https://user@h",
+        ] {
+            assert!(
+                matches!(BrokerUrl::parse(bad), Err(ClientError::BadUrl { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_http_is_refused_for_a_broker_beyond_loopback_with_how_to_enable_tls() {
+        for local in [
+            "http://127.0.0.1:1",
+            "http://127.8.9.1:1",
+            "http://[::1]:1",
+            "http://[::ffff:127.0.0.1]:1",
+            "http://localhost:1",
+            "http://LOCALHOST",
+        ] {
+            assert!(BrokerUrl::parse(local).is_ok(), "{local}");
+        }
+        for remote in [
+            "http://10.0.0.5:16580",
+            "http://0.0.0.0:16580",
+            "http://[fd00::1]:16580",
+            "http://broker.example.org",
+        ] {
+            let error = BrokerUrl::parse(remote).unwrap_err();
+            assert!(
+                matches!(error, ClientError::PlainHttpBeyondLoopback { .. }),
+                "{remote}: {error}"
+            );
+            let text = error.to_string();
+            assert!(
+                text.contains("broker.tls_cert_file") && text.contains("--broker-ca"),
+                "{text}"
+            );
+            assert!(BrokerUrl::parse(&remote.replace("http://", "https://")).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_client_never_shows_its_token() {
+        let client =
+            Client::new(BrokerUrl::parse("http://127.0.0.1:1").unwrap()).with_token("s3cr3t-t0ken");
+        assert!(!format!("{client:?}").contains("s3cr3t"), "{client:?}");
     }
 
     #[test]

@@ -32,22 +32,33 @@ impl Follower {
         (Self { client, copy }, followed)
     }
 
+    /// Long-polls the watch until `shutdown`. Each answer carries the whole inventory and
+    /// replaces the copy. The broker's epoch goes with every poll: after a broker restart its
+    /// revisions start again, so the broker answers at once, and the follower starts over from
+    /// that answer instead of waiting for the new revisions to pass the old ones.
     pub async fn run(self, shutdown: CancellationToken) {
         let mut since = 0u64;
+        let mut epoch: Option<String> = None;
+        let mut following = false;
         let mut backoff = BACKOFF_FIRST;
         let broker = self.client.url().to_string();
         loop {
             let answer = tokio::select! {
-                answer = self.client.watch(since, POLL) => answer,
+                answer = self.client.watch(since, epoch.as_deref(), POLL) => answer,
                 () = shutdown.cancelled() => return,
             };
             match answer {
                 Ok(snapshot) => {
                     backoff = BACKOFF_FIRST;
-                    if since == 0 {
-                        info!(%broker, hosts = snapshot.hosts.len(), "following the broker's inventory");
+                    let hosts = snapshot.hosts.len();
+                    if !following {
+                        following = true;
+                        info!(%broker, hosts, "following the broker's inventory");
+                    } else if epoch.as_ref().is_some_and(|known| *known != snapshot.epoch) {
+                        info!(%broker, hosts, "the broker restarted; following its inventory from the start");
                     }
                     since = snapshot.revision;
+                    epoch = Some(snapshot.epoch.clone()).filter(|e| !e.is_empty());
                     self.copy.send_replace(Some(Arc::new(snapshot)));
                 }
                 Err(e) => {

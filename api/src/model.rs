@@ -333,11 +333,16 @@ pub struct HostDetail {
     pub events: Vec<Event>,
 }
 
-/// `GET /v1/watch`: the whole inventory at `revision`.
+/// `GET /v1/watch`: the whole inventory at `revision` of the broker start `epoch`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WatchResponse {
     pub revision: u64,
     pub hosts: Vec<Host>,
+    /// Random per broker start (128 bits, hex): revisions of another epoch are not comparable,
+    /// so a follower that sees it change takes the answer as a fresh copy. Empty from brokers
+    /// older than the field.
+    #[serde(default)]
+    pub epoch: String,
 }
 
 /// `POST /v1/hosts/{name}/approve`.

@@ -1,44 +1,92 @@
-//! The HTTP API (`/v1/...`), `/metrics`, `/healthz`, `/readyz`. Documented in `docs/openapi.yaml`.
+//! The HTTP API (`/v1/...`), `/metrics`, `/healthz`, `/readyz`, over HTTPS (or plain HTTP on
+//! loopback). Documented in `docs/openapi.yaml`.
+//!
+//! Who may do what: `/metrics`, `/healthz` and `/readyz` are open (Prometheus scrapes them).
+//! Reading the inventory needs, when [`ApiState::reads_need_auth`], a client certificate from
+//! `broker.proxy_ca_files`, the read token or the admin token. Changing it needs the admin token.
+//!
+//! Bounds: connections at once ([`MAX_CONNECTIONS`]; more are closed at accept), a header
+//! deadline, watches in their own pool (`broker.max_watchers`; a full pool answers 503 at once),
+//! and every other request waits at most [`SLOT_WAIT`] for one of [`MAX_REQUESTS`] slots.
+
+mod tls;
+
+pub use tls::server_config;
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
 use tracing::{debug, info, warn};
-use virtgate_api::{
-    ApproveRequest, CertificateRow, ErrorBody, ForgetResponse, Host, HostDetail, WatchResponse,
-};
+use virtgate_api::{ApproveRequest, CertificateRow, ErrorBody, ForgetResponse, Host, HostDetail};
 
+use crate::http_path::{self, Action, Endpoint};
 use crate::inventory::{Inventory, InventoryError};
 use crate::metrics::Metrics;
 
 /// Largest request body accepted (approve bodies are ~100 bytes).
 const MAX_BODY: usize = 64 * 1024;
-/// Longest a watch request is held open.
-const MAX_WATCH: Duration = Duration::from_secs(60);
+/// Connections open at once; further ones are closed as soon as they are accepted.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Requests other than watches served at once.
+pub const MAX_REQUESTS: usize = 256;
+/// How long a request waits for one of [`MAX_REQUESTS`] slots before it is answered 503.
+pub const SLOT_WAIT: Duration = Duration::from_secs(5);
+/// Budget for a client's TLS handshake, and for its request headers.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct ApiState {
     pub inventory: Arc<Inventory>,
     pub metrics: Arc<Metrics>,
     pub admin_token: String,
+    /// The read token (`broker.read_token_file`), if one is configured.
+    pub read_token: Option<String>,
     pub token_path: String,
+    /// Random per broker start: a follower whose epoch differs resynchronises at once.
+    pub epoch: String,
+    /// Whether reading the inventory needs a client certificate or a token.
+    pub reads_need_auth: bool,
+    /// Watch long-polls held at once: `max_watchers` permits.
+    pub watchers: Semaphore,
+    pub max_watchers: usize,
+    /// Other requests served at once.
+    pub requests: Semaphore,
+    /// How long a request waits for one of `requests` ([`SLOT_WAIT`]).
+    pub slot_wait: Duration,
 }
 
 type Body = Full<Bytes>;
 
-pub async fn serve(listener: TcpListener, state: Arc<ApiState>, shutdown: CancellationToken) {
-    let limit = tower::limit::GlobalConcurrencyLimitLayer::new(256);
+/// Who is calling, as far as the connection tells.
+#[derive(Debug, Clone, Copy)]
+struct Caller {
+    peer: SocketAddr,
+    /// Presented a client certificate that verified against `broker.proxy_ca_files`.
+    certified: bool,
+}
+
+/// Serves the API on `listener` until `shutdown`: HTTPS with `tls`, plain HTTP without.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<ApiState>,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -49,26 +97,61 @@ pub async fn serve(listener: TcpListener, state: Arc<ApiState>, shutdown: Cancel
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             () = shutdown.cancelled() => break,
         };
-        let state = state.clone();
-        let service = ServiceBuilder::new()
-            .layer(limit.clone())
-            .service(tower::service_fn(move |req| handle(state.clone(), req)));
-        let shutdown = shutdown.clone();
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, limit = MAX_CONNECTIONS, "too many API connections; closing a new one");
+            continue;
+        };
+        let (state, tls, shutdown) = (state.clone(), tls.clone(), shutdown.clone());
         connections.spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-            tokio::select! {
-                result = conn => if let Err(e) = result {
-                    debug!(%peer, error = %e, "HTTP connection ended with an error");
-                },
-                () = shutdown.cancelled() => {}
-            }
+            let _slot = slot;
+            let Some(acceptor) = tls else {
+                let caller = Caller {
+                    peer,
+                    certified: false,
+                };
+                return serve_connection(stream, caller, state, shutdown).await;
+            };
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return debug!(%peer, error = %e, "API TLS handshake failed"),
+                    Err(_) => return debug!(%peer, "API TLS handshake timed out"),
+                };
+            let certified = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .is_some_and(|chain| !chain.is_empty());
+            let caller = Caller { peer, certified };
+            serve_connection(stream, caller, state, shutdown).await;
         });
     }
     // Connections (long-polls included) end with the broker.
     connections.shutdown().await;
+}
+
+async fn serve_connection<IO>(
+    io: IO,
+    caller: Caller,
+    state: Arc<ApiState>,
+    shutdown: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(&state, caller, req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::select! {
+        result = conn => if let Err(e) = result {
+            debug!(peer = %caller.peer, error = %e, "HTTP connection ended with an error");
+        },
+        () = shutdown.cancelled() => {}
+    }
 }
 
 fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
@@ -89,6 +172,24 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     )
 }
 
+/// 503 with `Retry-After`: the broker is busy, not broken.
+fn busy(message: String) -> Response<Body> {
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, message);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, hyper::header::HeaderValue::from_static("1"));
+    response
+}
+
+fn unauthorized(message: String) -> Response<Body> {
+    let mut response = error(StatusCode::UNAUTHORIZED, message);
+    response.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        hyper::header::HeaderValue::from_static("Bearer realm=\"virtgate\""),
+    );
+    response
+}
+
 fn text(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
     Response::builder()
         .status(status)
@@ -97,31 +198,41 @@ fn text(status: StatusCode, content_type: &str, body: String) -> Response<Body> 
         .expect("valid response")
 }
 
-fn query_param<'a>(req: &'a Request<Incoming>, key: &str) -> Option<&'a str> {
-    req.uri()
-        .query()?
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v)
+/// The bearer token of the request, if it sends one.
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    let value = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    Some(value.strip_prefix("Bearer ")?.trim())
 }
 
-fn authorized(state: &ApiState, req: &Request<Incoming>) -> bool {
-    let Some(value) = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some(token) = value.strip_prefix("Bearer ") else {
-        return false;
-    };
-    constant_time_eq(token.trim().as_bytes(), state.admin_token.as_bytes())
+/// Compares the SHA-256 digests of both in constant time: neither the content nor the length
+/// of the expected token shows in the timing.
+fn token_matches(given: &str, expected: &str) -> bool {
+    let (a, b) = (Sha256::digest(given), Sha256::digest(expected));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+fn is_admin(state: &ApiState, req: &Request<Incoming>) -> bool {
+    bearer(req).is_some_and(|token| token_matches(token, &state.admin_token))
+}
+
+/// A client certificate, the read token or the admin token.
+fn may_read(state: &ApiState, caller: Caller, req: &Request<Incoming>) -> bool {
+    if caller.certified {
+        return true;
+    }
+    let Some(token) = bearer(req) else {
+        return false;
+    };
+    // Both compared, so the timing does not tell which token it was.
+    let admin = token_matches(token, &state.admin_token);
+    let read = state
+        .read_token
+        .as_deref()
+        .is_some_and(|expected| token_matches(token, expected));
+    admin | read
 }
 
 fn inventory_error(e: InventoryError) -> Response<Body> {
@@ -136,99 +247,129 @@ fn inventory_error(e: InventoryError) -> Response<Body> {
     error(status, e.to_string())
 }
 
-async fn handle(
-    state: Arc<ApiState>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+async fn handle(state: &ApiState, caller: Caller, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let response = route(&state, req).await;
-    if method == Method::POST {
-        info!(%method, %path, status = response.status().as_u16(), "API request");
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_string();
+    let endpoint = http_path::parse_request(method.as_str(), &target);
+    let response = admit(state, caller, endpoint, req).await;
+    let path = target.split('?').next().unwrap_or_default();
+    let status = response.status().as_u16();
+    if method == Method::POST || status == 401 {
+        info!(%method, path, status, peer = %caller.peer, "API request");
     } else {
-        debug!(%method, %path, status = response.status().as_u16(), "API request");
+        debug!(%method, path, status, peer = %caller.peer, "API request");
     }
-    Ok(response)
+    response
 }
 
-async fn route(state: &ApiState, req: Request<Incoming>) -> Response<Body> {
-    let path: Vec<String> = req
-        .uri()
-        .path()
-        .trim_matches('/')
-        .split('/')
-        .map(percent_decode)
-        .collect();
-    let segments: Vec<&str> = path.iter().map(String::as_str).collect();
-    match (req.method(), segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => text(StatusCode::OK, "text/plain", "ok\n".into()),
-        (&Method::GET, ["readyz"]) => text(StatusCode::OK, "text/plain", "ready\n".into()),
-        (&Method::GET, ["metrics"]) => text(
+/// Authentication, then a slot from the pool the endpoint belongs to, then the answer.
+async fn admit(
+    state: &ApiState,
+    caller: Caller,
+    endpoint: Endpoint,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    if endpoint.reads_inventory() && state.reads_need_auth && !may_read(state, caller, &req) {
+        return unauthorized(
+            "reading the inventory here needs a client certificate issued by a CA of \
+             broker.proxy_ca_files, or `Authorization: Bearer <token>` with the read token \
+             (broker.read_token_file) or the admin token; `virtgate proxy` sends them with \
+             --broker-token-file FILE or presents its proxy.backend_cert_file"
+                .to_string(),
+        );
+    }
+    match endpoint {
+        Endpoint::Healthz => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        Endpoint::Readyz => text(StatusCode::OK, "text/plain", "ready\n".into()),
+        Endpoint::Watch {
+            since,
+            timeout,
+            epoch,
+        } => {
+            let Ok(_slot) = state.watchers.try_acquire() else {
+                return busy(format!(
+                    "{} watches are open already (broker.max_watchers); retry in a moment",
+                    state.max_watchers
+                ));
+            };
+            watch(state, since, timeout, epoch.as_deref()).await
+        }
+        endpoint => {
+            let wait = state.slot_wait;
+            let Ok(Ok(_slot)) = tokio::time::timeout(wait, state.requests.acquire()).await else {
+                return busy(format!(
+                    "the broker is busy (every request slot taken for more than {wait:?}); \
+                     retry in a moment"
+                ));
+            };
+            route(state, endpoint, req).await
+        }
+    }
+}
+
+async fn route(state: &ApiState, endpoint: Endpoint, req: Request<Incoming>) -> Response<Body> {
+    match endpoint {
+        Endpoint::Metrics => text(
             StatusCode::OK,
             "text/plain; version=0.0.4",
             state.metrics.render(&state.inventory),
         ),
-        (&Method::GET, ["v1", "hosts"]) => json_response(StatusCode::OK, &state.inventory.hosts()),
-        (&Method::GET, ["v1", "hosts", name]) => match state.inventory.host(name) {
-            Some(host) => {
-                let detail = HostDetail {
-                    host,
-                    certificate_history: state
-                        .inventory
-                        .certificate_history(name)
-                        .unwrap_or_default(),
-                    events: state
-                        .inventory
-                        .events(Some(name), 0, 50)
-                        .unwrap_or_default(),
-                };
-                json_response(StatusCode::OK, &detail)
+        Endpoint::Hosts => json_response(StatusCode::OK, &state.inventory.hosts()),
+        Endpoint::Host { name } => host_detail(state, &name),
+        Endpoint::Certificates { expiring_within } => match expiring_within {
+            Ok(within) => {
+                let rows =
+                    certificate_rows(&state.inventory.hosts(), state.inventory.now(), within);
+                json_response(StatusCode::OK, &rows)
             }
-            None => error(
-                StatusCode::NOT_FOUND,
-                format!("no host named {name:?}; GET /v1/hosts lists them"),
+            Err(e) => error(
+                StatusCode::BAD_REQUEST,
+                format!("expiring_within: {e}; use e.g. 30d"),
             ),
         },
-        (&Method::GET, ["v1", "certificates"]) => {
-            let within = match query_param(&req, "expiring_within").map(humantime::parse_duration) {
-                None => None,
-                Some(Ok(d)) => Some(d),
-                Some(Err(e)) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!("expiring_within: {e}; use e.g. 30d"),
-                    )
-                }
-            };
-            let rows = certificate_rows(&state.inventory.hosts(), state.inventory.now(), within);
-            json_response(StatusCode::OK, &rows)
-        }
-        (&Method::GET, ["v1", "events"]) => {
-            let host = query_param(&req, "host").map(percent_decode);
-            let after = query_param(&req, "after")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let limit = query_param(&req, "limit")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(200usize)
-                .min(10_000);
+        Endpoint::Events { host, after, limit } => {
             match state.inventory.events(host.as_deref(), after, limit) {
                 Ok(events) => json_response(StatusCode::OK, &events),
                 Err(e) => inventory_error(e),
             }
         }
-        (&Method::GET, ["v1", "watch"]) => watch(state, &req).await,
-        (&Method::POST, ["v1", "hosts", name, action @ ("approve" | "forget")]) => {
-            let (name, action) = (name.to_string(), action.to_string());
-            change(state, req, &name, &action).await
-        }
-        (_, segments) if is_known_path(segments) => error(
+        Endpoint::Change { name, action } => change(state, req, &name, action).await,
+        Endpoint::MethodNotAllowed => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed; see docs/openapi.yaml",
         ),
-        _ => error(
+        Endpoint::NotFound | Endpoint::Healthz | Endpoint::Readyz | Endpoint::Watch { .. } => {
+            error(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see docs/openapi.yaml",
+            )
+        }
+    }
+}
+
+fn host_detail(state: &ApiState, name: &str) -> Response<Body> {
+    match state.inventory.host(name) {
+        Some(host) => {
+            let detail = HostDetail {
+                host,
+                certificate_history: state
+                    .inventory
+                    .certificate_history(name)
+                    .unwrap_or_default(),
+                events: state
+                    .inventory
+                    .events(Some(name), 0, 50)
+                    .unwrap_or_default(),
+            };
+            json_response(StatusCode::OK, &detail)
+        }
+        None => error(
             StatusCode::NOT_FOUND,
-            "no such endpoint; see docs/openapi.yaml",
+            format!("no host named {name:?}; GET /v1/hosts lists them"),
         ),
     }
 }
@@ -238,34 +379,32 @@ async fn change(
     state: &ApiState,
     req: Request<Incoming>,
     name: &str,
-    action: &str,
+    action: Action,
 ) -> Response<Body> {
-    if !authorized(state, &req) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            format!(
-                "missing or wrong bearer token; the admin token is in {}",
-                state.token_path
-            ),
-        );
+    if !is_admin(state, &req) {
+        return unauthorized(format!(
+            "missing or wrong bearer token; the admin token is in {}",
+            state.token_path
+        ));
     }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}")),
     };
-    if action == "approve" {
-        let Ok(ApproveRequest { pin }) = serde_json::from_slice(&body) else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "body must be JSON {\"pin\": \"<SPKI SHA-256 hex>\"}",
-            );
-        };
-        match state.inventory.approve(name, &pin) {
-            Ok(host) => json_response(StatusCode::OK, &host),
-            Err(e) => inventory_error(e),
+    match action {
+        Action::Approve => {
+            let Ok(ApproveRequest { pin }) = serde_json::from_slice(&body) else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "body must be JSON {\"pin\": \"<SPKI SHA-256 hex>\"}",
+                );
+            };
+            match state.inventory.approve(name, &pin) {
+                Ok(host) => json_response(StatusCode::OK, &host),
+                Err(e) => inventory_error(e),
+            }
         }
-    } else {
-        match state.inventory.forget(
+        Action::Forget => match state.inventory.forget(
             name,
             "forgotten by an operator",
             virtgate_api::EventKind::Forgotten,
@@ -278,41 +417,40 @@ async fn change(
             ),
             Ok(false) => error(StatusCode::NOT_FOUND, format!("no host named {name:?}")),
             Err(e) => inventory_error(e),
-        }
+        },
     }
 }
 
-fn is_known_path(segments: &[&str]) -> bool {
-    matches!(
-        segments,
-        ["healthz" | "readyz" | "metrics"]
-            | ["v1", "hosts" | "certificates" | "events" | "watch"]
-            | ["v1", "hosts", _]
-            | ["v1", "hosts", _, "approve" | "forget"]
-    )
-}
-
 /// Long-poll: answers as soon as the inventory revision exceeds `since`, or after `timeout`
-/// (default 30 s) with the current state either way.
-async fn watch(state: &ApiState, req: &Request<Incoming>) -> Response<Body> {
-    let since: u64 = query_param(req, "since")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let timeout = query_param(req, "timeout")
-        .and_then(|v| humantime::parse_duration(v).ok())
-        .unwrap_or(Duration::from_secs(30))
-        .min(MAX_WATCH);
-    let mut rx = state.inventory.subscribe();
-    let wait = async {
-        while *rx.borrow_and_update() <= since {
-            if rx.changed().await.is_err() {
-                break;
+/// with the current state either way — and at once when the caller names another `epoch`
+/// (it followed an earlier start of this broker, whose revisions mean nothing here).
+async fn watch(
+    state: &ApiState,
+    since: u64,
+    timeout: Duration,
+    epoch: Option<&str>,
+) -> Response<Body> {
+    let restarted = epoch.is_some_and(|e| e != state.epoch);
+    if !restarted {
+        let mut rx = state.inventory.subscribe();
+        let wait = async {
+            while *rx.borrow_and_update() <= since {
+                if rx.changed().await.is_err() {
+                    break;
+                }
             }
-        }
-    };
-    let _ = tokio::time::timeout(timeout, wait).await;
+        };
+        let _ = tokio::time::timeout(timeout, wait).await;
+    }
     let (revision, hosts) = state.inventory.snapshot();
-    json_response(StatusCode::OK, &WatchResponse { revision, hosts })
+    json_response(
+        StatusCode::OK,
+        &virtgate_api::WatchResponse {
+            revision,
+            hosts,
+            epoch: state.epoch.clone(),
+        },
+    )
 }
 
 /// Every certificate hosts present now, sorted by expiry; optionally only those expiring within
@@ -357,20 +495,75 @@ fn certificate_rows(hosts: &[Host], now: i64, within: Option<Duration>) -> Vec<C
     rows
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-        i += 1;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cert::Windows;
+    use crate::config::FirstSight;
+    use crate::inventory::{SystemClock, TrustPolicy};
+    use crate::store::Store;
+    use crate::tls::TrustAnchors;
+    use virtgate_api::{BrokerUrl, Client, ClientError};
+
+    /// The API on a loopback port with `requests` and `watchers` slots, over an empty
+    /// inventory; requests wait 200 ms for a slot.
+    async fn api(dir: &std::path::Path, requests: usize, watchers: usize) -> Client {
+        let policy = TrustPolicy {
+            windows: Windows {
+                warning: Duration::from_secs(30 * 86400),
+                critical: Duration::from_secs(7 * 86400),
+            },
+            first_sight: FirstSight::Approve,
+            anchors: TrustAnchors::none(),
+        };
+        let store = Store::open(&dir.join("i.sqlite")).unwrap();
+        let state = Arc::new(ApiState {
+            inventory: Arc::new(Inventory::open(store, policy, Arc::new(SystemClock)).unwrap()),
+            metrics: Arc::new(Metrics::new()),
+            admin_token: "admin".into(),
+            read_token: None,
+            token_path: "admin.token".into(),
+            epoch: "e".into(),
+            reads_need_auth: false,
+            watchers: Semaphore::new(watchers),
+            max_watchers: watchers,
+            requests: Semaphore::new(requests),
+            slot_wait: Duration::from_millis(200),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(serve(listener, None, state, CancellationToken::new()));
+        Client::new(BrokerUrl::parse(&url).unwrap())
     }
-    String::from_utf8_lossy(&out).into_owned()
+
+    fn busy(result: Result<impl std::fmt::Debug, ClientError>) -> bool {
+        matches!(result, Err(e) if e.status() == Some(StatusCode::SERVICE_UNAVAILABLE))
+    }
+
+    #[tokio::test]
+    async fn a_request_that_gets_no_slot_within_the_wait_is_answered_busy_and_watches_are_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every request slot taken: reads are told to come back; the watch has its own pool.
+        let client = api(dir.path(), 0, 1).await;
+        let started = tokio::time::Instant::now();
+        assert!(busy(client.hosts().await));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let watched = client.watch(0, None, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(watched.epoch, "e");
+
+        // Every watch slot taken: the watch is told at once; other reads go on.
+        let client = api(dir.path(), 1, 0).await;
+        let started = tokio::time::Instant::now();
+        assert!(busy(client.watch(0, None, Duration::from_secs(30)).await));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(client.hosts().await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn tokens_match_only_when_equal() {
+        assert!(token_matches("abc", "abc"));
+        assert!(!token_matches("abc", "abd"));
+        assert!(!token_matches("ab", "abc"));
+        assert!(!token_matches("", "abc"));
+    }
 }

@@ -38,8 +38,21 @@ fn default_port() -> u16 {
 pub struct BrokerConfig {
     /// Where the SQLite inventory and the admin token live.
     pub data_dir: PathBuf,
-    /// HTTP API and `/metrics`.
+    /// The API and `/metrics`. Plain HTTP only on loopback; any other address needs
+    /// `tls_cert_file`/`tls_key_file` (`virtgate up` issues a development certificate).
     pub listen: SocketAddr,
+    /// The API's TLS certificate (PEM, chain allowed) and key: with them it serves HTTPS.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// CAs (PEM) whose client certificates may read the inventory (proxies present their
+    /// backend identity). Setting it makes reads need authentication on loopback too.
+    pub proxy_ca_files: Vec<PathBuf>,
+    /// A bearer token that may read the inventory but not change it (proxies send it with
+    /// `--broker-token-file`); generated (0600) at start when the file does not exist. Setting
+    /// it makes reads need authentication on loopback too.
+    pub read_token_file: Option<PathBuf>,
+    /// Watch long-polls (`GET /v1/watch`) held at once; more are answered 503 at once.
+    pub max_watchers: usize,
     /// Browse the LAN for `_libvirt._tcp` hosts (mDNS). Static hosts are probed either way.
     pub discovery: bool,
     /// Hosts listed here are inventoried whether or not they announce themselves.
@@ -83,6 +96,11 @@ impl Default for BrokerConfig {
         Self {
             data_dir: PathBuf::from("virtgate-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 16580)),
+            tls_cert_file: None,
+            tls_key_file: None,
+            proxy_ca_files: Vec::new(),
+            read_token_file: None,
+            max_watchers: 64,
             discovery: true,
             hosts: Vec::new(),
             probe_interval: Duration::from_secs(600),
@@ -106,11 +124,16 @@ impl Default for BrokerConfig {
 impl BrokerConfig {
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        for path in self.trusted_ca_files.iter().filter(|p| !p.is_file()) {
-            problems.push(format!(
-                "broker.trusted_ca_files: {} is not a readable file",
-                path.display()
-            ));
+        for (key, files) in [
+            ("trusted_ca_files", &self.trusted_ca_files),
+            ("proxy_ca_files", &self.proxy_ca_files),
+        ] {
+            for path in files.iter().filter(|p| !p.is_file()) {
+                problems.push(format!(
+                    "broker.{key}: {} is not a readable file",
+                    path.display()
+                ));
+            }
         }
         for path in self.user_ca_files.iter().filter(|p| !p.is_file()) {
             problems.push(format!(
@@ -129,6 +152,8 @@ impl BrokerConfig {
             ("client_cert_file", self.client_cert_file.as_ref()),
             ("client_key_file", self.client_key_file.as_ref()),
             ("user_ca_key_file", self.user_ca_key_file.as_ref()),
+            ("tls_cert_file", self.tls_cert_file.as_ref()),
+            ("tls_key_file", self.tls_key_file.as_ref()),
         ] {
             if let Some(path) = path.filter(|p| !p.is_file()) {
                 problems.push(format!(
@@ -137,10 +162,35 @@ impl BrokerConfig {
                 ));
             }
         }
-        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
-            problems.push(
-                "broker.client_cert_file / broker.client_key_file: set both or neither".into(),
-            );
+        for (cert, key, names) in [
+            (
+                &self.client_cert_file,
+                &self.client_key_file,
+                "broker.client_cert_file / broker.client_key_file",
+            ),
+            (
+                &self.tls_cert_file,
+                &self.tls_key_file,
+                "broker.tls_cert_file / broker.tls_key_file",
+            ),
+        ] {
+            if cert.is_some() != key.is_some() {
+                problems.push(format!("{names}: set both or neither"));
+            }
+        }
+        if let Some(dir) = self
+            .read_token_file
+            .as_ref()
+            .and_then(|p| p.parent())
+            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
+            problems.push(format!(
+                "broker.read_token_file: the directory {} does not exist; create it or choose another path",
+                dir.display()
+            ));
+        }
+        if self.max_watchers == 0 {
+            problems.push("broker.max_watchers: must be at least 1".into());
         }
         for (key, value) in [
             ("probe_interval", self.probe_interval),
@@ -161,5 +211,24 @@ impl BrokerConfig {
             }
         }
         problems
+    }
+
+    /// Whether the API listens on a loopback address only (127.0.0.0/8, ::1, or either
+    /// IPv4-mapped); a wildcard address is not loopback.
+    pub fn listens_on_loopback(&self) -> bool {
+        self.listen.ip().to_canonical().is_loopback()
+    }
+
+    /// Whether the API serves HTTPS.
+    pub fn serves_tls(&self) -> bool {
+        self.tls_cert_file.is_some() && self.tls_key_file.is_some()
+    }
+
+    /// Whether reading the inventory needs a client certificate or a token: always on a listener
+    /// beyond loopback, and on loopback too once a read credential is configured.
+    pub fn reads_need_auth(&self) -> bool {
+        !self.listens_on_loopback()
+            || !self.proxy_ca_files.is_empty()
+            || self.read_token_file.is_some()
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use rustls::ClientConfig;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use virtgate_discovery::{Browser, DiscoveryConfig};
@@ -24,6 +25,7 @@ use crate::probe::bypass::Checker as BypassChecker;
 use crate::probe::{probe, ProbeError, ProbeErrorReason, ProbeResult};
 use crate::store::Store;
 use crate::tls::{self, TrustAnchors};
+use crate::token::{load_or_create_token, random_hex};
 use crate::BrokerError;
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -35,6 +37,8 @@ pub struct RunningBroker {
     pub metrics: Arc<Metrics>,
     /// Where the HTTP API listens (useful with port 0).
     pub api_addr: SocketAddr,
+    /// `https`, or `http` (loopback only).
+    pub api_scheme: &'static str,
     pub admin_token_path: PathBuf,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -68,36 +72,6 @@ pub fn prepare_data_dir(dir: &Path) -> Result<(), BrokerError> {
     Ok(())
 }
 
-/// Reads the admin token, generating it (0600) at first start.
-pub fn load_or_create_token(path: &Path) -> Result<String, BrokerError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |e| BrokerError::Token {
-        path: path.display().to_string(),
-        source: e,
-    };
-    match std::fs::read_to_string(path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
-    let mut raw = [0u8; 32];
-    getrandom::fill(&mut raw).map_err(|e| io(std::io::Error::other(e.to_string())))?;
-    let token = hex::encode(raw);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    file.write_all(format!("{token}\n").as_bytes())
-        .map_err(io)?;
-    info!(path = %path.display(), "generated the admin token (mode 0600)");
-    Ok(token)
-}
-
 pub async fn start(
     config: &BrokerConfig,
     discovery: &DiscoveryConfig,
@@ -113,8 +87,8 @@ pub async fn start_with(
     extra_own_certificates: Vec<(String, PathBuf)>,
 ) -> Result<RunningBroker, BrokerError> {
     prepare_data_dir(&config.data_dir)?;
-    let token_path = config.data_dir.join(ADMIN_TOKEN_FILE);
-    let admin_token = load_or_create_token(&token_path)?;
+    let api_tls = api_tls(config)?;
+    let tokens = Tokens::load(config)?;
     let store = Store::open(&config.data_dir.join(DATABASE_FILE))?;
     let anchors = TrustAnchors::from_files(&config.trusted_ca_files)?;
     let client_identity = match (&config.client_cert_file, &config.client_key_file) {
@@ -160,13 +134,10 @@ pub async fn start_with(
         }
     }
 
-    let state = Arc::new(ApiState {
-        inventory: inventory.clone(),
-        metrics: metrics.clone(),
-        admin_token,
-        token_path: token_path.display().to_string(),
-    });
-    tasks.spawn(api::serve(listener, state, shutdown.clone()));
+    let admin_token_path = tokens.admin_path.clone();
+    let state = tokens.api_state(config, inventory.clone(), metrics.clone())?;
+    let scheme = if api_tls.is_some() { "https" } else { "http" };
+    tasks.spawn(api::serve(listener, api_tls, state, shutdown.clone()));
     tasks.spawn(
         ProbeScheduler {
             inventory: inventory.clone(),
@@ -200,15 +171,82 @@ pub async fn start_with(
         config.retention,
         shutdown.clone(),
     ));
-    info!(api = %api_addr, data_dir = %config.data_dir.display(), discovery = config.discovery, static_hosts = config.hosts.len(), "broker started");
+    info!(api = %format!("{scheme}://{api_addr}"), reads_need_auth = config.reads_need_auth(), data_dir = %config.data_dir.display(), discovery = config.discovery, static_hosts = config.hosts.len(), "broker started");
     Ok(RunningBroker {
         inventory,
         metrics,
         api_addr,
-        admin_token_path: token_path,
+        api_scheme: scheme,
+        admin_token_path,
         shutdown,
         tasks,
     })
+}
+
+/// The admin token (generated in the data directory) and the read token, if configured.
+struct Tokens {
+    admin: String,
+    admin_path: PathBuf,
+    read: Option<String>,
+}
+
+impl Tokens {
+    fn load(config: &BrokerConfig) -> Result<Self, BrokerError> {
+        let admin_path = config.data_dir.join(ADMIN_TOKEN_FILE);
+        let admin = load_or_create_token(&admin_path, "admin")?;
+        let read = match &config.read_token_file {
+            Some(path) => Some(load_or_create_token(path, "read")?),
+            None => None,
+        };
+        Ok(Self {
+            admin,
+            admin_path,
+            read,
+        })
+    }
+
+    /// The API's state: these tokens, a fresh epoch, the auth rule and the pools.
+    fn api_state(
+        self,
+        config: &BrokerConfig,
+        inventory: Arc<Inventory>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<ApiState>, BrokerError> {
+        let epoch =
+            random_hex(16).map_err(|e| BrokerError::Config(format!("no randomness: {e}")))?;
+        let max_watchers = config.max_watchers.max(1);
+        Ok(Arc::new(ApiState {
+            inventory,
+            metrics,
+            admin_token: self.admin,
+            read_token: self.read,
+            token_path: self.admin_path.display().to_string(),
+            epoch,
+            reads_need_auth: config.reads_need_auth(),
+            watchers: Semaphore::new(max_watchers),
+            max_watchers,
+            requests: Semaphore::new(api::MAX_REQUESTS),
+            slot_wait: api::SLOT_WAIT,
+        }))
+    }
+}
+
+/// The API's TLS acceptor, if `broker.tls_cert_file`/`tls_key_file` are set; refuses plain HTTP
+/// on a listener beyond loopback.
+fn api_tls(config: &BrokerConfig) -> Result<Option<TlsAcceptor>, BrokerError> {
+    match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let tls = api::server_config(cert, key, &config.proxy_ca_files)?;
+            Ok(Some(TlsAcceptor::from(tls)))
+        }
+        (None, None) if config.listens_on_loopback() => Ok(None),
+        (None, None) => Err(BrokerError::PlainHttpBeyondLoopback {
+            addr: config.listen,
+        }),
+        _ => Err(BrokerError::Config(
+            "set both broker.tls_cert_file and broker.tls_key_file, or neither".into(),
+        )),
+    }
 }
 
 /// The certificates virtgate itself holds: the probe/backend client identity and the trusted CAs.

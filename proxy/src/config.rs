@@ -77,6 +77,13 @@ pub struct ProxyConfig {
     /// Connections from one address that may be in their TLS handshake or pre-open exchange at
     /// once; more are refused at accept.
     pub max_handshakes_per_source: usize,
+    /// `virtgate proxy`: PEM file of the CA that issued the followed broker's certificate.
+    pub broker_ca_file: Option<PathBuf>,
+    /// `virtgate proxy`: SPKI SHA-256 pin of the followed broker's key (instead of, or besides,
+    /// `broker_ca_file`).
+    pub broker_pin: Option<String>,
+    /// `virtgate proxy`: file holding the bearer token sent to the broker (its read token).
+    pub broker_token_file: Option<PathBuf>,
 }
 
 /// The drivers libvirt ships that a gateway user may reach.
@@ -127,6 +134,9 @@ impl Default for ProxyConfig {
             allowed_programs: Vec::new(),
             close_revoked_sessions: true,
             max_handshakes_per_source: 64,
+            broker_ca_file: None,
+            broker_pin: None,
+            broker_token_file: None,
         }
     }
 }
@@ -142,6 +152,8 @@ impl ProxyConfig {
             ("crl_file", self.crl_file.as_ref()),
             ("backend_cert_file", self.backend_cert_file.as_ref()),
             ("backend_key_file", self.backend_key_file.as_ref()),
+            ("broker_ca_file", self.broker_ca_file.as_ref()),
+            ("broker_token_file", self.broker_token_file.as_ref()),
         ];
         for (key, path) in files {
             if let Some(path) = path.filter(|p| !p.is_file()) {
@@ -176,6 +188,13 @@ impl ProxyConfig {
                     "proxy.{first} / proxy.{second}: set both or neither"
                 ));
             }
+        }
+        if let Some(Err(e)) = self
+            .broker_pin
+            .as_deref()
+            .map(str::parse::<virtgate_pki::Pin>)
+        {
+            problems.push(format!("proxy.broker_pin: {e}"));
         }
         if let Err(e) = crate::policy::Policy::new(&self.rules) {
             problems.push(format!("proxy.rules: {e}"));

@@ -12,7 +12,7 @@ pub struct Args {
     /// Data directory (SQLite inventory, admin token, development PKI).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// HTTP API and /metrics address.
+    /// API and /metrics address (beyond loopback only with broker.tls_cert_file, or in `up`).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
 }

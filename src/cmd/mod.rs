@@ -4,6 +4,7 @@
 pub mod advertise;
 pub mod api_client;
 pub mod broker;
+pub mod broker_tls;
 pub mod dev_pki;
 pub mod discover;
 pub mod inventory;

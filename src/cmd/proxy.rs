@@ -1,6 +1,9 @@
-//! `virtgate proxy`: the TLS front door alone, following a broker's inventory over HTTP.
+//! `virtgate proxy`: the TLS front door alone, following a broker's inventory over HTTPS
+//! (verified by CA or pin; the proxy presents its backend identity and/or a token), or over
+//! plain HTTP to a broker on loopback.
 
 use std::convert::Infallible;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -12,16 +15,27 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use virtgate_api::{BrokerUrl, Client, Follower};
+use virtgate_api::{ClientIdentity, Follower};
+use virtgate_pki::Pin;
 use virtgate_proxy::{RunningProxy, TlsFiles};
 
 use crate::config::Config;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Broker API to follow (default: http://<broker.listen>).
+    /// Broker API to follow: https://HOST:PORT (default: <broker.listen>, https when the broker
+    /// serves TLS there). Plain http:// only for a broker on loopback.
     #[arg(long, value_name = "URL")]
     broker: Option<String>,
+    /// PEM file of the CA that issued the broker's certificate (proxy.broker_ca_file).
+    #[arg(long, value_name = "FILE")]
+    broker_ca: Option<PathBuf>,
+    /// The broker's key pin, sha256:HEX or pin-sha256:BASE64 (proxy.broker_pin).
+    #[arg(long, value_name = "PIN")]
+    broker_pin: Option<Pin>,
+    /// File holding the token sent to the broker: its read token (proxy.broker_token_file).
+    #[arg(long, value_name = "FILE")]
+    broker_token_file: Option<PathBuf>,
 }
 
 /// The TLS files named by the configuration; every one must be set.
@@ -32,24 +46,41 @@ pub fn tls_files(config: &Config) -> anyhow::Result<TlsFiles> {
         .map_err(anyhow::Error::msg)
 }
 
-pub fn broker_url(config: &Config, explicit: Option<String>) -> String {
-    explicit.unwrap_or_else(|| {
-        let mut listen = config.broker.listen;
-        if listen.ip().is_unspecified() {
-            listen.set_ip(if listen.is_ipv4() {
-                [127, 0, 0, 1].into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
-        }
-        format!("http://{listen}")
-    })
+/// The client that follows the broker: its URL and trust from the flags, else the `[proxy]`
+/// keys, else (the local broker) what the configuration says about it; the backend identity as
+/// client certificate; the token, if one is given.
+fn broker_client(
+    config: &Config,
+    args: Args,
+    files: &TlsFiles,
+) -> anyhow::Result<virtgate_api::Client> {
+    let pin = match (args.broker_pin, &config.proxy.broker_pin) {
+        (Some(pin), _) => Some(pin),
+        (None, Some(text)) => Some(text.parse().context("proxy.broker_pin")?),
+        (None, None) => None,
+    };
+    let ca = args
+        .broker_ca
+        .or_else(|| config.proxy.broker_ca_file.clone());
+    let target = super::api_client::target(config, args.broker.as_deref(), ca, pin)?;
+    let identity = ClientIdentity {
+        cert_file: files.backend_cert.clone(),
+        key_file: files.backend_key.clone(),
+    };
+    let client = super::api_client::client(&target, Some(&identity))?;
+    match args
+        .broker_token_file
+        .or_else(|| config.proxy.broker_token_file.clone())
+    {
+        Some(file) => Ok(client.with_token(super::api_client::read_token(&file)?)),
+        None => Ok(client),
+    }
 }
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let files = tls_files(config)?;
-    let url = broker_url(config, args.broker);
-    let client = Client::new(BrokerUrl::parse(&url).context("--broker")?);
+    let client = broker_client(config, args, &files)?;
+    let url = client.url().to_string();
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let (follower, followed) = Follower::new(client);

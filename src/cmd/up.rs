@@ -1,5 +1,6 @@
 //! `virtgate up`: broker, LAN discovery and the TLS gateway in one process, one `/metrics`; on
-//! embedded defaults it generates a development PKI and prints how to connect.
+//! embedded defaults it generates a development PKI (the API's certificate included) and
+//! prints how to connect. The gateway reads the inventory in process, never over HTTP.
 
 use anyhow::Context;
 use tokio::task::JoinSet;
@@ -11,6 +12,7 @@ use crate::config::Config;
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let mut config = config.clone();
     let bootstrap = super::dev_pki::prepare_up(&mut config)?;
+    let api_tls = super::broker_tls::prepare(&mut config)?;
     let files = if config.proxy.enabled {
         Some(super::proxy::tls_files(&config)?)
     } else {
@@ -40,10 +42,10 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let api = broker.api_addr;
+    let api = format!("{}://{}", broker.api_scheme, broker.api_addr);
     println!("virtgate is up");
-    println!("  inventory API   http://{api}/v1/hosts");
-    println!("  metrics         http://{api}/metrics");
+    println!("  inventory API   {api}/v1/hosts");
+    println!("  metrics         {api}/metrics");
     println!("  data directory  {}", config.broker.data_dir.display());
     println!(
         "  admin token     {} (mode 0600)",
@@ -60,6 +62,9 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     if let Some(p) = &proxy {
         let listen: Vec<String> = p.addresses.iter().map(|a| a.to_string()).collect();
         println!("  gateway (TLS)   {}", listen.join(", "));
+    }
+    if let Some(t) = &api_tls {
+        t.print_usage();
     }
     if let Some(b) = &bootstrap {
         b.print_usage(&config);

@@ -9,7 +9,7 @@ use virtgate_testlab::libvirtd::Libvirtd;
 use virtgate_testlab::pki::{ClientCertSpec, ServerCertSpec};
 use virtgate_testlab::LabProcess;
 
-use super::{free_port, http, VIRTGATE};
+use super::{free_port, https, tls_client, VIRTGATE};
 
 pub struct Gateway {
     pub process: LabProcess,
@@ -17,6 +17,11 @@ pub struct Gateway {
     pub api: std::net::SocketAddr,
     pub data_dir: PathBuf,
     pub config: PathBuf,
+}
+
+/// The CA `virtgate up` issues its API's development certificate from (the file beside it).
+pub fn up_api_ca(data_dir: &Path) -> PathBuf {
+    data_dir.join("pki/broker/cacert.pem")
 }
 
 /// Where each client identity's libvirt pkipath directory is.
@@ -84,7 +89,7 @@ impl Gateway {
             config,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !http(gw.api, "GET", "/readyz", None, None).is_ok_and(|(s, _)| s == 200) {
+        while !gw.get("/readyz").is_ok_and(|(s, _)| s == 200) {
             assert!(
                 Instant::now() < deadline,
                 "gateway not ready:\n{}",
@@ -95,12 +100,20 @@ impl Gateway {
         gw
     }
 
+    /// `GET path` on the API, over HTTPS verified with `up`'s development CA.
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let ca = up_api_ca(&self.data_dir);
+        if !ca.is_file() {
+            return Err(std::io::Error::other("no API certificate yet"));
+        }
+        https(self.api, &tls_client(&ca, None), "GET", path, None, None)
+    }
+
     /// Waits until the inventory shows `host` in `trust`.
     pub fn wait_trust(&self, host: &str, trust: &str) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let (status, body) =
-                http(self.api, "GET", &format!("/v1/hosts/{host}"), None, None).unwrap();
+            let (status, body) = self.get(&format!("/v1/hosts/{host}")).unwrap();
             if status == 200 && body.contains(&format!("\"trust\": \"{trust}\"")) {
                 return;
             }
@@ -142,7 +155,7 @@ impl Gateway {
     }
 
     pub fn metrics(&self) -> String {
-        http(self.api, "GET", "/metrics", None, None).unwrap().1
+        self.get("/metrics").unwrap().1
     }
 }
 
@@ -171,4 +184,117 @@ pub fn python(uri: &str, script: &str) -> Output {
         .env("URI", uri)
         .output()
         .unwrap()
+}
+
+/// `virtgate proxy` alone, in front of hosts whose CA is `libvirtd`'s: its configuration file
+/// and the ports it listens on.
+pub struct ProxySetup {
+    pub config: PathBuf,
+    pub port: u16,
+    pub metrics_port: u16,
+}
+
+impl ProxySetup {
+    /// Writes `<dir>/<name>.toml`: the gateway's server certificate and client CA from
+    /// `libvirtd`'s CA, the backend identity `backend` (certificate and key files; default: one
+    /// from `libvirtd`'s CA), then `extra_toml` (rules, `[broker]` keys).
+    pub fn write(
+        dir: &Path,
+        name: &str,
+        libvirtd: &Libvirtd,
+        backend: Option<(PathBuf, PathBuf)>,
+        extra_toml: &str,
+    ) -> ProxySetup {
+        let server = libvirtd
+            .ca()
+            .issue_server(&ServerCertSpec::localhost())
+            .unwrap();
+        let (server_cert, server_key, ca) = (
+            dir.join(format!("{name}-cert.pem")),
+            dir.join(format!("{name}-key.pem")),
+            dir.join(format!("{name}-client-ca.pem")),
+        );
+        std::fs::write(&server_cert, &server.cert_pem).unwrap();
+        virtgate_testlab::pki::write_file(&server_key, &server.key_pem, 0o600).unwrap();
+        std::fs::write(&ca, libvirtd.ca().cert_pem()).unwrap();
+        let (backend_cert, backend_key) = backend.unwrap_or_else(|| {
+            let pki = libvirtd
+                .issue_client_pki_dir(
+                    &format!("{name}-backend"),
+                    &ClientCertSpec::new("O=virtgate-test,CN=gateway"),
+                )
+                .unwrap();
+            (pki.join("clientcert.pem"), pki.join("clientkey.pem"))
+        });
+        let (port, metrics_port) = (free_port(), free_port());
+        let config = dir.join(format!("{name}.toml"));
+        let s = |p: &Path| format!("{:?}", p.display().to_string());
+        std::fs::write(
+            &config,
+            format!(
+                "[proxy]\nlisten = [\"127.0.0.1:{port}\"]\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n\
+                 server_cert_file = {}\nserver_key_file = {}\nclient_ca_files = [{}]\n\
+                 backend_cert_file = {}\nbackend_key_file = {}\n{extra_toml}\n",
+                s(&server_cert),
+                s(&server_key),
+                s(&ca),
+                s(&backend_cert),
+                s(&backend_key),
+            ),
+        )
+        .unwrap();
+        ProxySetup {
+            config,
+            port,
+            metrics_port,
+        }
+    }
+
+    /// Spawns `virtgate --config <config> proxy ARGS…` (not waiting for anything).
+    pub fn spawn(&self, args: &[&str]) -> LabProcess {
+        let mut cmd = Command::new(VIRTGATE);
+        cmd.args(["--config", self.config.to_str().unwrap(), "proxy"])
+            .args(args)
+            .env("RUST_LOG", "info");
+        LabProcess::spawn(cmd).unwrap()
+    }
+
+    /// Spawns it and waits until it listens.
+    pub fn start(&self, args: &[&str]) -> LabProcess {
+        let mut proxy = self.spawn(args);
+        if proxy
+            .wait_for_stderr("proxy started", Duration::from_secs(15))
+            .is_err()
+        {
+            panic!("proxy did not start:\n{}", proxy.stderr_text());
+        }
+        proxy
+    }
+
+    /// `test+tls://127.0.0.1:PORT/default?name=test://HOST/default&pkipath=…` through it.
+    pub fn uri(&self, host: &str, who: &Identity) -> String {
+        format!(
+            "test+tls://127.0.0.1:{}/default?name=test://{host}/default&pkipath={}",
+            self.port,
+            who.pki.display()
+        )
+    }
+}
+
+/// Runs virsh `args` at `uri` until `done` holds for its output, or `limit` passes; returns the
+/// last output.
+pub fn virsh_until(
+    uri: &str,
+    args: &[&str],
+    limit: Duration,
+    done: impl Fn(&Output) -> bool,
+) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        let out = virsh(uri, args);
+        if done(&out) || Instant::now() >= deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -2,6 +2,7 @@
 #![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
 #![allow(dead_code)]
 
+pub mod fake_broker;
 pub mod gateway;
 pub mod raw;
 pub mod tap;
@@ -10,9 +11,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use virtgate_pki::rustls::{self, ClientConfig};
 use virtgate_testlab::LabProcess;
 
 pub const VIRTGATE: &str = env!("CARGO_BIN_EXE_virtgate");
@@ -29,12 +32,84 @@ pub fn free_port() -> u16 {
 /// `virtgate broker` on loopback with its own data directory and config file.
 pub struct Broker {
     pub process: LabProcess,
+    /// Where requests go (loopback, also for a broker listening on a wildcard address).
     pub addr: SocketAddr,
     pub config: PathBuf,
     pub data_dir: PathBuf,
+    /// How requests verify the broker, when it serves HTTPS.
+    pub tls: Option<Arc<ClientConfig>>,
+}
+
+/// The certificate of a broker that serves HTTPS, and the CA that issued it.
+pub struct BrokerCert {
+    pub ca: virtgate_testlab::pki::Ca,
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// SPKI SHA-256 of the broker's key, hex.
+    pub pin: String,
+}
+
+impl BrokerCert {
+    /// A CA and a certificate for localhost, 127.0.0.1 and ::1, written into `dir`.
+    pub fn new(dir: &Path) -> BrokerCert {
+        let ca = virtgate_testlab::pki::Ca::new("virtgate-test broker CA").unwrap();
+        let issued = ca
+            .issue_server(&virtgate_testlab::pki::ServerCertSpec::localhost())
+            .unwrap();
+        let (ca_file, cert_file, key_file) = (
+            dir.join("broker-ca.pem"),
+            dir.join("broker-cert.pem"),
+            dir.join("broker-key.pem"),
+        );
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        std::fs::write(&cert_file, &issued.cert_pem).unwrap();
+        virtgate_testlab::pki::write_file(&key_file, &issued.key_pem, 0o600).unwrap();
+        BrokerCert {
+            ca,
+            ca_file,
+            cert_file,
+            key_file,
+            pin: issued.spki_sha256_hex(),
+        }
+    }
 }
 
 impl Broker {
+    /// Like [`Broker::start`], but listening on every address (0.0.0.0: beyond loopback, so
+    /// reads need a certificate or a token) over HTTPS with `cert`. Requests from the tests go
+    /// to 127.0.0.1 and verify the broker with `cert`'s CA.
+    pub fn start_beyond_loopback(dir: &Path, cert: &BrokerCert, extra_toml: &str) -> Broker {
+        let port = free_port();
+        let data_dir = dir.join("data");
+        let config = dir.join("virtgate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[broker]
+data_dir = {:?}
+listen = \"0.0.0.0:{port}\"
+discovery = false
+\
+                 tls_cert_file = {:?}
+tls_key_file = {:?}
+{extra_toml}
+",
+                data_dir.display().to_string(),
+                cert.cert_file.display().to_string(),
+                cert.key_file.display().to_string(),
+            ),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        Self::spawn(
+            addr,
+            config,
+            data_dir,
+            Some(tls_client(&cert.ca_file, None)),
+        )
+    }
+
     /// Writes `config_toml` (the `[broker]` section's `data_dir`, `listen` and `discovery =
     /// false` are added) and starts the broker in the root namespace: no mDNS daemon is created.
     pub fn start(dir: &Path, extra_toml: &str) -> Broker {
@@ -49,10 +124,15 @@ impl Broker {
             ),
         )
         .unwrap();
-        Self::spawn(addr, config, data_dir)
+        Self::spawn(addr, config, data_dir, None)
     }
 
-    fn spawn(addr: SocketAddr, config: PathBuf, data_dir: PathBuf) -> Broker {
+    fn spawn(
+        addr: SocketAddr,
+        config: PathBuf,
+        data_dir: PathBuf,
+        tls: Option<Arc<ClientConfig>>,
+    ) -> Broker {
         let mut cmd = Command::new(VIRTGATE);
         cmd.args(["--config", config.to_str().unwrap(), "broker"])
             .env("RUST_LOG", "info");
@@ -62,9 +142,24 @@ impl Broker {
             addr,
             config,
             data_dir,
+            tls,
         };
         broker.wait_ready();
         broker
+    }
+
+    /// One request, over HTTPS when the broker serves it.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, String)> {
+        match &self.tls {
+            Some(tls) => https(self.addr, tls, method, path, token, body),
+            None => http(self.addr, method, path, token, body),
+        }
     }
 
     /// Starts the same broker again (same config and data) after it was stopped.
@@ -74,15 +169,19 @@ impl Broker {
             addr,
             config,
             data_dir,
+            tls,
         } = self;
         process.stop(Duration::from_secs(5));
-        Self::spawn(addr, config, data_dir)
+        Self::spawn(addr, config, data_dir, tls)
     }
 
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if http(self.addr, "GET", "/readyz", None, None).is_ok_and(|(s, _)| s == 200) {
+            if self
+                .request("GET", "/readyz", None, None)
+                .is_ok_and(|(s, _)| s == 200)
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -91,7 +190,8 @@ impl Broker {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     pub fn token(&self) -> String {
@@ -101,8 +201,12 @@ impl Broker {
             .to_string()
     }
 
+    /// `GET path`; to a broker beyond loopback (whose reads need a credential) with the admin
+    /// token.
     pub fn get(&self, path: &str) -> (u16, String) {
-        http(self.addr, "GET", path, None, None).expect("broker answers")
+        let token = self.tls.as_ref().map(|_| self.token());
+        self.request("GET", path, token.as_deref(), None)
+            .expect("broker answers")
     }
 
     pub fn get_json(&self, path: &str) -> Value {
@@ -112,7 +216,8 @@ impl Broker {
     }
 
     pub fn post(&self, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-        http(self.addr, "POST", path, token, Some(body)).expect("broker answers")
+        self.request("POST", path, token, Some(body))
+            .expect("broker answers")
     }
 
     pub fn metrics(&self) -> String {
@@ -158,8 +263,78 @@ pub fn http(
     token: Option<&str>,
     body: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(70)))?;
+    http_within(addr, Duration::from_secs(70), method, path, token, body)
+}
+
+/// [`http`] that gives up (an error) when the answer takes longer than `limit`.
+pub fn http_within(
+    addr: SocketAddr,
+    limit: Duration,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(limit))?;
+    exchange(stream, addr, method, path, token, body)
+}
+
+/// A TLS client configuration that verifies servers with the CA in `ca_file` (PEM) and, with
+/// `identity` (certificate and key PEM files), presents a client certificate.
+pub fn tls_client(ca_file: &Path, identity: Option<(&Path, &Path)>) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in virtgate_pki::read_certs(ca_file).expect("CA file") {
+        roots.add(ca).unwrap();
+    }
+    let builder = ClientConfig::builder_with_provider(virtgate_pki::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    Arc::new(match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                virtgate_pki::read_certs(cert).unwrap(),
+                virtgate_pki::read_key(key).unwrap(),
+            )
+            .unwrap(),
+    })
+}
+
+/// [`http`] over TLS: the server must present a certificate for `addr`'s IP address that
+/// `tls` verifies.
+pub fn https(
+    addr: SocketAddr,
+    tls: &Arc<ClientConfig>,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(70)))?;
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let connection =
+        rustls::ClientConnection::new(tls.clone(), name).map_err(std::io::Error::other)?;
+    exchange(
+        rustls::StreamOwned::new(connection, tcp),
+        addr,
+        method,
+        path,
+        token,
+        body,
+    )
+}
+
+fn exchange(
+    mut stream: impl Read + Write,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let body = body.unwrap_or("");
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -170,7 +345,13 @@ pub fn http(
         body.len()
     )?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
+    match stream.read_to_end(&mut raw) {
+        // A TLS peer that closes without close_notify after a complete answer.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        other => {
+            other?;
+        }
+    }
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text
         .split_whitespace()

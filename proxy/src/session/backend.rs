@@ -89,7 +89,7 @@ pub(crate) async fn connect(
         .max(Duration::from_millis(500));
     match tokio::time::timeout(left, tls.read_exact(&mut byte)).await {
         Ok(Ok(_)) if byte[0] == 1 => Ok(tls),
-        Ok(_) => Err(rejected("it refused the gateway's client certificate (the host must trust the gateway's CA and allow its DN in tls_allowed_dn_list)".into())),
+        Ok(_) => Err(rejected("it refused the gateway's client certificate (the host must trust the CA that signs the gateway's backend identity — its backend CA — and allow its DN in tls_allowed_dn_list; docs/pki.md)".into())),
         Err(_) => Err(unreachable("it did not confirm the TLS session in time".into())),
     }
 }

@@ -217,7 +217,7 @@ fn a_swapped_key_is_an_alarm_until_approved_and_approvals_survive_kill_9() {
         &format!("{{\"pin\":\"{}\"}}", "ab".repeat(32)),
     );
     assert_eq!(status, 409, "{body}");
-    let out = broker.cli(&["hosts", "approve", "localhost"]);
+    let out = common::approve_shown_pin(|args| broker.cli(args), "localhost");
     assert!(
         out.status.success(),
         "{}",

@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::gateway::text;
-use common::{free_port, http, sample, VIRTGATE};
+use common::{free_port, sample, VIRTGATE};
 use serde_json::Value;
 use virtgate_pki::{bootstrap_dev, BACKEND_DN, BYPASS_PROBE_DN};
 use virtgate_testlab::libvirtd::{Libvirtd, LibvirtdOptions};
@@ -90,11 +90,26 @@ fn bypassable(host: &Value) -> Option<String> {
 }
 
 /// Polls `/v1/hosts/localhost` until `pred` holds.
-fn wait_host(api: SocketAddr, up: &LabProcess, pred: impl Fn(&Value) -> bool) -> Value {
+/// A GET of `up`'s API, over HTTPS with the development CA it made for it.
+fn get(api: SocketAddr, data: &Path, path: &str) -> Option<(u16, String)> {
+    let ca = data.join("pki/broker/cacert.pem");
+    if !ca.is_file() {
+        return None;
+    }
+    let tls = common::tls_client(&ca, None);
+    common::https(api, &tls, "GET", path, None, None).ok()
+}
+
+fn wait_host(
+    api: SocketAddr,
+    data: &Path,
+    up: &LabProcess,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut last = Value::Null;
     while Instant::now() < deadline {
-        if let Ok((200, body)) = http(api, "GET", "/v1/hosts/localhost", None, None) {
+        if let Some((200, body)) = get(api, data, "/v1/hosts/localhost") {
             last = serde_json::from_str::<Value>(&body).unwrap()["host"].clone();
             if pred(&last) {
                 return last;
@@ -108,8 +123,8 @@ fn wait_host(api: SocketAddr, up: &LabProcess, pred: impl Fn(&Value) -> bool) ->
     );
 }
 
-fn metric(api: SocketAddr) -> Option<f64> {
-    let (_, body) = http(api, "GET", "/metrics", None, None).unwrap();
+fn metric(api: SocketAddr, data: &Path) -> Option<f64> {
+    let (_, body) = get(api, data, "/metrics").unwrap();
     sample(
         &body,
         "virtgate_cert_findings",
@@ -164,7 +179,7 @@ fn a_host_set_up_as_the_old_docs_said_is_bypassable_and_one_set_up_as_the_new_do
 
     // Old docs: the broker finds the way around the gateway, certain because `up` lets it sign
     // a throwaway user certificate with the users' CA.
-    let host = wait_host(api, &up, |h| bypassable(h).is_some());
+    let host = wait_host(api, &data, &up, |h| bypassable(h).is_some());
     assert_eq!(host["trust"], "trusted_ca", "{host:#}");
     let detail = bypassable(&host).unwrap();
     assert!(
@@ -174,7 +189,7 @@ fn a_host_set_up_as_the_old_docs_said_is_bypassable_and_one_set_up_as_the_new_do
             && detail.contains(BACKEND_DN),
         "{detail}"
     );
-    assert_eq!(metric(api), Some(1.0));
+    assert_eq!(metric(api, &data), Some(1.0));
     // And it is real: the admin bundle, straight at the host, gets in read-write (the test
     // driver's state lives as long as the connection, so both commands share one).
     let admin = &pki.admin.dir;
@@ -187,15 +202,15 @@ fn a_host_set_up_as_the_old_docs_said_is_bypassable_and_one_set_up_as_the_new_do
 
     // New docs: the same host name now answers from a host that trusts only the backend CA.
     forwarder.point_to(new.port());
-    let host = wait_host(api, &up, |h| {
+    let host = wait_host(api, &data, &up, |h| {
         bypassable(h).is_none() && h["presented_pin"] == new.server_cert().spki_sha256_hex()
     });
     assert_eq!(host["trust"], "trusted_ca", "{host:#}");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(api).is_some() && Instant::now() < deadline {
+    while metric(api, &data).is_some() && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(metric(api), None, "the finding left /metrics too");
+    assert_eq!(metric(api, &data), None, "the finding left /metrics too");
 
     // libvirtd completes the handshake, checks the certificate and closes without libvirt's
     // confirmation byte: refused by the host, not by the client.

@@ -693,18 +693,15 @@ fn a_separate_proxy_follows_the_brokers_inventory_over_the_watch_api() {
         "{}",
         text(&pending)
     );
-    let out = std::process::Command::new(common::VIRTGATE)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "hosts",
-            "approve",
-            "h1",
-            "--broker",
-            &plain,
-        ])
-        .output()
-        .unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::VIRTGATE)
+            .args(["--config", config.to_str().unwrap()])
+            .args(args)
+            .args(["--broker", &plain])
+            .output()
+            .unwrap()
+    };
+    let out = common::approve_shown_pin(run, "h1");
     assert!(out.status.success(), "{}", text(&out));
     // The proxy learns of the approval through the long-poll, without restarting.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -1438,7 +1435,7 @@ fn proxies_follow_a_broker_beyond_loopback_over_https_by_certificate_or_token_an
 
     // The CLI speaks HTTPS too: the broker of its configuration is verified by the pin of
     // broker.tls_cert_file, and the admin token goes with it.
-    let approved = broker.cli(&["hosts", "approve", "h1"]);
+    let approved = common::approve_shown_pin(|args| broker.cli(args), "h1");
     assert!(approved.status.success(), "{}", text(&approved));
     for proxy in [&by_cert, &by_token] {
         let listed = virsh_until(
@@ -1507,7 +1504,7 @@ fn a_proxy_follows_a_restarted_broker_at_once_instead_of_waiting_for_its_old_rev
     )
     .unwrap();
     let broker = broker.restart();
-    let approved = broker.cli(&["hosts", "approve", "h1"]);
+    let approved = common::approve_shown_pin(|args| broker.cli(args), "h1");
     assert!(approved.status.success(), "{}", text(&approved));
     let new_revision = broker.get_json("/v1/watch?since=0")["revision"]
         .as_u64()

@@ -147,7 +147,13 @@ pub struct Host {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
     pub port: u16,
+    /// Where the gateway reaches the host. For a host with an approved pin: only addresses that
+    /// presented that key.
     pub addresses: Vec<IpAddr>,
+    /// Addresses announced on the LAN for a pinned host that have not presented its pinned key
+    /// yet: probed, never used by the gateway until they do.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_addresses: Vec<IpAddr>,
     /// What the host announced in TXT: informational, never trusted.
     #[serde(default)]
     pub txt: BTreeMap<String, String>,
@@ -189,6 +195,7 @@ impl Host {
             instance: None,
             port,
             addresses,
+            pending_addresses: Vec::new(),
             txt: BTreeMap::new(),
             state: HostState::Unknown,
             trust: TrustState::Unknown,

@@ -405,7 +405,11 @@ impl ProbeScheduler {
         let addresses = if host.addresses.is_empty() {
             resolve(name, host.port).await
         } else {
-            Ok(host.addresses.clone())
+            // Addresses an announcement added to a pinned host are probed too: that is how
+            // they get verified (or not).
+            let mut all = host.addresses.clone();
+            all.extend(host.pending_addresses.iter().copied());
+            Ok(all)
         };
         let mut results: Vec<ProbeResult> = match addresses {
             Ok(addresses) => {

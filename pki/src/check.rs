@@ -733,8 +733,8 @@ impl Checker<'_> {
             self.ok(
                 about,
                 format!(
-                    "{} key ({} bits), signed with {}",
-                    info.key_type, info.key_bits, info.signature_algorithm
+                    "{} key ({} bits, pin sha256:{}), signed with {}",
+                    info.key_type, info.key_bits, info.spki_sha256, info.signature_algorithm
                 ),
             );
         }

@@ -25,8 +25,9 @@ enum HostsAction {
     /// Approve the key a host presents now (pins its SPKI SHA-256).
     Approve {
         name: String,
-        /// The SPKI SHA-256 pin to approve; it must match what the host presents now.
-        /// Without it, the presented pin is shown and approved.
+        /// The SPKI SHA-256 pin to approve (hex, `sha256:HEX` or `pin-sha256:BASE64`); it must
+        /// match what the host presents now. Without it, the presented key is shown and
+        /// approved only after a confirmation at a terminal.
         #[arg(long, value_name = "SHA256")]
         pin: Option<String>,
     },
@@ -59,19 +60,12 @@ pub async fn hosts(config: &Config, args: HostsArgs) -> anyhow::Result<()> {
         Some(HostsAction::Approve { name, pin }) => {
             let client = api_client::admin(config, &args.client)?;
             let pin = match pin {
-                Some(p) => p,
-                None => {
-                    let detail = client.host(&name).await?;
-                    let Some(p) = detail.host.presented_pin else {
-                        bail!(
-                            "host {name} presents no certificate yet; wait for a successful probe"
-                        );
-                    };
-                    println!("host {name} presents key {p}");
-                    p.to_string()
-                }
+                Some(p) => p
+                    .parse::<virtgate_api::Pin>()
+                    .map_err(|e| anyhow::anyhow!("--pin {p:?}: {e}"))?,
+                None => confirm_presented_key(&client, &name).await?,
             };
-            let host = client.approve(&name, &pin).await?;
+            let host = client.approve(&name, &pin.to_string()).await?;
             println!("approved: {name} is now {}", host.trust.as_str());
         }
         Some(HostsAction::Forget { name }) => {
@@ -82,6 +76,52 @@ pub async fn hosts(config: &Config, args: HostsArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Shows the key `name` presents now and asks the operator to confirm it; without a terminal,
+/// says how to approve it with `--pin` instead. Whoever can announce on the LAN can put a key
+/// in front of an unapproved host: approving must be a decision, not a keystroke.
+async fn confirm_presented_key(
+    client: &virtgate_api::Client,
+    name: &str,
+) -> anyhow::Result<virtgate_api::Pin> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let detail = client.host(name).await?;
+    let Some(pin) = detail.host.presented_pin else {
+        bail!("host {name} presents no certificate yet; wait for a successful probe");
+    };
+    let printable = super::table::printable;
+    println!("host {name} presents key sha256:{pin}");
+    if let Some(leaf) = detail.host.leaf() {
+        println!(
+            "  certificate  {} (issuer {}, serial {}, expires {})",
+            printable(&leaf.subject),
+            printable(&leaf.issuer),
+            leaf.serial,
+            date(leaf.not_after)
+        );
+    }
+    let addresses: Vec<String> = detail
+        .host
+        .endpoints
+        .iter()
+        .filter(|e| e.chain.first().is_some_and(|l| l.spki_sha256 == pin))
+        .map(|e| e.address.to_string())
+        .collect();
+    println!("  presented at {}", addresses.join(", "));
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "not approved: compare the key with the host's own (on the host: `virtgate pki check /etc/pki/libvirt` prints its pin), then run `virtgate hosts approve {name} --pin {pin}`"
+        );
+    }
+    print!("approve this key for {name}? [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        bail!("not approved");
+    }
+    Ok(pin)
 }
 
 pub async fn certs(config: &Config, args: CertsArgs) -> anyhow::Result<()> {

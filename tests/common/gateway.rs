@@ -126,18 +126,16 @@ impl Gateway {
         }
     }
 
-    /// Approves whatever key `host` presents now.
+    /// Approves whatever key `host` presents now (the pin the CLI shows).
     pub fn approve(&self, host: &str) {
-        let out = Command::new(VIRTGATE)
-            .args([
-                "--config",
-                self.config.to_str().unwrap(),
-                "hosts",
-                "approve",
-                host,
-            ])
-            .output()
-            .unwrap();
+        let run = |args: &[&str]| {
+            Command::new(VIRTGATE)
+                .args(["--config", self.config.to_str().unwrap()])
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let out = super::approve_shown_pin(run, host);
         assert!(
             out.status.success(),
             "approve {host}: {}",

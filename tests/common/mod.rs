@@ -383,3 +383,25 @@ pub fn sample(metrics: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f6
                 .then(|| value.parse().ok())?
         })
 }
+
+/// Approves the key `host` presents now, as an operator without a terminal does: the CLI refuses
+/// to approve blind and names the pin it saw; approving with `--pin` that pin succeeds. `run`
+/// runs `virtgate` with the arguments given (and whatever configuration the caller needs).
+pub fn approve_shown_pin(
+    run: impl Fn(&[&str]) -> std::process::Output,
+    host: &str,
+) -> std::process::Output {
+    let shown = run(&["hosts", "approve", host]);
+    let stderr = String::from_utf8_lossy(&shown.stderr);
+    assert!(
+        !shown.status.success(),
+        "approving without --pin or a terminal is refused: {stderr}"
+    );
+    let pin = stderr
+        .split("--pin ")
+        .nth(1)
+        .and_then(|rest| rest.get(..64))
+        .unwrap_or_else(|| panic!("the refusal names the pin to approve: {stderr}"))
+        .to_string();
+    run(&["hosts", "approve", host, "--pin", &pin])
+}

@@ -66,13 +66,12 @@ pub(crate) fn announced(
         Some(existing) => {
             let mut h = existing.clone();
             let returned = h.state == HostState::Absent;
-            let moved = h.addresses != ad.addresses || h.port != ad.port;
+            let moved = repoint(&mut h, &ad.addresses) || h.port != ad.port;
             if returned {
                 h.state = HostState::Unknown;
                 let detail = format!("announced again as {:?}", ad.instance);
                 events.push(NewEvent::new(now, EventKind::Appeared, detail));
             }
-            h.addresses = ad.addresses.clone();
             h.port = ad.port;
             h.instance = Some(ad.instance.clone());
             h.txt = ad.txt.clone();
@@ -89,6 +88,32 @@ pub(crate) fn announced(
     };
     host.last_seen = now;
     (host, events, needs_probe)
+}
+
+/// Most addresses kept waiting for verification per host: an announcement cannot grow the probe
+/// list without bound.
+const MAX_PENDING_ADDRESSES: usize = 16;
+
+/// Takes the announced addresses of a discovered host; true when there is anything new to probe.
+/// A host with an approved pin is never re-pointed by an announcement: its addresses stay those
+/// that presented its key, and new ones wait in `pending_addresses` until a probe finds the
+/// pinned key there (anyone on the LAN can announce any address under any name).
+fn repoint(host: &mut Host, announced: &[std::net::IpAddr]) -> bool {
+    if host.pin.is_none() {
+        let moved = host.addresses != announced;
+        host.addresses = announced.to_vec();
+        host.pending_addresses.clear();
+        return moved;
+    }
+    let mut pending: Vec<_> = announced
+        .iter()
+        .filter(|a| !host.addresses.contains(a))
+        .copied()
+        .collect();
+    pending.truncate(MAX_PENDING_ADDRESSES);
+    let news = pending.iter().any(|a| !host.pending_addresses.contains(a));
+    host.pending_addresses = pending;
+    news
 }
 
 /// A discovered host whose instance is no longer announced.

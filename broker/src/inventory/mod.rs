@@ -592,4 +592,83 @@ mod tests {
         assert_eq!(again, None, "the same host, unchanged");
         assert_eq!(inv.hosts().len(), 1);
     }
+
+    /// A certificate for `key`, as a host presents it.
+    fn presented(address: &str, key: &rcgen::KeyPair) -> ProbeResult {
+        let mut params = rcgen::CertificateParams::new(vec!["h1".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "h1");
+        let der = params.self_signed(key).unwrap().der().clone();
+        ProbeResult {
+            address: address.parse().unwrap(),
+            duration: Duration::from_millis(1),
+            outcome: Ok(crate::probe::Presented {
+                chain: vec![der],
+                tls_version: "TLSv1_3".into(),
+            }),
+            bypass: None,
+        }
+    }
+
+    #[test]
+    fn an_announcement_never_re_points_a_pinned_host_to_an_address_without_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        let (genuine, attacker) = (
+            rcgen::KeyPair::generate().unwrap(),
+            rcgen::KeyPair::generate().unwrap(),
+        );
+        inv.discovered(&DiscoveryEvent::Appeared(advert("h1", &["10.0.0.1"])))
+            .unwrap();
+        inv.record_probe("h1", vec![presented("10.0.0.1", &genuine)])
+            .unwrap();
+        let pin = inv.host("h1").unwrap().presented_pin.unwrap().to_string();
+        inv.approve("h1", &pin).unwrap();
+
+        // Someone announces h1 at another address, where another key answers.
+        let again = inv
+            .discovered(&DiscoveryEvent::Updated(advert("h1", &["10.0.0.66"])))
+            .unwrap();
+        assert_eq!(again.as_deref(), Some("h1"), "the new address is probed");
+        let host = inv.host("h1").unwrap();
+        assert_eq!(
+            host.addresses,
+            vec!["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            host.pending_addresses,
+            vec!["10.0.0.66".parse::<std::net::IpAddr>().unwrap()]
+        );
+        inv.record_probe(
+            "h1",
+            vec![
+                presented("10.0.0.1", &genuine),
+                presented("10.0.0.66", &attacker),
+            ],
+        )
+        .unwrap();
+        let host = inv.host("h1").unwrap();
+        assert_eq!(
+            host.trust,
+            virtgate_api::TrustState::Pinned,
+            "not re-keyed by the stranger"
+        );
+        assert_eq!(
+            host.addresses,
+            vec!["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+
+        // The host really moved: its pinned key answers at the new address, which is adopted.
+        inv.record_probe("h1", vec![presented("10.0.0.66", &genuine)])
+            .unwrap();
+        let host = inv.host("h1").unwrap();
+        assert!(
+            host.addresses.contains(&"10.0.0.66".parse().unwrap()),
+            "{:?}",
+            host.addresses
+        );
+        assert!(host.pending_addresses.is_empty());
+        assert_eq!(host.trust, virtgate_api::TrustState::Pinned);
+    }
 }

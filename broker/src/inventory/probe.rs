@@ -1,6 +1,8 @@
 //! Folding one probe of every address of a host into its record: endpoints, state, findings,
 //! trust and the events worth logging. Pure: the time and the policy are inputs.
 
+use std::net::IpAddr;
+
 use rustls::pki_types::{CertificateDer, UnixTime};
 use virtgate_api::{Endpoint, EventKind, Host, HostState};
 
@@ -19,16 +21,25 @@ pub(crate) fn fold(
     let mut host = previous.clone();
     let mut events = Vec::new();
     let mut ders = Vec::new();
-    let mut first_chain: Option<Vec<CertificateDer<'static>>> = None;
+    let mut chains: Vec<(IpAddr, Vec<CertificateDer<'static>>)> = Vec::new();
     let bypass = results.iter().find_map(|r| r.bypass.clone());
     host.last_probe = Some(now);
     host.endpoints = results
         .into_iter()
-        .map(|r| endpoint(previous, r, now, &mut ders, &mut first_chain))
+        .map(|r| endpoint(previous, r, now, &mut ders, &mut chains))
         .collect();
     update_state(&mut host, previous, now, &mut events);
-    if let Some(chain) = first_chain {
-        judge(&mut host, previous, &chain, now, policy, &mut events);
+    if let Some((address, chain)) = judged_chain(previous, &chains) {
+        judge(
+            &mut host,
+            previous,
+            address,
+            chain,
+            now,
+            policy,
+            &mut events,
+        );
+        promote_verified(&mut host);
     } else if !host.endpoints.iter().any(|e| !e.chain.is_empty()) {
         host.findings.clear();
     }
@@ -48,7 +59,7 @@ fn endpoint(
     r: ProbeResult,
     now: i64,
     ders: &mut Vec<(String, Vec<u8>)>,
-    first_chain: &mut Option<Vec<CertificateDer<'static>>>,
+    chains: &mut Vec<(IpAddr, Vec<CertificateDer<'static>>)>,
 ) -> Endpoint {
     let mut endpoint = Endpoint {
         address: r.address,
@@ -74,7 +85,7 @@ fn endpoint(
                     }
                     endpoint.chain = chain;
                     endpoint.tls_version = Some(presented.tls_version);
-                    first_chain.get_or_insert(presented.chain);
+                    chains.push((r.address, presented.chain));
                 }
                 Err(e) => {
                     endpoint.error = Some(e.to_string());
@@ -132,10 +143,45 @@ fn update_state(host: &mut Host, previous: &Host, now: i64, events: &mut Vec<New
     }
 }
 
+/// The chain trust is judged by: the first verified address that answered; only when none of
+/// them did (the host moved), the first other one. An address an announcement added cannot
+/// make a pinned host look re-keyed while its own addresses answer with the pinned key.
+fn judged_chain<'c>(
+    previous: &Host,
+    chains: &'c [(IpAddr, Vec<CertificateDer<'static>>)],
+) -> Option<(IpAddr, &'c [CertificateDer<'static>])> {
+    let verified = chains
+        .iter()
+        .find(|(address, _)| !previous.pending_addresses.contains(address));
+    verified
+        .or_else(|| chains.first())
+        .map(|(address, chain)| (*address, chain.as_slice()))
+}
+
+/// Pending addresses that presented the host's pinned key become addresses the gateway uses.
+fn promote_verified(host: &mut Host) {
+    let Some(pin) = host.pin else {
+        return;
+    };
+    let presents_pin = |address: &IpAddr| {
+        host.endpoints.iter().any(|e| {
+            e.address == *address
+                && e.error.is_none()
+                && e.chain.first().is_some_and(|leaf| leaf.spki_sha256 == pin)
+        })
+    };
+    let (verified, still_pending): (Vec<IpAddr>, Vec<IpAddr>) =
+        host.pending_addresses.iter().partition(|a| presents_pin(a));
+    host.addresses.extend(verified);
+    host.pending_addresses = still_pending;
+}
+
 /// The presented leaf against the pin and the CAs: trust, findings, and `cert_changed`.
+#[allow(clippy::too_many_arguments)] // the fold's state, passed down once
 fn judge(
     host: &mut Host,
     previous: &Host,
+    address: IpAddr,
     chain: &[CertificateDer<'static>],
     now: i64,
     policy: &TrustPolicy,
@@ -144,7 +190,7 @@ fn judge(
     let Some(leaf) = host
         .endpoints
         .iter()
-        .find(|e| e.error.is_none())
+        .find(|e| e.address == address && e.error.is_none())
         .and_then(|e| e.chain.first())
         .cloned()
     else {

@@ -11,8 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use std::future::Future;
-
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::Mutex as AsyncMutex;
@@ -42,8 +40,6 @@ pub(crate) enum RelayEnd {
     /// The client made a call that changes who the connection is; the gateway answered it
     /// and closed.
     Refused(RefusedCall),
-    /// The session lost its grounds (identity revoked, host forgotten or re-keyed).
-    Revoked(String),
 }
 
 pub(crate) struct RelayStats {
@@ -145,17 +141,11 @@ enum First {
     Pump(Direction, PumpEnd),
     Idle,
     Shutdown,
-    Revoked(String),
 }
 
-/// Relays until one side ends, the connection idles, the gateway stops, or `revoked` resolves
-/// (with the reason the session may no longer go on).
-pub(crate) async fn relay<C, B>(
-    client: C,
-    backend: B,
-    cx: RelayContext<'_>,
-    revoked: impl Future<Output = String>,
-) -> RelayStats
+/// Relays until one side ends, the connection idles, or `cx.shutdown` is cancelled (the gateway
+/// stops, or the session lost its grounds).
+pub(crate) async fn relay<C, B>(client: C, backend: B, cx: RelayContext<'_>) -> RelayStats
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -189,13 +179,12 @@ where
         let up_run = up.run(&mut backend_w, &client_w);
         let down_run = down.run(SharedWriter(&client_w), &client_w);
         let idle = idle(&state, limits.idle_timeout);
-        tokio::pin!(up_run, down_run, idle, revoked);
+        tokio::pin!(up_run, down_run, idle);
         let first = tokio::select! {
             end = &mut up_run => First::Pump(Direction::ToHost, end),
             end = &mut down_run => First::Pump(Direction::ToClient, end),
             () = &mut idle => First::Idle,
             () = shutdown.cancelled() => First::Shutdown,
-            why = &mut revoked => First::Revoked(why),
         };
         let draining =
             matches!(first, First::Pump(Direction::ToHost, PumpEnd::Eof)) && state.client_closed();
@@ -211,7 +200,6 @@ where
                 end = &mut down_run => First::Pump(Direction::ToClient, end),
                 () = &mut idle => First::Idle,
                 () = shutdown.cancelled() => First::Shutdown,
-                why = &mut revoked => First::Revoked(why),
             };
             (end, true)
         } else {
@@ -222,7 +210,6 @@ where
     let end = match first {
         First::Shutdown => RelayEnd::Shutdown,
         First::Idle => RelayEnd::Idle,
-        First::Revoked(why) => RelayEnd::Revoked(why),
         First::Pump(Direction::ToHost, end) => client_side_end(end),
         First::Pump(Direction::ToClient, PumpEnd::Drained) => RelayEnd::ClientClosed,
         First::Pump(Direction::ToClient, PumpEnd::Stalled) => RelayEnd::Protocol {

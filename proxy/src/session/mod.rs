@@ -139,9 +139,11 @@ impl Steps<'_> {
             return ended;
         }
         let grounds = Grounds {
-            gateway,
+            tls: gateway.tls.clone(),
+            hosts: gateway.hosts.clone(),
             chain: chain.unwrap_or_default(),
-            admitted: &admitted,
+            host: admitted.host.clone(),
+            pin: admitted.pin,
         };
         self.relay(client, opened.host, &admitted, grounds, out)
             .await
@@ -169,7 +171,7 @@ impl Steps<'_> {
         client: PacketStream<C>,
         backend: PacketStream<B>,
         admitted: &Admitted,
-        grounds: Grounds<'_>,
+        grounds: Grounds,
         out: &mut Outcome,
     ) -> Ended
     where
@@ -185,25 +187,23 @@ impl Steps<'_> {
             &admitted.host,
             &self.gateway.config.allowed_programs,
         );
-        let watch_grounds = self.gateway.config.close_revoked_sessions;
-        let revoked = async move {
-            if watch_grounds {
-                grounds.lost().await
-            } else {
-                std::future::pending().await
-            }
+        // The session ends with the gateway, or earlier when its grounds go: a task of its own
+        // watches them, so the relay's hot loop polls one token and nothing more.
+        let session = self.shutdown.child_token();
+        let _ends_watcher = session.clone().drop_guard();
+        let lost = if self.gateway.config.close_revoked_sessions {
+            grounds.watch(session.clone())
+        } else {
+            Arc::default()
         };
-        relayed
-            .run(
-                self.gateway,
-                client,
-                backend,
-                &guard,
-                self.shutdown.clone(),
-                revoked,
-                out,
-            )
-            .await
+        let ended = relayed
+            .run(self.gateway, client, backend, &guard, session, out)
+            .await;
+        let why = lost.lock().expect("reason lock poisoned").take();
+        match why {
+            Some(why) => Ended::new(ConnectionResult::Revoked, why),
+            None => ended,
+        }
     }
 }
 
@@ -241,17 +241,36 @@ pub(crate) async fn hand_over_reply<S: AsyncRead + AsyncWrite + Unpin>(
 /// What an open session rests on: the client's certificate (checked again when the TLS
 /// material, and so the CRL, is reloaded) and the host's admission (checked again whenever the
 /// host table changes).
-struct Grounds<'a> {
-    gateway: &'a Gateway,
+struct Grounds {
+    tls: watch::Receiver<Arc<TlsMaterial>>,
+    hosts: HostTableWatch,
     chain: Vec<rustls::pki_types::CertificateDer<'static>>,
-    admitted: &'a Admitted,
+    host: String,
+    pin: Option<virtgate_pki::Pin>,
 }
 
-impl Grounds<'_> {
+impl Grounds {
+    /// Watches on a task of its own; when the grounds go, records why and cancels `session`.
+    /// The task ends with the session.
+    fn watch(self, session: CancellationToken) -> Arc<std::sync::Mutex<Option<String>>> {
+        let reason = Arc::new(std::sync::Mutex::new(None));
+        let slot = reason.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                why = self.lost() => {
+                    *slot.lock().expect("reason lock poisoned") = Some(why);
+                    session.cancel();
+                }
+                () = session.cancelled() => {}
+            }
+        });
+        reason
+    }
+
     /// Resolves with the reason once the session may no longer go on.
-    async fn lost(self) -> String {
-        let mut tls = self.gateway.tls.clone();
-        let mut hosts = self.gateway.hosts.clone();
+    async fn lost(&self) -> String {
+        let mut tls = self.tls.clone();
+        let mut hosts = self.hosts.clone();
         tls.mark_unchanged();
         hosts.mark_unchanged();
         loop {
@@ -279,7 +298,7 @@ impl Grounds<'_> {
     }
 
     fn host_lost(&self, table: &crate::directory::HostTable) -> Option<String> {
-        let host = &self.admitted.host;
+        let host = &self.host;
         let Some(target) = table.get(host) else {
             return Some(format!("host {host} was forgotten"));
         };
@@ -291,7 +310,7 @@ impl Grounds<'_> {
             } => Some(format!("host {host} is no longer trusted ({detail})")),
             // Unreachable hosts keep their sessions: a forged mDNS goodbye must not cut them.
             Admission::Refuse { .. } => None,
-            Admission::Connect { pin, .. } if *pin != self.admitted.pin => Some(format!(
+            Admission::Connect { pin, .. } if *pin != self.pin => Some(format!(
                 "host {host} was re-keyed: its approved pin changed"
             )),
             Admission::Connect { .. } => None,
@@ -306,7 +325,6 @@ struct Relayed<'a> {
 }
 
 impl Relayed<'_> {
-    #[allow(clippy::too_many_arguments)] // the relay's inputs, each used once
     async fn run<C, B>(
         self,
         gateway: &Gateway,
@@ -314,7 +332,6 @@ impl Relayed<'_> {
         backend: PacketStream<B>,
         guard: &CallGuard,
         shutdown: CancellationToken,
-        revoked: impl std::future::Future<Output = String>,
         out: &mut Outcome,
     ) -> Ended
     where
@@ -332,7 +349,7 @@ impl Relayed<'_> {
             guard,
             shutdown,
         };
-        let stats = relay(client.into_inner(), backend.into_inner(), cx, revoked).await;
+        let stats = relay(client.into_inner(), backend.into_inner(), cx).await;
         out.calls = stats.calls;
         out.to_host = stats.to_host;
         out.to_client = stats.to_client;
@@ -358,7 +375,6 @@ impl Relayed<'_> {
                     reason.as_str()
                 ),
             ),
-            RelayEnd::Revoked(why) => Ended::new(ConnectionResult::Revoked, why),
             RelayEnd::Protocol { side, reason } => {
                 m.protocol_errors.with_label_values(&[side, reason]).inc();
                 Ended::new(

@@ -356,7 +356,7 @@ async fn relay_as(
         guard: &guard,
         shutdown,
     };
-    relay(client, host, cx, std::future::pending()).await
+    relay(client, host, cx).await
 }
 
 #[tokio::test(start_paused = true)]

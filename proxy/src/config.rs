@@ -84,6 +84,17 @@ pub struct ProxyConfig {
     pub broker_pin: Option<String>,
     /// `virtgate proxy`: file holding the bearer token sent to the broker (its read token).
     pub broker_token_file: Option<PathBuf>,
+    /// On SIGTERM/SIGINT: stop accepting, then let open sessions go on for up to this long
+    /// before closing them (0s: close them at once). A second signal closes them at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// How often the TLS files are checked for changes; a change reloads them as SIGHUP does
+    /// (0s: only on SIGHUP).
+    #[serde(with = "humantime_serde")]
+    pub tls_reload_interval: Duration,
+    /// `virtgate proxy`: file keeping the last copy of the broker's inventory, read at start
+    /// so a restart while the broker is away does not start empty.
+    pub directory_cache_file: Option<PathBuf>,
 }
 
 /// The drivers libvirt ships that a gateway user may reach.
@@ -137,6 +148,9 @@ impl Default for ProxyConfig {
             broker_ca_file: None,
             broker_pin: None,
             broker_token_file: None,
+            drain_timeout: Duration::from_secs(30),
+            tls_reload_interval: Duration::from_secs(10),
+            directory_cache_file: None,
         }
     }
 }

@@ -23,7 +23,8 @@ pub mod tls;
 mod workers;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -58,26 +59,60 @@ pub enum ProxyError {
 pub struct RunningProxy {
     /// Bound client-facing addresses (useful with port 0), then host listeners.
     pub addresses: Vec<SocketAddr>,
-    tls: watch::Sender<Arc<TlsMaterial>>,
-    files: TlsFiles,
+    reloader: Arc<Reloader>,
     shutdown: CancellationToken,
+    /// Cancelled to stop accepting (a child of `shutdown`).
+    accepting: CancellationToken,
     tasks: JoinSet<()>,
     threads: Arc<workers::ConnectionThreads>,
-    metrics: ProxyMetrics,
 }
 
 impl RunningProxy {
     /// Re-reads every certificate, key and CA file and swaps them in atomically; connections
     /// already open keep the material they started with.
     pub fn reload_tls(&self) -> Result<(), ProxyError> {
-        let material = TlsMaterial::load(&self.files)?;
-        report_crl(&material, &self.metrics);
-        self.tls.send_replace(Arc::new(material));
-        Ok(())
+        self.reloader.reload()
     }
 
     pub fn tls_material(&self) -> Arc<TlsMaterial> {
-        self.tls.borrow().clone()
+        self.reloader.tls.borrow().clone()
+    }
+
+    /// Connections accepted and not finished yet (in their handshake or relayed).
+    pub fn open_connections(&self) -> usize {
+        self.threads.open_connections()
+    }
+
+    /// A graceful stop: closes the listeners at once, lets the open sessions go on until they
+    /// end, `limit` passes (`proxy.drain_timeout`) or `cut_short` resolves (a second signal),
+    /// then closes those left as [`RunningProxy::shutdown`] does.
+    pub async fn drain(self, limit: Duration, cut_short: impl std::future::Future<Output = ()>) {
+        self.accepting.cancel();
+        let open = self.open_connections();
+        if open > 0 && !limit.is_zero() {
+            tracing::info!(
+                open,
+                drain_timeout = ?limit,
+                "draining: no new connections; open sessions may go on for up to proxy.drain_timeout (a second stop signal closes them now)"
+            );
+            let finished = async {
+                while self.open_connections() > 0 {
+                    tokio::time::sleep(DRAIN_POLL).await;
+                }
+            };
+            tokio::select! {
+                () = finished => tracing::info!("drained: every session has ended"),
+                () = tokio::time::sleep(limit) => tracing::warn!(
+                    open = self.open_connections(),
+                    "proxy.drain_timeout has passed; closing the sessions still open"
+                ),
+                () = cut_short => tracing::warn!(
+                    open = self.open_connections(),
+                    "second stop signal; closing the sessions still open"
+                ),
+            }
+        }
+        self.shutdown().await;
     }
 
     /// Stops accepting, closes open sessions (those still in their handshake after a grace
@@ -111,10 +146,17 @@ pub async fn start(
             "proxy.rules is empty: every client will be denied (default deny); add [[proxy.rules]]"
         );
     }
+    let seen = Reloader::contents(&files);
     let material = Arc::new(TlsMaterial::load(&files)?);
     let metrics = ProxyMetrics::register(registry)?;
     report_crl(&material, &metrics);
     let (tls_tx, tls_rx) = watch::channel(material);
+    let reloader = Arc::new(Reloader {
+        files,
+        tls: tls_tx,
+        metrics: metrics.clone(),
+        seen: Mutex::new(seen),
+    });
     let gateway = Arc::new(session::Gateway {
         config: config.clone(),
         policy: policy::Policy::new(&config.rules)?,
@@ -123,9 +165,10 @@ pub async fn start(
         handshakes: handshakes::PerSource::new(config.max_handshakes_per_source),
         hosts,
         tls: tls_rx,
-        metrics: metrics.clone(),
+        metrics,
     });
     let shutdown = CancellationToken::new();
+    let accepting = shutdown.child_token();
     let threads = Arc::new(
         workers::ConnectionThreads::start(
             config.connection_threads,
@@ -156,18 +199,97 @@ pub async fn start(
             gateway.clone(),
             threads.clone(),
             limit.clone(),
-            shutdown.clone(),
+            accepting.clone(),
         ));
+    }
+    if !config.tls_reload_interval.is_zero() {
+        tasks.spawn(
+            reloader
+                .clone()
+                .watch(config.tls_reload_interval, shutdown.clone()),
+        );
     }
     Ok(RunningProxy {
         addresses,
-        tls: tls_tx,
-        files,
+        reloader,
         shutdown,
+        accepting,
         tasks,
         threads,
-        metrics,
     })
+}
+
+/// How often a draining proxy looks whether its sessions have ended.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+/// How long changed TLS files must stay unchanged before they are loaded: one writer's files
+/// (a certificate, then its key) are taken together.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Loads the TLS files again on SIGHUP, and whenever their contents change (mounted Secrets
+/// are updated in place): the new material is published for new connections; open ones keep
+/// theirs.
+struct Reloader {
+    files: TlsFiles,
+    tls: watch::Sender<Arc<TlsMaterial>>,
+    metrics: ProxyMetrics,
+    /// The files' contents when they were last loaded.
+    seen: Mutex<Vec<Option<Vec<u8>>>>,
+}
+
+impl Reloader {
+    fn contents(files: &TlsFiles) -> Vec<Option<Vec<u8>>> {
+        let paths = [&files.server_cert, &files.server_key]
+            .into_iter()
+            .chain(&files.client_cas)
+            .chain(&files.crl)
+            .chain([&files.backend_cert, &files.backend_key])
+            .chain(&files.backend_cas);
+        paths.map(|p| std::fs::read(p).ok()).collect()
+    }
+
+    fn reload(&self) -> Result<(), ProxyError> {
+        let seen = Self::contents(&self.files);
+        let material = TlsMaterial::load(&self.files)?;
+        report_crl(&material, &self.metrics);
+        self.tls.send_replace(Arc::new(material));
+        *self.seen.lock().expect("reload lock poisoned") = seen;
+        Ok(())
+    }
+
+    /// Every `every`, compares the files with what was loaded; reloads when they changed and
+    /// have settled. Material that fails to load is reported once and the previous one stays.
+    async fn watch(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+        let mut failed = None;
+        let settle = SETTLE.min(every);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = stop.cancelled() => return,
+            }
+            let now = Self::contents(&self.files);
+            let unchanged = now == *self.seen.lock().expect("reload lock poisoned");
+            if unchanged || failed.as_ref() == Some(&now) {
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(settle) => {}
+                () = stop.cancelled() => return,
+            }
+            if Self::contents(&self.files) != now {
+                continue;
+            }
+            match self.reload() {
+                Ok(()) => {
+                    failed = None;
+                    tracing::info!("TLS files changed: certificates, keys and CAs reloaded; open connections keep theirs");
+                }
+                Err(e) => {
+                    failed = Some(now);
+                    tracing::warn!(error = %e, "TLS files changed but cannot be loaded; the previous TLS material stays in use until they are fixed");
+                }
+            }
+        }
+    }
 }
 
 /// Exports the CRL's `nextUpdate` and says so when it has passed: revocations made since are

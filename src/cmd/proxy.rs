@@ -41,6 +41,10 @@ pub struct Args {
     /// File holding the token sent to the broker: its read token (proxy.broker_token_file).
     #[arg(long, value_name = "FILE")]
     broker_token_file: Option<PathBuf>,
+    /// Check the way to the broker and exit: load the TLS files, read the broker's inventory once
+    /// as the gateway would (same URL, trust and credentials), print what it holds.
+    #[arg(long)]
+    check: bool,
 }
 
 /// The TLS files named by the configuration; every one must be set.
@@ -84,7 +88,11 @@ fn broker_client(
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let files = tls_files(config)?;
+    let check = args.check;
     let client = broker_client(config, args, &files)?;
+    if check {
+        return check_broker(&files, &client).await;
+    }
     let url = client.url().to_string();
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -141,6 +149,29 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     waited
+}
+
+/// `virtgate proxy --check`: what a starting gateway does first, once.
+async fn check_broker(files: &TlsFiles, client: &virtgate_api::Client) -> anyhow::Result<()> {
+    virtgate_proxy::TlsMaterial::load(files).context(
+        "the gateway's TLS files do not load; fix the proxy.*_file keys named above",
+    )?;
+    let copy = client
+        .watch(0, None, Duration::from_secs(1))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot read the inventory of the broker at {}; check --broker, the broker's CA or pin and this gateway's credentials (docs/proxy.md, Following a broker)",
+                client.url()
+            )
+        })?;
+    let trusted = copy.hosts.iter().filter(|h| h.trust.is_trusted()).count();
+    println!(
+        "broker {} answered: {} hosts, {trusted} trusted; this gateway can follow it",
+        client.url(),
+        copy.hosts.len()
+    );
+    Ok(())
 }
 
 /// After the stop signal: stops accepting and lets open sessions end within

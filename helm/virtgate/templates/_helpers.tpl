@@ -156,7 +156,9 @@ hostCa: /etc/virtgate/tls/host-ca
 {{- else if regexMatch "^[0-9]+h$" $drain -}}{{ $seconds = mul (trimSuffix "h" $drain | int) 3600 }}
 {{- else -}}{{ fail (printf "config.proxy.drain_timeout %q: write it as seconds, minutes or hours (60s, 2m, 1h) so the chart can size terminationGracePeriodSeconds" $drain) }}
 {{- end -}}
-{{- add $seconds (int .Values.gateway.preStopSleepSeconds) 10 -}}
+{{- $sleep := 0 -}}
+{{- if eq (include "virtgate.preStopSleep" .) "true" }}{{ $sleep = int .Values.gateway.preStopSleepSeconds }}{{ end -}}
+{{- add $seconds $sleep 10 -}}
 {{- end -}}
 
 {{- define "virtgate.preStopSleep" -}}

@@ -110,6 +110,20 @@ fn metric(setup: &ProxySetup, name: &str) -> f64 {
     sample(&body, name, &[]).unwrap_or_else(|| panic!("no {name} in:\n{body}"))
 }
 
+/// `virtgate proxy --check` with the gateway's configuration.
+fn check(setup: &ProxySetup, args: &[String]) -> std::process::Output {
+    Command::new(common::VIRTGATE)
+        .args([
+            "--config",
+            setup.config.to_str().unwrap(),
+            "proxy",
+            "--check",
+        ])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 fn works(setup: &ProxySetup, host: &str, who: &Identity) -> std::process::Output {
     virsh_until(
         &setup.uri(host, who),
@@ -151,6 +165,13 @@ fn gateways_serve_through_a_broker_outage_and_all_see_an_approval_made_after_it(
     }
     assert_eq!(metric(&a, "virtgate_proxy_directory_hosts"), 2.0);
     assert!(cache.is_file(), "the first copy is kept in the cache file");
+    // `helm test` runs this: a gateway's way to the broker, once.
+    let checked = check(&b, &args);
+    assert!(
+        checked.status.success() && text(&checked).contains("2 hosts, 1 trusted"),
+        "{}",
+        text(&checked)
+    );
 
     // The broker dies.
     let Broker {
@@ -179,6 +200,13 @@ fn gateways_serve_through_a_broker_outage_and_all_see_an_approval_made_after_it(
             text(&pending)
         );
     }
+    let checked = check(&b, &args);
+    assert!(
+        !checked.status.success()
+            && text(&checked).contains("cannot read the inventory of the broker"),
+        "{}",
+        text(&checked)
+    );
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         metric(&b, "virtgate_proxy_directory_last_sync_timestamp_seconds"),

@@ -153,9 +153,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
 
 /// `virtgate proxy --check`: what a starting gateway does first, once.
 async fn check_broker(files: &TlsFiles, client: &virtgate_api::Client) -> anyhow::Result<()> {
-    virtgate_proxy::TlsMaterial::load(files).context(
-        "the gateway's TLS files do not load; fix the proxy.*_file keys named above",
-    )?;
+    virtgate_proxy::TlsMaterial::load(files)
+        .context("the gateway's TLS files do not load; fix the proxy.*_file keys named above")?;
     let copy = client
         .watch(0, None, Duration::from_secs(1))
         .await

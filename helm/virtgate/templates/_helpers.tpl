@@ -96,7 +96,8 @@ app.kubernetes.io/component: {{ .component }}
 {{/* Paths inside the containers. */}}
 {{- define "virtgate.paths" -}}
 config: /etc/virtgate/virtgate.toml
-data: /var/lib/virtgate
+volume: /var/lib/virtgate
+data: /var/lib/virtgate/data
 cache: /var/cache/virtgate
 gatewayServer: /etc/virtgate/tls/gateway-server
 gatewayBackend: /etc/virtgate/tls/gateway-backend

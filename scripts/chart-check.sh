@@ -11,7 +11,7 @@
 #   helm lint --strict, helm template (helm 4 and helm 3 must render the same), kubernetes-validate
 #   --strict, CRD validation of ServiceMonitor, PrometheusRule and Certificate, the rendered
 #   virtgate.toml read by `virtgate config` (the binary's own loader: unknown keys fail);
-# once: promtool check rules and the unchanged unit tests on the rules as rendered into the
+# NOTES.txt rendered for every values set; once: promtool check rules and the unchanged unit tests on the rules as rendered into the
 #   PrometheusRules, the rendered dashboards equal to dashboards/*.json, helm package holds the
 #   real files (not links), and every values file in helm/tests/invalid/ is rejected with the
 #   message in its .expect file.
@@ -139,6 +139,11 @@ for values in "$CHART"/ci/*.yaml; do
         "$H3" template vg "$CHART" -n virtgate -f "$values" --kube-version "$k" "${APIS[@]}" > "$OUT/helm3.yaml" 2> >(quiet >&2)
         diff -u "$rendered" "$OUT/helm3.yaml" || fail "helm 3 renders $values differently from helm 4"
     done
+done
+say "NOTES.txt renders for every values set (helm install --dry-run=client, no cluster)"
+for values in "$CHART"/ci/*.yaml; do
+    notes=$(KUBECONFIG=/dev/null "$H" install vg "$CHART" -n virtgate -f "$values" --dry-run=client 2>&1 | sed -n '/^NOTES:/,$p')
+    grep -q "virsh -c 'qemu+tls://" <<<"$notes" || fail "NOTES.txt does not render for $values: $notes"
 done
 for k in "${KUBE_VERSIONS[@]}"; do
     say "kubernetes-validate --strict -k $k: every rendered set"

@@ -310,3 +310,96 @@ fn report_crl(material: &TlsMaterial, metrics: &ProxyMetrics) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    /// A fresh self-signed certificate and key in `dir`, named `name`; returns their paths and
+    /// the certificate's DER.
+    fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_file, key_file) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        (cert_file, key_file, cert.der().to_vec())
+    }
+
+    fn served(reloader: &Reloader) -> Vec<u8> {
+        let material = reloader.tls.borrow().clone();
+        let (role, der) = &material.own_certificates[0];
+        assert_eq!(role, "proxy_server");
+        der.to_vec()
+    }
+
+    async fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn changed_files_are_loaded_once_settled_and_broken_ones_leave_the_material_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server_cert, server_key, first) = pair(dir.path(), "server");
+        let (client_ca, _, _) = pair(dir.path(), "client-ca");
+        let (backend_cert, backend_key, _) = pair(dir.path(), "backend");
+        let files = TlsFiles {
+            server_cert: server_cert.clone(),
+            server_key: server_key.clone(),
+            client_cas: vec![client_ca],
+            crl: None,
+            backend_cert,
+            backend_key,
+            backend_cas: vec![],
+        };
+        let seen = Reloader::contents(&files);
+        let material = Arc::new(TlsMaterial::load(&files).unwrap());
+        let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
+        let reloader = Arc::new(Reloader {
+            files,
+            tls: watch::channel(material).0,
+            metrics,
+            seen: Mutex::new(seen),
+        });
+        let stop = CancellationToken::new();
+        let watching = tokio::spawn(
+            reloader
+                .clone()
+                .watch(Duration::from_millis(50), stop.clone()),
+        );
+        assert_eq!(served(&reloader), first);
+
+        // A renewal: certificate and key replaced; new connections get the new pair.
+        let (renewed_cert, renewed_key, renewed) = pair(dir.path(), "renewed");
+        std::fs::rename(&renewed_key, &server_key).unwrap();
+        std::fs::rename(&renewed_cert, &server_cert).unwrap();
+        eventually("the renewed certificate is served", || {
+            served(&reloader) == renewed
+        })
+        .await;
+
+        // A key that does not load: the renewed pair stays in use.
+        std::fs::write(&server_key, "not a key").unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(served(&reloader), renewed);
+
+        // Fixed: loaded.
+        let (fixed_cert, fixed_key, fixed) = pair(dir.path(), "fixed");
+        std::fs::rename(&fixed_key, &server_key).unwrap();
+        std::fs::rename(&fixed_cert, &server_cert).unwrap();
+        eventually("the fixed pair is served", || served(&reloader) == fixed).await;
+        stop.cancel();
+        watching.await.unwrap();
+    }
+}

@@ -23,8 +23,7 @@ pub mod tls;
 mod workers;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -65,13 +64,14 @@ pub struct RunningProxy {
     accepting: CancellationToken,
     tasks: JoinSet<()>,
     threads: Arc<workers::ConnectionThreads>,
+    metrics: ProxyMetrics,
 }
 
 impl RunningProxy {
     /// Re-reads every certificate, key and CA file and swaps them in atomically; connections
     /// already open keep the material they started with.
     pub fn reload_tls(&self) -> Result<(), ProxyError> {
-        self.reloader.reload()
+        self.reloader.reload(&self.metrics)
     }
 
     pub fn tls_material(&self) -> Arc<TlsMaterial> {
@@ -86,7 +86,11 @@ impl RunningProxy {
     /// A graceful stop: closes the listeners at once, lets the open sessions go on until they
     /// end, `limit` passes (`proxy.drain_timeout`) or `cut_short` resolves (a second signal),
     /// then closes those left as [`RunningProxy::shutdown`] does.
-    pub async fn drain(self, limit: Duration, cut_short: impl std::future::Future<Output = ()>) {
+    pub async fn drain(
+        self,
+        limit: std::time::Duration,
+        cut_short: impl std::future::Future<Output = ()>,
+    ) {
         self.accepting.cancel();
         let open = self.open_connections();
         if open > 0 && !limit.is_zero() {
@@ -151,12 +155,6 @@ pub async fn start(
     let metrics = ProxyMetrics::register(registry)?;
     report_crl(&material, &metrics);
     let (tls_tx, tls_rx) = watch::channel(material);
-    let reloader = Arc::new(Reloader {
-        files,
-        tls: tls_tx,
-        metrics: metrics.clone(),
-        seen: Mutex::new(seen),
-    });
     let gateway = Arc::new(session::Gateway {
         config: config.clone(),
         policy: policy::Policy::new(&config.rules)?,
@@ -165,10 +163,15 @@ pub async fn start(
         handshakes: handshakes::PerSource::new(config.max_handshakes_per_source),
         hosts,
         tls: tls_rx,
-        metrics,
+        metrics: metrics.clone(),
     });
     let shutdown = CancellationToken::new();
     let accepting = shutdown.child_token();
+    let reloader = Arc::new(Reloader {
+        files,
+        tls: tls_tx,
+        seen: std::sync::Mutex::new(seen),
+    });
     let threads = Arc::new(
         workers::ConnectionThreads::start(
             config.connection_threads,
@@ -203,11 +206,11 @@ pub async fn start(
         ));
     }
     if !config.tls_reload_interval.is_zero() {
-        tasks.spawn(
-            reloader
-                .clone()
-                .watch(config.tls_reload_interval, shutdown.clone()),
-        );
+        tasks.spawn(reloader.clone().watch(
+            config.tls_reload_interval,
+            metrics.clone(),
+            shutdown.clone(),
+        ));
     }
     Ok(RunningProxy {
         addresses,
@@ -216,14 +219,15 @@ pub async fn start(
         accepting,
         tasks,
         threads,
+        metrics,
     })
 }
 
 /// How often a draining proxy looks whether its sessions have ended.
-const DRAIN_POLL: Duration = Duration::from_millis(100);
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long changed TLS files must stay unchanged before they are loaded: one writer's files
 /// (a certificate, then its key) are taken together.
-const SETTLE: Duration = Duration::from_secs(1);
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Loads the TLS files again on SIGHUP, and whenever their contents change (mounted Secrets
 /// are updated in place): the new material is published for new connections; open ones keep
@@ -231,9 +235,8 @@ const SETTLE: Duration = Duration::from_secs(1);
 struct Reloader {
     files: TlsFiles,
     tls: watch::Sender<Arc<TlsMaterial>>,
-    metrics: ProxyMetrics,
     /// The files' contents when they were last loaded.
-    seen: Mutex<Vec<Option<Vec<u8>>>>,
+    seen: std::sync::Mutex<Vec<Option<Vec<u8>>>>,
 }
 
 impl Reloader {
@@ -247,10 +250,10 @@ impl Reloader {
         paths.map(|p| std::fs::read(p).ok()).collect()
     }
 
-    fn reload(&self) -> Result<(), ProxyError> {
+    fn reload(&self, metrics: &ProxyMetrics) -> Result<(), ProxyError> {
         let seen = Self::contents(&self.files);
         let material = TlsMaterial::load(&self.files)?;
-        report_crl(&material, &self.metrics);
+        report_crl(&material, metrics);
         self.tls.send_replace(Arc::new(material));
         *self.seen.lock().expect("reload lock poisoned") = seen;
         Ok(())
@@ -258,7 +261,12 @@ impl Reloader {
 
     /// Every `every`, compares the files with what was loaded; reloads when they changed and
     /// have settled. Material that fails to load is reported once and the previous one stays.
-    async fn watch(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+    async fn watch(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        metrics: ProxyMetrics,
+        stop: CancellationToken,
+    ) {
         let mut failed = None;
         let settle = SETTLE.min(every);
         loop {
@@ -278,7 +286,7 @@ impl Reloader {
             if Self::contents(&self.files) != now {
                 continue;
             }
-            match self.reload() {
+            match self.reload(&metrics) {
                 Ok(()) => {
                     failed = None;
                     tracing::info!("TLS files changed: certificates, keys and CAs reloaded; open connections keep theirs");
@@ -315,6 +323,7 @@ fn report_crl(material: &TlsMaterial, metrics: &ProxyMetrics) {
 mod tests {
     use super::*;
     use std::path::{Path, PathBuf};
+    use std::time::Duration;
 
     /// A fresh self-signed certificate and key in `dir`, named `name`; returns their paths and
     /// the certificate's DER.
@@ -369,15 +378,14 @@ mod tests {
         let reloader = Arc::new(Reloader {
             files,
             tls: watch::channel(material).0,
-            metrics,
-            seen: Mutex::new(seen),
+            seen: std::sync::Mutex::new(seen),
         });
         let stop = CancellationToken::new();
-        let watching = tokio::spawn(
-            reloader
-                .clone()
-                .watch(Duration::from_millis(50), stop.clone()),
-        );
+        let watching = tokio::spawn(reloader.clone().watch(
+            Duration::from_millis(50),
+            metrics,
+            stop.clone(),
+        ));
         assert_eq!(served(&reloader), first);
 
         // A renewal: certificate and key replaced; new connections get the new pair.

@@ -28,6 +28,10 @@ use crate::config::Config;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Check the way to the broker and exit: load the TLS files, read the broker's inventory once
+    /// as the gateway would (same URL, trust and credentials), print what it holds.
+    #[arg(long)]
+    check: bool,
     /// Broker API to follow: https://HOST:PORT (default: <broker.listen>, https when the broker
     /// serves TLS there). Plain http:// only for a broker on loopback.
     #[arg(long, value_name = "URL")]
@@ -41,10 +45,6 @@ pub struct Args {
     /// File holding the token sent to the broker: its read token (proxy.broker_token_file).
     #[arg(long, value_name = "FILE")]
     broker_token_file: Option<PathBuf>,
-    /// Check the way to the broker and exit: load the TLS files, read the broker's inventory once
-    /// as the gateway would (same URL, trust and credentials), print what it holds.
-    #[arg(long)]
-    check: bool,
 }
 
 /// The TLS files named by the configuration; every one must be set.
@@ -87,12 +87,12 @@ fn broker_client(
 }
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
-    let files = tls_files(config)?;
-    let check = args.check;
-    let client = broker_client(config, args, &files)?;
-    if check {
-        return check_broker(&files, &client).await;
+    if args.check {
+        let files = tls_files(config)?;
+        return check_broker(&files, &broker_client(config, args, &files)?).await;
     }
+    let files = tls_files(config)?;
+    let client = broker_client(config, args, &files)?;
     let url = client.url().to_string();
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -111,8 +111,6 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let (hosts, publish) = crate::directory::from_broker(followed.clone(), shutdown.child_token());
     tasks.spawn(publish);
     let registry = Arc::new(prometheus::Registry::new());
-    let follow_metrics = FollowMetrics::register(&registry)?;
-    tasks.spawn(follow_metrics.export(status, followed.clone(), shutdown.child_token()));
     let proxy = virtgate_proxy::start(&config.proxy, files, hosts, &registry)
         .await
         .context("cannot start the proxy")?;
@@ -125,6 +123,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             )
         })?;
     let metrics = listener.local_addr()?;
+    let follow_metrics = FollowMetrics::register(&registry)?;
+    tasks.spawn(follow_metrics.export(status, followed.clone(), shutdown.child_token()));
     let draining = Arc::new(AtomicBool::new(false));
     let going = draining.clone();
     let ready = move || {

@@ -19,7 +19,6 @@ pub mod tls;
 pub use cert::{CertInfo, Finding, FindingKind, Pin};
 pub use client::{BrokerUrl, Client, ClientError, Scheme, DEFAULT_PORT};
 pub use follow::{Followed, Follower};
-pub use follow::{CacheError, FollowStatus};
 pub use model::{
     ApproveRequest, CertificateHistoryEntry, CertificateRow, Endpoint, ErrorBody, Event, EventKind,
     ForgetResponse, Host, HostDetail, HostSource, HostState, ProbeErrorReason, TrustState,

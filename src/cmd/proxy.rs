@@ -20,7 +20,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use virtgate_api::{ClientIdentity, FollowStatus, Followed, Follower};
+use virtgate_api::follow::FollowStatus;
+use virtgate_api::{ClientIdentity, Followed, Follower};
 use virtgate_pki::Pin;
 use virtgate_proxy::{RunningProxy, TlsFiles};
 

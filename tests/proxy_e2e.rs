@@ -994,12 +994,13 @@ fn stopping_the_gateway_closes_open_sessions_and_exits_cleanly() {
     use std::io::{BufRead, BufReader, Write};
     let libvirtd = libvirtd();
     let dir = tempfile::tempdir().unwrap();
-    // A long pre-open budget, so that a silent client is only cut off by the stop itself.
+    // A long pre-open budget, so that a silent client is only cut off by the stop itself; no
+    // drain (tests/proxy_tier.rs covers proxy.drain_timeout).
     let mut gw = Gateway::start(
         dir.path(),
         &libvirtd,
         &format!(
-            "handshake_timeout = \"5min\"\n{}{RULES}",
+            "handshake_timeout = \"5min\"\ndrain_timeout = \"0s\"\n{}{RULES}",
             host("h1", &["127.0.0.1"], libvirtd.port())
         ),
     );

@@ -77,6 +77,17 @@ pub struct ProxyConfig {
     /// Connections from one address that may be in their TLS handshake or pre-open exchange at
     /// once; more are refused at accept.
     pub max_handshakes_per_source: usize,
+    /// On SIGTERM/SIGINT: stop accepting, then let open sessions go on for up to this long
+    /// before closing them (0s: close them at once). A second signal closes them at once.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// How often the TLS files are checked for changes; a change reloads them as SIGHUP does
+    /// (0s: only on SIGHUP).
+    #[serde(with = "humantime_serde")]
+    pub tls_reload_interval: Duration,
+    /// `virtgate proxy`: file keeping the last copy of the broker's inventory, read at start
+    /// so a restart while the broker is away does not start empty.
+    pub directory_cache_file: Option<PathBuf>,
     /// `virtgate proxy`: PEM file of the CA that issued the followed broker's certificate.
     pub broker_ca_file: Option<PathBuf>,
     /// `virtgate proxy`: SPKI SHA-256 pin of the followed broker's key (instead of, or besides,
@@ -134,6 +145,9 @@ impl Default for ProxyConfig {
             allowed_programs: Vec::new(),
             close_revoked_sessions: true,
             max_handshakes_per_source: 64,
+            drain_timeout: Duration::from_secs(30),
+            tls_reload_interval: Duration::from_secs(10),
+            directory_cache_file: None,
             broker_ca_file: None,
             broker_pin: None,
             broker_token_file: None,

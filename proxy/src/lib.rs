@@ -58,9 +58,10 @@ pub enum ProxyError {
 pub struct RunningProxy {
     /// Bound client-facing addresses (useful with port 0), then host listeners.
     pub addresses: Vec<SocketAddr>,
-    tls: watch::Sender<Arc<TlsMaterial>>,
-    files: TlsFiles,
+    reloader: Arc<Reloader>,
     shutdown: CancellationToken,
+    /// Cancelled to stop accepting (a child of `shutdown`).
+    accepting: CancellationToken,
     tasks: JoinSet<()>,
     threads: Arc<workers::ConnectionThreads>,
     metrics: ProxyMetrics,
@@ -70,14 +71,52 @@ impl RunningProxy {
     /// Re-reads every certificate, key and CA file and swaps them in atomically; connections
     /// already open keep the material they started with.
     pub fn reload_tls(&self) -> Result<(), ProxyError> {
-        let material = TlsMaterial::load(&self.files)?;
-        report_crl(&material, &self.metrics);
-        self.tls.send_replace(Arc::new(material));
-        Ok(())
+        self.reloader.reload(&self.metrics)
     }
 
     pub fn tls_material(&self) -> Arc<TlsMaterial> {
-        self.tls.borrow().clone()
+        self.reloader.tls.borrow().clone()
+    }
+
+    /// Connections accepted and not finished yet (in their handshake or relayed).
+    pub fn open_connections(&self) -> usize {
+        self.threads.open_connections()
+    }
+
+    /// A graceful stop: closes the listeners at once, lets the open sessions go on until they
+    /// end, `limit` passes (`proxy.drain_timeout`) or `cut_short` resolves (a second signal),
+    /// then closes those left as [`RunningProxy::shutdown`] does.
+    pub async fn drain(
+        self,
+        limit: std::time::Duration,
+        cut_short: impl std::future::Future<Output = ()>,
+    ) {
+        self.accepting.cancel();
+        let open = self.open_connections();
+        if open > 0 && !limit.is_zero() {
+            tracing::info!(
+                open,
+                drain_timeout = ?limit,
+                "draining: no new connections; open sessions may go on for up to proxy.drain_timeout (a second stop signal closes them now)"
+            );
+            let finished = async {
+                while self.open_connections() > 0 {
+                    tokio::time::sleep(DRAIN_POLL).await;
+                }
+            };
+            tokio::select! {
+                () = finished => tracing::info!("drained: every session has ended"),
+                () = tokio::time::sleep(limit) => tracing::warn!(
+                    open = self.open_connections(),
+                    "proxy.drain_timeout has passed; closing the sessions still open"
+                ),
+                () = cut_short => tracing::warn!(
+                    open = self.open_connections(),
+                    "second stop signal; closing the sessions still open"
+                ),
+            }
+        }
+        self.shutdown().await;
     }
 
     /// Stops accepting, closes open sessions (those still in their handshake after a grace
@@ -111,6 +150,7 @@ pub async fn start(
             "proxy.rules is empty: every client will be denied (default deny); add [[proxy.rules]]"
         );
     }
+    let seen = Reloader::contents(&files);
     let material = Arc::new(TlsMaterial::load(&files)?);
     let metrics = ProxyMetrics::register(registry)?;
     report_crl(&material, &metrics);
@@ -126,6 +166,12 @@ pub async fn start(
         metrics: metrics.clone(),
     });
     let shutdown = CancellationToken::new();
+    let accepting = shutdown.child_token();
+    let reloader = Arc::new(Reloader {
+        files,
+        tls: tls_tx,
+        seen: std::sync::Mutex::new(seen),
+    });
     let threads = Arc::new(
         workers::ConnectionThreads::start(
             config.connection_threads,
@@ -156,18 +202,102 @@ pub async fn start(
             gateway.clone(),
             threads.clone(),
             limit.clone(),
+            accepting.clone(),
+        ));
+    }
+    if !config.tls_reload_interval.is_zero() {
+        tasks.spawn(reloader.clone().watch(
+            config.tls_reload_interval,
+            metrics.clone(),
             shutdown.clone(),
         ));
     }
     Ok(RunningProxy {
         addresses,
-        tls: tls_tx,
-        files,
+        reloader,
         shutdown,
+        accepting,
         tasks,
         threads,
         metrics,
     })
+}
+
+/// How often a draining proxy looks whether its sessions have ended.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// How long changed TLS files must stay unchanged before they are loaded: one writer's files
+/// (a certificate, then its key) are taken together.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Loads the TLS files again on SIGHUP, and whenever their contents change (mounted Secrets
+/// are updated in place): the new material is published for new connections; open ones keep
+/// theirs.
+struct Reloader {
+    files: TlsFiles,
+    tls: watch::Sender<Arc<TlsMaterial>>,
+    /// The files' contents when they were last loaded.
+    seen: std::sync::Mutex<Vec<Option<Vec<u8>>>>,
+}
+
+impl Reloader {
+    fn contents(files: &TlsFiles) -> Vec<Option<Vec<u8>>> {
+        let paths = [&files.server_cert, &files.server_key]
+            .into_iter()
+            .chain(&files.client_cas)
+            .chain(&files.crl)
+            .chain([&files.backend_cert, &files.backend_key])
+            .chain(&files.backend_cas);
+        paths.map(|p| std::fs::read(p).ok()).collect()
+    }
+
+    fn reload(&self, metrics: &ProxyMetrics) -> Result<(), ProxyError> {
+        let seen = Self::contents(&self.files);
+        let material = TlsMaterial::load(&self.files)?;
+        report_crl(&material, metrics);
+        self.tls.send_replace(Arc::new(material));
+        *self.seen.lock().expect("reload lock poisoned") = seen;
+        Ok(())
+    }
+
+    /// Every `every`, compares the files with what was loaded; reloads when they changed and
+    /// have settled. Material that fails to load is reported once and the previous one stays.
+    async fn watch(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        metrics: ProxyMetrics,
+        stop: CancellationToken,
+    ) {
+        let mut failed = None;
+        let settle = SETTLE.min(every);
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = stop.cancelled() => return,
+            }
+            let now = Self::contents(&self.files);
+            let unchanged = now == *self.seen.lock().expect("reload lock poisoned");
+            if unchanged || failed.as_ref() == Some(&now) {
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(settle) => {}
+                () = stop.cancelled() => return,
+            }
+            if Self::contents(&self.files) != now {
+                continue;
+            }
+            match self.reload(&metrics) {
+                Ok(()) => {
+                    failed = None;
+                    tracing::info!("TLS files changed: certificates, keys and CAs reloaded; open connections keep theirs");
+                }
+                Err(e) => {
+                    failed = Some(now);
+                    tracing::warn!(error = %e, "TLS files changed but cannot be loaded; the previous TLS material stays in use until they are fixed");
+                }
+            }
+        }
+    }
 }
 
 /// Exports the CRL's `nextUpdate` and says so when it has passed: revocations made since are
@@ -186,5 +316,98 @@ fn report_crl(material: &TlsMaterial, metrics: &ProxyMetrics) {
             next_update,
             "proxy.crl_file is stale: its nextUpdate has passed; install a fresh CRL and send SIGHUP"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    /// A fresh self-signed certificate and key in `dir`, named `name`; returns their paths and
+    /// the certificate's DER.
+    fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_file, key_file) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        (cert_file, key_file, cert.der().to_vec())
+    }
+
+    fn served(reloader: &Reloader) -> Vec<u8> {
+        let material = reloader.tls.borrow().clone();
+        let (role, der) = &material.own_certificates[0];
+        assert_eq!(role, "proxy_server");
+        der.to_vec()
+    }
+
+    async fn eventually(what: &str, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn changed_files_are_loaded_once_settled_and_broken_ones_leave_the_material_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let (server_cert, server_key, first) = pair(dir.path(), "server");
+        let (client_ca, _, _) = pair(dir.path(), "client-ca");
+        let (backend_cert, backend_key, _) = pair(dir.path(), "backend");
+        let files = TlsFiles {
+            server_cert: server_cert.clone(),
+            server_key: server_key.clone(),
+            client_cas: vec![client_ca],
+            crl: None,
+            backend_cert,
+            backend_key,
+            backend_cas: vec![],
+        };
+        let seen = Reloader::contents(&files);
+        let material = Arc::new(TlsMaterial::load(&files).unwrap());
+        let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
+        let reloader = Arc::new(Reloader {
+            files,
+            tls: watch::channel(material).0,
+            seen: std::sync::Mutex::new(seen),
+        });
+        let stop = CancellationToken::new();
+        let watching = tokio::spawn(reloader.clone().watch(
+            Duration::from_millis(50),
+            metrics,
+            stop.clone(),
+        ));
+        assert_eq!(served(&reloader), first);
+
+        // A renewal: certificate and key replaced; new connections get the new pair.
+        let (renewed_cert, renewed_key, renewed) = pair(dir.path(), "renewed");
+        std::fs::rename(&renewed_key, &server_key).unwrap();
+        std::fs::rename(&renewed_cert, &server_cert).unwrap();
+        eventually("the renewed certificate is served", || {
+            served(&reloader) == renewed
+        })
+        .await;
+
+        // A key that does not load: the renewed pair stays in use.
+        std::fs::write(&server_key, "not a key").unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(served(&reloader), renewed);
+
+        // Fixed: loaded.
+        let (fixed_cert, fixed_key, fixed) = pair(dir.path(), "fixed");
+        std::fs::rename(&fixed_key, &server_key).unwrap();
+        std::fs::rename(&fixed_cert, &server_cert).unwrap();
+        eventually("the fixed pair is served", || served(&reloader) == fixed).await;
+        stop.cancel();
+        watching.await.unwrap();
     }
 }

@@ -128,6 +128,14 @@ impl ConnectionThreads {
         }
     }
 
+    /// Connections handed to the threads and not finished yet.
+    pub fn open_connections(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|w| w.load.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Waits until every thread has finished its connections (after shutdown was signalled).
     pub async fn join(self) {
         let Self {

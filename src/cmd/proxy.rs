@@ -1,9 +1,13 @@
 //! `virtgate proxy`: the TLS front door alone, following a broker's inventory over HTTPS
 //! (verified by CA or pin; the proxy presents its backend identity and/or a token), or over
-//! plain HTTP to a broker on loopback.
+//! plain HTTP to a broker on loopback. Fit for several replicas behind a load balancer: not
+//! ready until it has a copy of the inventory (from the broker, or from its cache file), ready
+//! through a broker outage (serving the last copy; each connection still checks the host's
+//! pin), staleness on `/metrics`, and a graceful drain on SIGTERM.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -11,11 +15,13 @@ use std::time::Duration;
 use anyhow::Context;
 use http_body_util::Full;
 use hyper::body::Bytes;
+use prometheus::{IntCounter, IntGauge};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use virtgate_api::{ClientIdentity, Follower};
+use virtgate_api::follow::FollowStatus;
+use virtgate_api::{ClientIdentity, Followed, Follower};
 use virtgate_pki::Pin;
 use virtgate_proxy::{RunningProxy, TlsFiles};
 
@@ -23,6 +29,10 @@ use crate::config::Config;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Check the way to the broker and exit: load the TLS files, read the broker's inventory once
+    /// as the gateway would (same URL, trust and credentials), print what it holds.
+    #[arg(long)]
+    check: bool,
     /// Broker API to follow: https://HOST:PORT (default: <broker.listen>, https when the broker
     /// serves TLS there). Plain http:// only for a broker on loopback.
     #[arg(long, value_name = "URL")]
@@ -78,12 +88,22 @@ fn broker_client(
 }
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
+    if args.check {
+        let files = tls_files(config)?;
+        return check_broker(&files, &broker_client(config, args, &files)?).await;
+    }
     let files = tls_files(config)?;
     let client = broker_client(config, args, &files)?;
     let url = client.url().to_string();
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let (follower, followed) = Follower::new(client);
+    let (mut follower, followed) = Follower::new(client);
+    if let Some(file) = &config.proxy.directory_cache_file {
+        if let Err(e) = follower.with_cache(file.clone()) {
+            warn!(error = %e, "starting without the cached inventory");
+        }
+    }
+    let status = follower.status();
     tasks.spawn(follower.run(shutdown.child_token()));
     // Start with the broker's inventory when it answers promptly; otherwise start anyway (every
     // host unknown) and pick it up as soon as it arrives.
@@ -104,7 +124,19 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             )
         })?;
     let metrics = listener.local_addr()?;
-    let ready = move || followed.borrow().is_some();
+    let follow_metrics = FollowMetrics::register(&registry)?;
+    tasks.spawn(follow_metrics.export(status, followed.clone(), shutdown.child_token()));
+    let draining = Arc::new(AtomicBool::new(false));
+    let going = draining.clone();
+    let ready = move || {
+        if going.load(Ordering::Relaxed) {
+            Some("draining: this gateway is stopping\n")
+        } else if followed.borrow().is_none() {
+            Some("waiting for the broker's inventory\n")
+        } else {
+            None
+        }
+    };
     tasks.spawn(serve_metrics(
         listener,
         registry,
@@ -113,10 +145,99 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     ));
     info!(listen = ?proxy.addresses, broker = %url, metrics = %metrics, "proxy started");
     let waited = wait_with_reload(&proxy).await;
-    proxy.shutdown().await;
+    draining.store(true, Ordering::Relaxed);
+    drain(proxy, &config.proxy).await;
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}
     waited
+}
+
+/// `virtgate proxy --check`: what a starting gateway does first, once.
+async fn check_broker(files: &TlsFiles, client: &virtgate_api::Client) -> anyhow::Result<()> {
+    virtgate_proxy::TlsMaterial::load(files)
+        .context("the gateway's TLS files do not load; fix the proxy.*_file keys named above")?;
+    let copy = client
+        .watch(0, None, Duration::from_secs(1))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot read the inventory of the broker at {}; check --broker, the broker's CA or pin and this gateway's credentials (docs/proxy.md, Following a broker)",
+                client.url()
+            )
+        })?;
+    let trusted = copy.hosts.iter().filter(|h| h.trust.is_trusted()).count();
+    println!(
+        "broker {} answered: {} hosts, {trusted} trusted; this gateway can follow it",
+        client.url(),
+        copy.hosts.len()
+    );
+    Ok(())
+}
+
+/// After the stop signal: stops accepting and lets open sessions end within
+/// `proxy.drain_timeout`; a second SIGINT/SIGTERM closes them at once.
+pub async fn drain(proxy: RunningProxy, config: &virtgate_proxy::ProxyConfig) {
+    let again = async {
+        if super::shutdown_signal().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    proxy.drain(config.drain_timeout, again).await;
+}
+
+/// How fresh the proxy's copy of the broker's inventory is.
+struct FollowMetrics {
+    last_sync: IntGauge,
+    hosts: IntGauge,
+    errors: IntCounter,
+}
+
+impl FollowMetrics {
+    fn register(registry: &prometheus::Registry) -> anyhow::Result<Self> {
+        let metrics = Self {
+            last_sync: IntGauge::new(
+                "virtgate_proxy_directory_last_sync_timestamp_seconds",
+                "Unix seconds of the broker's last answer to this proxy (while it serves a copy from proxy.directory_cache_file, when that copy was saved); 0 before any.",
+            )?,
+            hosts: IntGauge::new(
+                "virtgate_proxy_directory_hosts",
+                "Hosts in this proxy's copy of the broker's inventory.",
+            )?,
+            errors: IntCounter::new(
+                "virtgate_proxy_broker_follow_errors_total",
+                "Polls of the broker's inventory that failed (unreachable, not verified, refused); the proxy goes on with its last copy.",
+            )?,
+        };
+        registry.register(Box::new(metrics.last_sync.clone()))?;
+        registry.register(Box::new(metrics.hosts.clone()))?;
+        registry.register(Box::new(metrics.errors.clone()))?;
+        Ok(metrics)
+    }
+
+    /// Keeps the series current until `shutdown`.
+    async fn export(
+        self,
+        mut status: tokio::sync::watch::Receiver<FollowStatus>,
+        mut followed: Followed,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let now = *status.borrow_and_update();
+            self.last_sync.set(now.last_sync);
+            self.errors
+                .inc_by(now.errors.saturating_sub(self.errors.get()));
+            let hosts = followed
+                .borrow_and_update()
+                .as_ref()
+                .map_or(0, |copy| copy.hosts.len());
+            self.hosts.set(hosts as i64);
+            tokio::select! {
+                changed = status.changed() => if changed.is_err() { return },
+                changed = followed.changed() => if changed.is_err() { return },
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
 }
 
 /// How long `virtgate proxy` waits for the broker's inventory before it starts listening.
@@ -141,13 +262,13 @@ pub async fn wait_with_reload(proxy: &RunningProxy) -> anyhow::Result<()> {
     }
 }
 
-/// `/metrics`, `/healthz` and `/readyz` (ready once the broker's inventory has arrived), until
-/// `shutdown`. Bounded like the broker's API: a header deadline, a cap on connections, and a
+/// `/metrics`, `/healthz` and `/readyz` (`ready` says why not, if not: before the broker's
+/// inventory has arrived, and while draining), until `shutdown`. Bounded like the broker's API: a header deadline, a cap on connections, and a
 /// pause after a failed accept (out of descriptors) instead of a busy loop.
 async fn serve_metrics(
     listener: tokio::net::TcpListener,
     registry: Arc<prometheus::Registry>,
-    ready: impl Fn() -> bool + Clone + Send + Sync + 'static,
+    ready: impl Fn() -> Option<&'static str> + Clone + Send + Sync + 'static,
     shutdown: CancellationToken,
 ) {
     let limit = Arc::new(Semaphore::new(METRICS_CONNECTIONS));
@@ -183,8 +304,10 @@ async fn serve_metrics(
                         (200, buf)
                     }
                     "/healthz" => (200, b"ok\n".to_vec()),
-                    "/readyz" if ready() => (200, b"ready\n".to_vec()),
-                    "/readyz" => (503, b"waiting for the broker's inventory\n".to_vec()),
+                    "/readyz" => match ready() {
+                        None => (200, b"ready\n".to_vec()),
+                        Some(why) => (503, why.as_bytes().to_vec()),
+                    },
                     _ => (404, b"not found\n".to_vec()),
                 };
                 std::future::ready(Ok::<_, Infallible>(

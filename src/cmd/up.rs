@@ -75,7 +75,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         None => super::shutdown_signal().await?,
     }
     if let Some(p) = proxy {
-        p.shutdown().await;
+        super::proxy::drain(p, &config.proxy).await;
     }
     shutdown.cancel();
     while tasks.join_next().await.is_some() {}

@@ -46,5 +46,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== chart check (installs helm, kubernetes-validate, CRD schemas on first use; offline after)"
+./scripts/chart-check.sh
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast -- --test-threads=2

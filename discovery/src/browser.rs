@@ -11,11 +11,11 @@ use std::time::Instant;
 use mdns_sd::{Receiver, RecvTimeoutError, ResolvedService, ServiceDaemon, ServiceEvent};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::advertiser::restrict_to_selected_interfaces;
-use crate::interfaces::{is_ipv6_link_local, sort_addresses, InterfaceConfig, InterfaceSelector};
-use crate::names::instance_from_fullname;
+use crate::announcement::txt_map;
+use crate::interfaces::{InterfaceConfig, InterfaceSelector};
 use crate::{DiscoveryError, DiscoveryEvent, HostAdvert, SERVICE_TYPE};
 
 /// The `[discovery]` configuration section: where to listen and how the browser keeps its
@@ -373,32 +373,15 @@ fn advert_from(service: &ResolvedService) -> Option<HostAdvert> {
     if service.ty_domain != SERVICE_TYPE {
         return None;
     }
-    let mut addresses: Vec<_> = service
-        .addresses
-        .iter()
-        .map(|a| a.to_ip_addr())
-        .filter(|ip| !is_ipv6_link_local(ip))
-        .collect();
-    sort_addresses(&mut addresses);
-    if addresses.is_empty() {
-        return None;
+    let advert = HostAdvert::from_announcement(
+        &service.fullname,
+        &service.host,
+        service.port,
+        service.addresses.iter().map(|a| a.to_ip_addr()),
+        txt_map(&service.txt_properties),
+    );
+    if advert.is_none() {
+        debug!(fullname = %service.fullname, "ignoring announcement with an empty instance name or no usable address");
     }
-    let txt = service
-        .txt_properties
-        .iter()
-        .map(|p| (p.key().to_string(), p.val_str().to_string()))
-        .collect();
-    let advert = HostAdvert {
-        instance: instance_from_fullname(&service.fullname),
-        fullname: service.fullname.clone(),
-        hostname: service.host.clone(),
-        port: service.port,
-        addresses,
-        txt,
-    };
-    if advert.instance.is_empty() {
-        info!(fullname = %service.fullname, "ignoring announcement with an empty instance name");
-        return None;
-    }
-    Some(advert)
+    advert
 }

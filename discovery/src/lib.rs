@@ -13,12 +13,14 @@
 #![forbid(unsafe_code)]
 
 mod advertiser;
+mod announcement;
 mod browser;
 mod event;
 mod interfaces;
 mod names;
 
 pub use advertiser::{AdvertiseConfig, Advertisement, Advertiser};
+pub use announcement::txt_entries;
 pub use browser::{Browser, BrowserStats, DiscoveryConfig};
 pub use event::{DiscoveryEvent, HostAdvert};
 pub use interfaces::{InterfaceConfig, InterfaceSelector, DEFAULT_EXCLUDED_INTERFACES};

@@ -122,14 +122,14 @@ fn escape_value(text: &str) -> String {
 
 /// One attribute of a DN read from text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Attribute {
+pub struct Attribute {
     /// As written, e.g. `CN`, `cn` or `2.5.4.3`.
     pub key: String,
     pub value: AttributeValue,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum AttributeValue {
+pub enum AttributeValue {
     Text(String),
     /// `#hex`: the DER of a value that is not a character string.
     Der(Vec<u8>),
@@ -138,7 +138,7 @@ pub(crate) enum AttributeValue {
 /// Reads the text [`dn_string`] writes back into its RDNs. Lenient where it cannot be
 /// ambiguous: spaces around `,`, `+` and `=`, any character escaped with `\`, and `"` `<` `>`
 /// `;` `=` unescaped inside values.
-pub(crate) fn read_dn(text: &str) -> Result<Vec<Vec<Attribute>>, String> {
+pub fn read_dn(text: &str) -> Result<Vec<Vec<Attribute>>, String> {
     split_unescaped(text, ',')
         .into_iter()
         .map(|rdn| {

@@ -61,6 +61,14 @@ pub use rules::{
     CertError, CertInfo, Finding, FindingKind, Role, Severity, Windows,
 };
 
+/// Internals whose properties the fuzz targets in `pki/fuzz` check (`fuzzing` feature). Not an
+/// API: they may change with any commit.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::dn::{read_dn, Attribute, AttributeValue};
+}
+
 /// The certificate libraries this crate is built on, re-exported so callers (and the
 /// integration tests of the `virtgate` binary) use exactly these versions.
 pub use rcgen;

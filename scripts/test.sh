@@ -48,5 +48,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== chart check (installs helm, kubernetes-validate, CRD schemas on first use; offline after)"
 ./scripts/chart-check.sh
+echo "== fuzz smoke (installs cargo-fuzz on first use; replays every corpus, fuzzes each target 5 s)"
+./scripts/fuzz-smoke.sh
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast -- --test-threads=2

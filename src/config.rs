@@ -182,6 +182,105 @@ fn redact(value: &mut toml::Value) {
     }
 }
 
+/// Every key the configuration accepts, dotted (`broker.probe_interval`), with the keys of one
+/// entry of each array of tables (`broker.hosts.name`). Derived from the types themselves, so
+/// it cannot miss a key: unset optional keys serialise as null in JSON.
+#[cfg(test)]
+pub fn all_keys() -> Vec<String> {
+    let mut sample = Config::default();
+    sample.broker.hosts.push(virtgate_broker::StaticHost {
+        name: "h".into(),
+        addresses: vec![],
+        port: 1,
+    });
+    sample.proxy.rules.push(virtgate_proxy::Rule {
+        identity: "i".into(),
+        hosts: vec![],
+        mode: virtgate_proxy::Mode::Ro,
+    });
+    sample.proxy.host_listeners.push(virtgate_proxy::HostListener {
+        listen: ([127, 0, 0, 1], 1).into(),
+        host: "h".into(),
+    });
+    let value = serde_json::to_value(&sample).expect("the configuration serialises");
+    let mut keys = Vec::new();
+    flatten("", &value, &mut keys);
+    keys
+}
+
+fn flatten(prefix: &str, value: &serde_json::Value, keys: &mut Vec<String>) {
+    let key = |k: &str| {
+        if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}.{k}")
+        }
+    };
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let path = key(k);
+                match v {
+                    serde_json::Value::Object(inner) if !inner.is_empty() && !is_free_map(&path) => {
+                        flatten(&path, v, keys)
+                    }
+                    serde_json::Value::Array(items)
+                        if items.first().is_some_and(serde_json::Value::is_object) =>
+                    {
+                        keys.push(path.clone());
+                        flatten(&path, &items[0], keys);
+                    }
+                    _ => keys.push(path),
+                }
+            }
+        }
+        _ => keys.push(prefix.to_string()),
+    }
+}
+
+/// Tables whose keys are the user's (TXT entries), not the configuration's.
+fn is_free_map(path: &str) -> bool {
+    path == "advertise.txt"
+}
+
+/// Keys that are unset in `config` (optional keys without a default).
+pub fn unset_keys(config: &Config) -> Vec<String> {
+    let Ok(value) = serde_json::to_value(config) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut all = Vec::new();
+    flatten("", &value, &mut all);
+    for key in all {
+        let mut v = &value;
+        for part in key.split('.') {
+            v = &v[part];
+        }
+        if v.is_null() {
+            out.push(key);
+        }
+    }
+    out
+}
+
+/// The effective configuration as JSON, secrets replaced by `<redacted>`.
+pub fn to_redacted_json(config: &Config) -> anyhow::Result<serde_json::Value> {
+    let mut value = toml::Value::try_from(config).context("serialising the configuration")?;
+    redact(&mut value);
+    let mut json = serde_json::to_value(&value)?;
+    // Unset keys as null, so the JSON shows every key.
+    let unset = unset_keys(config);
+    for key in unset {
+        let parts: Vec<&str> = key.split('.').collect();
+        let mut at = &mut json;
+        for part in &parts[..parts.len() - 1] {
+            at = &mut at[*part];
+        }
+        at[*parts.last().expect("keys have a part")] = serde_json::Value::Null;
+    }
+    Ok(json)
+}
+
 /// The effective configuration as TOML, secrets replaced by `<redacted>`.
 pub fn to_redacted_toml(config: &Config) -> anyhow::Result<String> {
     let mut value = toml::Value::try_from(config).context("serialising the configuration")?;
@@ -222,6 +321,47 @@ mod tests {
             text.contains("/etc/virtgate/read.token"),
             "paths of token files are not secrets: {text}"
         );
+    }
+
+    #[test]
+    fn every_key_the_configuration_accepts_is_documented_in_docs_configuration_md() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/configuration.md"
+        ))
+        .unwrap();
+        let keys = all_keys();
+        assert!(keys.contains(&"proxy.listen".to_string()), "{keys:?}");
+        assert!(keys.contains(&"broker.hosts.port".to_string()), "{keys:?}");
+        assert!(keys.contains(&"proxy.crl_file".to_string()), "unset keys count: {keys:?}");
+        // Each key appears as `section.key`, or as `key` in its section's table; keys of an
+        // array of tables appear as `name` in the text about it.
+        let missing: Vec<&String> = keys
+            .iter()
+            .filter(|key| {
+                let (section, rest) = key.split_once('.').unwrap_or((key.as_str(), ""));
+                let in_section = doc
+                    .split("\n## ")
+                    .find(|s| s.starts_with(&format!("`[{section}]`")))
+                    .unwrap_or("");
+                let last = rest.rsplit('.').next().unwrap_or(rest);
+                !(doc.contains(&format!("`{key}`"))
+                    || in_section.contains(&format!("`{rest}`"))
+                    || in_section.contains(&format!("`{last}`")))
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/configuration.md does not document: {missing:?}"
+        );
+    }
+
+    #[test]
+    fn unset_optional_keys_are_listed_so_the_output_works_as_a_template() {
+        let unset = unset_keys(&Config::default());
+        for key in ["proxy.server_cert_file", "broker.client_cert_file", "advertise.hostname", "proxy.crl_file"] {
+            assert!(unset.contains(&key.to_string()), "{key}: {unset:?}");
+        }
     }
 
     #[test]

@@ -152,6 +152,11 @@ impl Metrics {
             .expect("metrics lock poisoned") = 0;
     }
 
+    /// virtgate's own certificates, as set by [`Metrics::set_own_certificates`].
+    pub fn own_certificates(&self) -> Vec<(String, CertInfo)> {
+        self.own.lock().expect("metrics lock poisoned").clone()
+    }
+
     /// Both validity series of one certificate, under the same labels.
     fn set_certificate(&self, labels: &[&str], cert: &CertInfo) {
         self.cert_not_after

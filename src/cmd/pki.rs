@@ -138,17 +138,30 @@ struct CheckArgs {
     hostnames: Vec<String>,
 }
 
-pub async fn run(config: &Config, args: Args) -> Result<()> {
+pub async fn run(config: &Config, args: Args) -> Result<std::process::ExitCode> {
     let pki_dir = config.broker.data_dir.join(pki::DEV_PKI_DIR);
     let default_ca = pki_dir.join(pki::USERS_CA_DIR);
     let backend_ca = pki_dir.join(pki::BACKEND_CA_DIR);
-    match args.command {
+    let hint = super::api_client::relative_hint(config);
+    if matches!(
+        &args.command,
+        PkiCommand::Issue(IssueCommand::Server(ServerArgs { issue: IssueArgs { ca: None, .. }, .. }))
+            | PkiCommand::Issue(IssueCommand::Client(ClientArgs { issue: IssueArgs { ca: None, .. }, .. }))
+    ) && !default_ca.join(pki::CA_CERT).exists()
+    {
+        bail!(
+            "no users' CA in {}{hint}; `virtgate up` creates it on its first start: where one runs, use --config FILE or --ca DIR to point at its CA; `virtgate pki init` creates a new CA, which the running gateway does not trust",
+            shown(&default_ca)
+        );
+    }
+    let done = match args.command {
         PkiCommand::Init(a) => init(a, &default_ca, &backend_ca),
         PkiCommand::Issue(IssueCommand::Server(a)) => issue_server(a, &default_ca),
         PkiCommand::Issue(IssueCommand::Client(a)) => issue_client(a, &default_ca),
         PkiCommand::Issue(IssueCommand::Backend(a)) => issue_backend(a, &backend_ca),
-        PkiCommand::Check(a) => check(a),
-    }
+        PkiCommand::Check(a) => return check(a),
+    };
+    done.map(|()| std::process::ExitCode::SUCCESS)
 }
 
 /// Absolute, so the paths printed can be pasted into libvirtd.conf and URIs from anywhere.
@@ -367,7 +380,8 @@ fn issue_backend(args: BackendArgs, default_ca: &Path) -> Result<()> {
     Ok(())
 }
 
-fn check(args: CheckArgs) -> Result<()> {
+/// Prints the report; problems found are a result, not a failure of the check: exit 1.
+fn check(args: CheckArgs) -> Result<std::process::ExitCode> {
     let options = pki::CheckOptions {
         hostnames: args.hostnames,
         ..pki::CheckOptions::default()
@@ -376,12 +390,13 @@ fn check(args: CheckArgs) -> Result<()> {
     println!("{report}");
     let problems = report.problems().count();
     if problems > 0 {
-        bail!(
-            "{problems} problem{} in {}; fix {} as described above and run the check again",
+        eprintln!(
+            "virtgate: {problems} problem{} in {}; fix {} as described above and run the check again",
             if problems == 1 { "" } else { "s" },
             args.path.display(),
             if problems == 1 { "it" } else { "them" }
         );
+        return Ok(std::process::ExitCode::from(1));
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 use virtgate_api::{CertificateHistoryEntry, Event, EventKind, FindingKind, Host, HostSource, Pin};
-use virtgate_discovery::DiscoveryEvent;
+use virtgate_discovery::{DiscoveryEvent, HostAdvert};
 
 use crate::cert::Windows;
 use crate::config::{FirstSight, StaticHost};
@@ -190,6 +190,11 @@ impl Inventory {
         }
     }
 
+    /// The expiry windows findings are decided with.
+    pub fn windows(&self) -> Windows {
+        self.policy.windows
+    }
+
     /// The inventory's clock, for callers that compare against the records' times.
     pub fn now(&self) -> i64 {
         self.clock.now()
@@ -298,6 +303,33 @@ impl Inventory {
         }
     }
 
+    /// Hosts announced on the LAN now that the inventory lacks (an operator forgot them) are
+    /// added again, as new; returns their names, to be probed.
+    pub fn restore_announced<'a>(
+        &self,
+        announced: impl IntoIterator<Item = &'a HostAdvert>,
+    ) -> Vec<String> {
+        let missing: Vec<&HostAdvert> = {
+            let hosts = self.read();
+            announced
+                .into_iter()
+                .filter(|ad| {
+                    let name = ad.short_hostname().to_ascii_lowercase();
+                    !name.is_empty() && !hosts.contains_key(&name)
+                })
+                .collect()
+        };
+        let mut restored = Vec::new();
+        for ad in missing {
+            match self.discovered(&DiscoveryEvent::Appeared(ad.clone())) {
+                Ok(Some(name)) => restored.push(name),
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "could not add an announced host again"),
+            }
+        }
+        restored
+    }
+
     /// Hosts whose last probe is older than `interval` (or never probed), absent ones excepted.
     /// A host with a failing address is retried sooner: 5 s, 10 s, 20 s, … up to `interval`.
     pub fn due_for_probe(&self, now: i64, interval: Duration) -> Vec<String> {
@@ -349,6 +381,9 @@ impl Inventory {
                 presented,
             });
         }
+        if host.pin == Some(pin) && host.trust.is_trusted() {
+            return Ok(host); // approved already: nothing changes, nothing is logged again
+        }
         host.pin = Some(pin);
         if host.trust != virtgate_api::TrustState::TrustedCa {
             host.trust = virtgate_api::TrustState::Pinned;
@@ -392,7 +427,7 @@ impl Inventory {
 mod tests {
     use super::*;
     use virtgate_api::HostState;
-    use virtgate_discovery::HostAdvert;
+
 
     fn inventory(dir: &std::path::Path) -> Inventory {
         let policy = TrustPolicy {

@@ -198,10 +198,13 @@ pub fn all_keys() -> Vec<String> {
         hosts: vec![],
         mode: virtgate_proxy::Mode::Ro,
     });
-    sample.proxy.host_listeners.push(virtgate_proxy::HostListener {
-        listen: ([127, 0, 0, 1], 1).into(),
-        host: "h".into(),
-    });
+    sample
+        .proxy
+        .host_listeners
+        .push(virtgate_proxy::HostListener {
+            listen: ([127, 0, 0, 1], 1).into(),
+            host: "h".into(),
+        });
     let value = serde_json::to_value(&sample).expect("the configuration serialises");
     let mut keys = Vec::new();
     flatten("", &value, &mut keys);
@@ -221,7 +224,9 @@ fn flatten(prefix: &str, value: &serde_json::Value, keys: &mut Vec<String>) {
             for (k, v) in map {
                 let path = key(k);
                 match v {
-                    serde_json::Value::Object(inner) if !inner.is_empty() && !is_free_map(&path) => {
+                    serde_json::Value::Object(inner)
+                        if !inner.is_empty() && !is_free_map(&path) =>
+                    {
                         flatten(&path, v, keys)
                     }
                     serde_json::Value::Array(items)
@@ -333,7 +338,10 @@ mod tests {
         let keys = all_keys();
         assert!(keys.contains(&"proxy.listen".to_string()), "{keys:?}");
         assert!(keys.contains(&"broker.hosts.port".to_string()), "{keys:?}");
-        assert!(keys.contains(&"proxy.crl_file".to_string()), "unset keys count: {keys:?}");
+        assert!(
+            keys.contains(&"proxy.crl_file".to_string()),
+            "unset keys count: {keys:?}"
+        );
         // Each key appears as `section.key`, or as `key` in its section's table; keys of an
         // array of tables appear as `name` in the text about it.
         let missing: Vec<&String> = keys
@@ -359,7 +367,12 @@ mod tests {
     #[test]
     fn unset_optional_keys_are_listed_so_the_output_works_as_a_template() {
         let unset = unset_keys(&Config::default());
-        for key in ["proxy.server_cert_file", "broker.client_cert_file", "advertise.hostname", "proxy.crl_file"] {
+        for key in [
+            "proxy.server_cert_file",
+            "broker.client_cert_file",
+            "advertise.hostname",
+            "proxy.crl_file",
+        ] {
             assert!(unset.contains(&key.to_string()), "{key}: {unset:?}");
         }
     }

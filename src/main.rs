@@ -59,9 +59,9 @@ enum Command {
     /// List (or, with --watch, follow) the libvirt hosts announced on the LAN.
     Discover(cmd::discover::Args),
     /// Run everything in one process: broker, LAN discovery and the TLS gateway; the main job.
-    Up(cmd::up::Args),
+    Up(cmd::up::UpArgs),
     /// Run the broker: host and certificate inventory, HTTPS API, /metrics.
-    Broker(cmd::broker::Args),
+    Broker(cmd::broker::BrokerArgs),
     /// Run the TLS gateway alone, following a broker's inventory (--broker URL).
     Proxy(cmd::proxy::Args),
     /// List inventoried hosts; show, probe, approve or forget one.
@@ -170,7 +170,12 @@ fn running_broker(cli: &Cli) -> Option<cmd::runtime::RuntimeInfo> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Completion { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "virtgate", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "virtgate",
+                &mut std::io::stdout(),
+            );
             return Ok(ExitCode::SUCCESS);
         }
         Command::Man { out } => {
@@ -225,7 +230,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Advertise(args) => done(cmd::advertise::run(config, args).await),
             Command::Discover(args) => done(cmd::discover::run(config, args).await),
             Command::Up(_) => done(cmd::up::run(config, config_file.as_deref()).await),
-            Command::Broker(_) => done(cmd::broker::run_broker(config, config_file.as_deref()).await),
+            Command::Broker(_) => {
+                done(cmd::broker::run_broker(config, config_file.as_deref()).await)
+            }
             Command::Proxy(args) => done(cmd::proxy::run(config, args).await),
             Command::Hosts(args) => done(cmd::hosts::run(config, args).await),
             Command::Certs(args) => cmd::certs::run(config, args).await,
@@ -248,7 +255,11 @@ fn raise_open_files_limit(config: &config::Config) {
         Ok(limit) => {
             let needed = 2 * config.proxy.max_connections as u64 + 256;
             match before {
-                Some(before) => tracing::info!(soft_limit = limit, before, "open files limit (RLIMIT_NOFILE)"),
+                Some(before) => tracing::info!(
+                    soft_limit = limit,
+                    before,
+                    "open files limit (RLIMIT_NOFILE)"
+                ),
                 None => tracing::info!(soft_limit = limit, "open files limit (RLIMIT_NOFILE)"),
             }
             if config.proxy.enabled && limit < needed {
@@ -260,5 +271,47 @@ fn raise_open_files_limit(config: &config::Config) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit (RLIMIT_NOFILE)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_have_their_own_help_heading() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let help = cmd
+            .find_subcommand_mut("advertise")
+            .unwrap()
+            .render_help()
+            .to_string();
+        let global = help
+            .find("Global options:")
+            .expect("a Global options block");
+        for flag in ["--config", "--log-format", "--log-filter"] {
+            assert!(
+                help.rfind(flag).unwrap() > global,
+                "{flag} under Global options:\n{help}"
+            );
+        }
+        assert!(help.find("--hostname").unwrap() < global, "{help}");
+    }
+
+    #[test]
+    fn causes_already_quoted_by_an_error_are_not_repeated() {
+        let os = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let e = anyhow::Error::new(os).context(format!(
+            "cannot listen on 0.0.0.0:16514: {}; choose another proxy.listen address",
+            std::io::Error::from(std::io::ErrorKind::AddrInUse)
+        ));
+        let text = describe(&e);
+        assert_eq!(text.matches("in use").count(), 1, "{text}");
     }
 }

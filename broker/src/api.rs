@@ -410,14 +410,42 @@ fn index() -> serde_json::Value {
 
 /// Every endpoint: method, path, what it does.
 pub const ENDPOINTS: &[(&str, &str, &str)] = &[
-    ("GET", "/v1/hosts", "every host: state, trust, addresses, findings"),
-    ("GET", "/v1/hosts/{name}", "one host with its certificate history and recent events"),
-    ("POST", "/v1/hosts/{name}/probe", "probe the host now (rate-limited per host); answers with the host"),
-    ("POST", "/v1/hosts/{name}/approve", "approve the key the host presents (admin token; body {\"pin\": \"…\"})"),
-    ("POST", "/v1/hosts/{name}/forget", "remove the host and its history (admin token)"),
-    ("GET", "/v1/certificates?expiring_within=30d", "certificates hosts and the gateway present, soonest expiry first"),
+    (
+        "GET",
+        "/v1/hosts",
+        "every host: state, trust, addresses, findings",
+    ),
+    (
+        "GET",
+        "/v1/hosts/{name}",
+        "one host with its certificate history and recent events",
+    ),
+    (
+        "POST",
+        "/v1/hosts/{name}/probe",
+        "probe the host now (rate-limited per host); answers with the host",
+    ),
+    (
+        "POST",
+        "/v1/hosts/{name}/approve",
+        "approve the key the host presents (admin token; body {\"pin\": \"…\"})",
+    ),
+    (
+        "POST",
+        "/v1/hosts/{name}/forget",
+        "remove the host and its history (admin token)",
+    ),
+    (
+        "GET",
+        "/v1/certificates?expiring_within=30d",
+        "certificates hosts and the gateway present, soonest expiry first",
+    ),
     ("GET", "/v1/events?host=&after=&limit=", "the event log"),
-    ("GET", "/v1/watch?since=&epoch=&timeout=", "long-poll for inventory changes (proxies follow it)"),
+    (
+        "GET",
+        "/v1/watch?since=&epoch=&timeout=",
+        "long-poll for inventory changes (proxies follow it)",
+    ),
     ("GET", "/metrics", "Prometheus metrics"),
     ("GET", "/healthz", "liveness"),
     ("GET", "/readyz", "readiness"),

@@ -145,8 +145,7 @@ pub fn parse_request(method: &str, target: &str) -> Endpoint {
 fn is_known_path(segments: &[&str]) -> bool {
     matches!(
         segments,
-        [""]
-            | ["healthz" | "readyz" | "metrics"]
+        [""] | ["healthz" | "readyz" | "metrics"]
             | ["v1", "hosts" | "certificates" | "events" | "watch"]
             | ["v1", "hosts", _]
             | ["v1", "hosts", _, "approve" | "forget" | "probe"]

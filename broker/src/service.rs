@@ -141,8 +141,13 @@ pub async fn start_with(
     let state = tokens.api_state(config, inventory.clone(), metrics.clone(), probes.clone())?;
     let scheme = if api_tls.is_some() { "https" } else { "http" };
     tasks.spawn(api::serve(listener, api_tls, state, shutdown.clone()));
-    let scheduler =
-        ProbeScheduler::new(inventory.clone(), metrics.clone(), tls_config, bypass, config);
+    let scheduler = ProbeScheduler::new(
+        inventory.clone(),
+        metrics.clone(),
+        tls_config,
+        bypass,
+        config,
+    );
     tasks.spawn(scheduler.run(probe_rx, shutdown.clone()));
     if config.discovery {
         let browser = {
@@ -355,4 +360,3 @@ async fn sweep_retention(
         }
     }
 }
-

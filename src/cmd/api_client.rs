@@ -160,12 +160,15 @@ pub fn reader(config: &Config, args: &ClientArgs) -> anyhow::Result<Client> {
     if !target.local {
         return Ok(client);
     }
-    let token = [Some(admin_token_file(config)), config.broker.read_token_file.clone()]
-        .into_iter()
-        .flatten()
-        .find_map(|file| std::fs::read_to_string(file).ok())
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty());
+    let token = [
+        Some(admin_token_file(config)),
+        config.broker.read_token_file.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|file| std::fs::read_to_string(file).ok())
+    .map(|t| t.trim().to_string())
+    .filter(|t| !t.is_empty());
     Ok(match token {
         Some(token) => client.with_token(token),
         None => client,

@@ -12,7 +12,7 @@ use super::runtime::{absolute, Published, RuntimeInfo};
 use crate::config::{Config, Override};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub struct BrokerArgs {
     /// Data directory: SQLite inventory, admin token, development PKI (broker.data_dir).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -22,7 +22,7 @@ pub struct Args {
     api_listen: Option<SocketAddr>,
 }
 
-impl Args {
+impl BrokerArgs {
     pub fn overrides(&self) -> Vec<Override> {
         let mut o = Vec::new();
         if let Some(d) = &self.data_dir {

@@ -89,7 +89,11 @@ pub fn print_own_usage(config: &Config) {
         .map(|a| a.port())
         .unwrap_or(16514);
     let name = super::system_hostname();
-    let gateway = if name.is_empty() { "GATEWAY".to_string() } else { name };
+    let gateway = if name.is_empty() {
+        "GATEWAY".to_string()
+    } else {
+        name
+    };
     println!(
         "  connect with    virsh -c 'qemu+tls://{gateway}:{port}/system?name=qemu://HOST/system&pkipath=DIR' (DIR: a client bundle from a CA of proxy.client_ca_files, allowed by [[proxy.rules]])"
     );

@@ -82,7 +82,10 @@ pub async fn report_mismatches(
             () = shutdown.cancelled() => return,
         };
         let now = Instant::now();
-        if last.get(&name).is_some_and(|t| now.duration_since(*t) < REPORT_EVERY) {
+        if last
+            .get(&name)
+            .is_some_and(|t| now.duration_since(*t) < REPORT_EVERY)
+        {
             continue;
         }
         last.retain(|_, t| now.duration_since(*t) < REPORT_EVERY);
@@ -91,8 +94,12 @@ pub async fn report_mismatches(
         // Not awaited here: the probe takes a while, and other hosts may need reporting.
         tokio::spawn(async move {
             match broker.probe(&name).await {
-                Ok(host) => info!(host = %name, trust = host.trust.as_str(), "the broker probed a host whose key the gateway refused"),
-                Err(e) => warn!(host = %name, error = %e, "could not ask the broker to probe a host whose key the gateway refused"),
+                Ok(host) => {
+                    info!(host = %name, trust = host.trust.as_str(), "the broker probed a host whose key the gateway refused")
+                }
+                Err(e) => {
+                    warn!(host = %name, error = %e, "could not ask the broker to probe a host whose key the gateway refused")
+                }
             }
         });
     }

@@ -66,7 +66,9 @@ pub async fn run(config: &Config, args: HostsArgs) -> anyhow::Result<()> {
             }
         }
         Some(HostsAction::Show { name }) => {
-            let detail = api_client::reader(config, &args.client)?.host(&name).await?;
+            let detail = api_client::reader(config, &args.client)?
+                .host(&name)
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&detail)?);
             } else {
@@ -74,7 +76,9 @@ pub async fn run(config: &Config, args: HostsArgs) -> anyhow::Result<()> {
             }
         }
         Some(HostsAction::Probe { name }) => {
-            let host = api_client::reader(config, &args.client)?.probe(&name).await?;
+            let host = api_client::reader(config, &args.client)?
+                .probe(&name)
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&host)?);
             } else {
@@ -287,12 +291,19 @@ fn show(detail: &HostDetail, now: i64) -> String {
         .map(|t| format!(", last probe {} ({}s ago)", date(t), now - t))
         .unwrap_or_else(|| ", not probed yet".into());
     line("state", format!("{}{probe}", state_with_addresses(h)));
-    line("trust", format!("{} — {}", h.trust.as_str(), h.trust_detail));
+    line(
+        "trust",
+        format!("{} — {}", h.trust.as_str(), h.trust_detail),
+    );
     if let Some(pin) = h.pin {
         line("approved key", format!("sha256:{pin}"));
     }
     if let Some(pin) = h.presented_pin {
-        let same = if h.pin == Some(pin) { " (the approved one)" } else { "" };
+        let same = if h.pin == Some(pin) {
+            " (the approved one)"
+        } else {
+            ""
+        };
         line("presented key", format!("sha256:{pin}{same}"));
     }
     for e in &h.endpoints {
@@ -314,7 +325,11 @@ fn show(detail: &HostDetail, now: i64) -> String {
     }
     if let Some(e) = h.endpoints.iter().find(|e| !e.chain.is_empty()) {
         for c in &e.chain {
-            let what = if c.position == 0 { "certificate" } else { "chain" };
+            let what = if c.position == 0 {
+                "certificate"
+            } else {
+                "chain"
+            };
             line(
                 what,
                 format!(
@@ -385,7 +400,9 @@ mod tests {
         };
         let text = show(&detail, 10);
         assert!(
-            text.contains("fd00:77::11 FAILED: cannot connect to [fd00:77::11]:16514: Connection refused"),
+            text.contains(
+                "fd00:77::11 FAILED: cannot connect to [fd00:77::11]:16514: Connection refused"
+            ),
             "{text}"
         );
     }

@@ -145,8 +145,13 @@ pub async fn run(config: &Config, args: Args) -> Result<std::process::ExitCode> 
     let hint = super::api_client::relative_hint(config);
     if matches!(
         &args.command,
-        PkiCommand::Issue(IssueCommand::Server(ServerArgs { issue: IssueArgs { ca: None, .. }, .. }))
-            | PkiCommand::Issue(IssueCommand::Client(ClientArgs { issue: IssueArgs { ca: None, .. }, .. }))
+        PkiCommand::Issue(IssueCommand::Server(ServerArgs {
+            issue: IssueArgs { ca: None, .. },
+            ..
+        })) | PkiCommand::Issue(IssueCommand::Client(ClientArgs {
+            issue: IssueArgs { ca: None, .. },
+            ..
+        }))
     ) && !default_ca.join(pki::CA_CERT).exists()
     {
         bail!(

@@ -12,7 +12,10 @@ pub struct Args {
 
 pub fn run(loaded: &Loaded, args: &Args) -> anyhow::Result<()> {
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&config::to_redacted_json(&loaded.config)?)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&config::to_redacted_json(&loaded.config)?)?
+        );
         return Ok(());
     }
     if let Some(file) = &loaded.file {

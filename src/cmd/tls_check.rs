@@ -30,8 +30,20 @@ pub fn broker_files(config: &Config) -> anyhow::Result<()> {
     let b = &config.broker;
     let mut files = Vec::new();
     let mut pairs = Vec::new();
-    push_pair(&mut files, &mut pairs, "broker.tls", &b.tls_cert_file, &b.tls_key_file);
-    push_pair(&mut files, &mut pairs, "broker.client", &b.client_cert_file, &b.client_key_file);
+    push_pair(
+        &mut files,
+        &mut pairs,
+        "broker.tls",
+        &b.tls_cert_file,
+        &b.tls_key_file,
+    );
+    push_pair(
+        &mut files,
+        &mut pairs,
+        "broker.client",
+        &b.client_cert_file,
+        &b.client_key_file,
+    );
     for (key, list) in [
         ("broker.trusted_ca_files", &b.trusted_ca_files),
         ("broker.proxy_ca_files", &b.proxy_ca_files),
@@ -51,8 +63,20 @@ pub fn proxy_files(config: &Config) -> anyhow::Result<()> {
     let p = &config.proxy;
     let mut files = Vec::new();
     let mut pairs = Vec::new();
-    push_pair(&mut files, &mut pairs, "proxy.server", &p.server_cert_file, &p.server_key_file);
-    push_pair(&mut files, &mut pairs, "proxy.backend", &p.backend_cert_file, &p.backend_key_file);
+    push_pair(
+        &mut files,
+        &mut pairs,
+        "proxy.server",
+        &p.server_cert_file,
+        &p.server_key_file,
+    );
+    push_pair(
+        &mut files,
+        &mut pairs,
+        "proxy.backend",
+        &p.backend_cert_file,
+        &p.backend_key_file,
+    );
     push_list(&mut files, "proxy.client_ca_files", &p.client_ca_files);
     if let Some(path) = &p.crl_file {
         files.push(file("proxy.crl_file", path, Holds::Crl));
@@ -231,7 +255,8 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("proxy.client_ca_files = ") && text.contains("cannot read it (No such file or directory); check the path"),
+            text.contains("proxy.client_ca_files = ")
+                && text.contains("cannot read it (No such file or directory); check the path"),
             "{text}"
         );
         assert!(!text.contains("os error"), "{text}");

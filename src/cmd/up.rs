@@ -14,14 +14,14 @@ use super::runtime::absolute;
 use crate::config::{Config, Override};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub struct UpArgs {
     #[command(flatten)]
-    broker: super::broker::Args,
+    broker: super::broker::BrokerArgs,
     #[command(flatten)]
     gateway: super::gateway_flags::GatewayFlags,
 }
 
-impl Args {
+impl UpArgs {
     pub fn overrides(&self) -> Vec<Override> {
         let mut o = self.broker.overrides();
         o.extend(self.gateway.overrides());
@@ -64,7 +64,11 @@ pub async fn run(config: &Config, config_file: Option<&Path>) -> anyhow::Result<
                     .await
                     .context("cannot start the proxy")?;
             if let Some(mismatches) = proxy.key_mismatches() {
-                tasks.spawn(reprobe(mismatches, broker.probes.clone(), shutdown.child_token()));
+                tasks.spawn(reprobe(
+                    mismatches,
+                    broker.probes.clone(),
+                    shutdown.child_token(),
+                ));
             }
             Some(proxy)
         }

@@ -428,7 +428,6 @@ mod tests {
     use super::*;
     use virtgate_api::HostState;
 
-
     fn inventory(dir: &std::path::Path) -> Inventory {
         let policy = TrustPolicy {
             windows: Windows {

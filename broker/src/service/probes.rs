@@ -19,8 +19,9 @@ use crate::metrics::Metrics;
 use crate::probe::bypass::Checker as BypassChecker;
 use crate::probe::{probe, ProbeError, ProbeErrorReason, ProbeResult};
 
-/// An on-demand probe of a host that had one less than this long ago is not run again: that
-/// result answers it. Whoever may read the inventory may ask, so hosts cannot be hammered.
+/// At most one on-demand probe per host per this interval; requests in between are served by
+/// one probe when it has passed. Whoever may read the inventory may ask, so hosts cannot be
+/// hammered.
 pub const ON_DEMAND_MIN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// One request to probe a host now.
@@ -55,8 +56,8 @@ impl ProbeRequests {
         });
     }
 
-    /// Probes `name` now — unless it was probed within [`ON_DEMAND_MIN_INTERVAL`], or a probe of
-    /// it is running (then one more follows it) — and does not wait.
+    /// Probes `name` now — or, when it had an on-demand probe less than
+    /// [`ON_DEMAND_MIN_INTERVAL`] ago, once that interval has passed — and does not wait.
     pub fn request(&self, name: &str) {
         let _ = self.tx.send(Request {
             name: name.to_string(),
@@ -100,6 +101,8 @@ pub(crate) struct ProbeScheduler {
     /// When each host last got an on-demand probe (the rate limit; scheduled probes do not
     /// count, so a periodic probe a moment before a host changed its key delays nothing).
     on_demand: Mutex<HashMap<String, Instant>>,
+    /// On-demand requests held back by the rate limit, with who waits for them.
+    deferred: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
 }
 
 impl ProbeScheduler {
@@ -120,6 +123,7 @@ impl ProbeScheduler {
             limit: Arc::new(Semaphore::new(config.probe_concurrency.max(1))),
             in_flight: Mutex::new(HashMap::new()),
             on_demand: Mutex::new(HashMap::new()),
+            deferred: Mutex::new(HashMap::new()),
         }
     }
 
@@ -129,7 +133,11 @@ impl ProbeScheduler {
         (ProbeRequests { tx }, ProbeRequestsReceiver(rx))
     }
 
-    pub(crate) async fn run(self, mut requests: ProbeRequestsReceiver, shutdown: CancellationToken) {
+    pub(crate) async fn run(
+        self,
+        mut requests: ProbeRequestsReceiver,
+        shutdown: CancellationToken,
+    ) {
         let this = Arc::new(self);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut running = JoinSet::new();
@@ -138,8 +146,9 @@ impl ProbeScheduler {
                 Some(request) = requests.0.recv() => this.clone().take(request, &mut running),
                 _ = tick.tick() => {
                     for name in this.inventory.due_for_probe(this.inventory.now(), this.interval) {
-                        this.clone().spawn(name, None, &mut running);
+                        this.clone().spawn(name, Vec::new(), &mut running);
                     }
+                    this.start_deferred(&mut running);
                 }
                 Some(_) = running.join_next(), if !running.is_empty() => {}
                 () = shutdown.cancelled() => break,
@@ -154,47 +163,89 @@ impl ProbeScheduler {
         if self.inventory.host(&request.name).is_none() {
             return; // forgotten meanwhile; a waiter sees its sender dropped
         }
-        if request.on_demand {
-            let now = Instant::now();
-            let mut last = self.on_demand.lock().expect("probe times poisoned");
-            let recent = last
-                .get(&request.name)
-                .is_some_and(|t| now.duration_since(*t) < ON_DEMAND_MIN_INTERVAL);
-            if recent {
-                // The probe asked for a moment ago answers: wait for it if it still runs.
-                let mut in_flight = self.in_flight.lock().expect("probe set poisoned");
-                match (in_flight.get_mut(&request.name), request.done) {
-                    (Some(entry), Some(done)) => entry.waiters.push(done),
-                    (None, Some(done)) => drop(done.send(())),
-                    (_, None) => {}
-                }
-                return;
-            }
-            last.retain(|_, t| now.duration_since(*t) < ON_DEMAND_MIN_INTERVAL);
-            last.insert(request.name.clone(), now);
-            info!(host = %request.name, "probing on request");
+        let waiters: Vec<_> = request.done.into_iter().collect();
+        if !request.on_demand {
+            self.spawn(request.name, waiters, running);
+            return;
         }
-        self.spawn(request.name, request.done, running);
+        let now = Instant::now();
+        let recent = {
+            let last = self.on_demand.lock().expect("probe times poisoned");
+            last.get(&request.name)
+                .is_some_and(|t| now.duration_since(*t) < ON_DEMAND_MIN_INTERVAL)
+        };
+        if recent {
+            // Rate-limited, not dropped: one probe follows once the interval has passed, for
+            // every request that came in meanwhile (the host may have changed since).
+            self.deferred
+                .lock()
+                .expect("deferred probes poisoned")
+                .entry(request.name)
+                .or_default()
+                .extend(waiters);
+            return;
+        }
+        self.start_on_demand(request.name, waiters, now, running);
+    }
+
+    fn start_on_demand(
+        self: Arc<Self>,
+        name: String,
+        waiters: Vec<oneshot::Sender<()>>,
+        now: Instant,
+        running: &mut JoinSet<()>,
+    ) {
+        {
+            let mut last = self.on_demand.lock().expect("probe times poisoned");
+            last.retain(|_, t| now.duration_since(*t) < ON_DEMAND_MIN_INTERVAL);
+            last.insert(name.clone(), now);
+        }
+        info!(host = %name, "probing on request");
+        self.spawn(name, waiters, running);
+    }
+
+    /// Deferred on-demand probes whose interval has passed.
+    fn start_deferred(self: &Arc<Self>, running: &mut JoinSet<()>) {
+        let now = Instant::now();
+        let due: Vec<(String, Vec<oneshot::Sender<()>>)> = {
+            let last = self.on_demand.lock().expect("probe times poisoned");
+            let mut deferred = self.deferred.lock().expect("deferred probes poisoned");
+            let names: Vec<String> = deferred
+                .keys()
+                .filter(|n| {
+                    last.get(*n)
+                        .is_none_or(|t| now.duration_since(*t) >= ON_DEMAND_MIN_INTERVAL)
+                })
+                .cloned()
+                .collect();
+            names
+                .into_iter()
+                .filter_map(|n| deferred.remove_entry(&n))
+                .collect()
+        };
+        for (name, waiters) in due {
+            self.clone().start_on_demand(name, waiters, now, running);
+        }
     }
 
     fn spawn(
         self: Arc<Self>,
         name: String,
-        done: Option<oneshot::Sender<()>>,
+        waiters: Vec<oneshot::Sender<()>>,
         running: &mut JoinSet<()>,
     ) {
         {
             let mut in_flight = self.in_flight.lock().expect("probe set poisoned");
             if let Some(entry) = in_flight.get_mut(&name) {
                 entry.again = true;
-                entry.waiters.extend(done);
+                entry.waiters.extend(waiters);
                 return;
             }
             in_flight.insert(
                 name.clone(),
                 InFlight {
                     again: false,
-                    waiters: done.into_iter().collect(),
+                    waiters,
                 },
             );
         }
@@ -204,11 +255,17 @@ impl ProbeScheduler {
                 self.probe_host(&name).await;
                 drop(permit);
                 let mut in_flight = self.in_flight.lock().expect("probe set poisoned");
-                let entry = in_flight.get_mut(&name).expect("an entry per running probe");
+                let entry = in_flight
+                    .get_mut(&name)
+                    .expect("an entry per running probe");
                 if std::mem::take(&mut entry.again) {
                     continue;
                 }
-                for waiter in in_flight.remove(&name).map(|e| e.waiters).unwrap_or_default() {
+                for waiter in in_flight
+                    .remove(&name)
+                    .map(|e| e.waiters)
+                    .unwrap_or_default()
+                {
                     let _ = waiter.send(());
                 }
                 break;

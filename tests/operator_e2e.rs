@@ -1,0 +1,275 @@
+//! An operator's day with a real libvirtd: renewing a pinned host's certificate does not lock it
+//! out (the gateway has the broker look again at once, the new key shows as `changed` with both
+//! pins, approving it works at once — in `up` and for a proxy following the broker), a renewal
+//! from a trusted CA re-pins by itself, and client commands find the running broker from any
+//! directory.
+#![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::gateway::{identity, text, virsh, Gateway};
+use common::VIRTGATE;
+use virtgate_testlab::libvirtd::{Libvirtd, LibvirtdOptions};
+use virtgate_testlab::pki::ServerCertSpec;
+
+const RULES: &str = r#"
+[[proxy.rules]]
+identity = "C=GB,O=virtgate-test,CN=alice"
+hosts = ["*"]
+mode = "rw"
+"#;
+
+/// The broker probes every 10 minutes: anything that happens within seconds is the gateway's
+/// doing, not the schedule's.
+const TEN_MINUTES: &str = "probe_interval = \"10m\"";
+
+fn h1(port: u16) -> String {
+    host("h1", port)
+}
+
+fn host(name: &str, port: u16) -> String {
+    format!(
+        "[[broker.hosts]]\nname = \"{name}\"\naddresses = [\"127.0.0.1\"]\nport = {port}\n{RULES}"
+    )
+}
+
+fn cli(config: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(VIRTGATE)
+        .args(["--config", config.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Polls `hosts show h1 --json` until `done` holds for the host; panics after `limit`.
+fn wait_host(
+    config: &std::path::Path,
+    limit: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    wait_for(config, "h1", limit, done)
+}
+
+fn wait_for(
+    config: &std::path::Path,
+    name: &str,
+    limit: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let out = cli(config, &["hosts", "show", name, "--json"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let detail: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if done(&detail["host"]) {
+            return detail;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not within {limit:?}: {detail:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_renewed_pinned_host_shows_as_changed_at_once_and_its_new_key_is_approved_without_a_restart() {
+    let mut libvirtd = Libvirtd::start(LibvirtdOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(dir.path(), &libvirtd, TEN_MINUTES, &h1(libvirtd.port()));
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let via = gw.uri("127.0.0.1", "h1", &alice);
+    assert!(virsh(&via, &["list"]).status.success());
+    let old = libvirtd.server_cert().spki_sha256_hex();
+
+    // The host's certificate is renewed with a new key, as `pki issue --force` does.
+    libvirtd
+        .restart_with_server_cert(ServerCertSpec::localhost())
+        .unwrap();
+    let new = libvirtd.server_cert().spki_sha256_hex();
+    let refused = virsh(&via, &["list"]);
+    assert!(
+        !refused.status.success() && text(&refused).contains("is not its approved pin"),
+        "{}",
+        text(&refused)
+    );
+    // The gateway's refusal made the broker probe h1 at once: `changed`, with both pins.
+    let detail = wait_host(&gw.config, Duration::from_secs(10), |h| {
+        h["trust"] == "changed"
+    });
+    assert_eq!(detail["host"]["pin"], old.as_str());
+    assert_eq!(detail["host"]["presented_pin"], new.as_str());
+    let shown = cli(&gw.config, &["hosts", "show", "h1"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(&format!("approved key   sha256:{old}"))
+            && shown.contains(&format!("presented key  sha256:{new}")),
+        "{shown}"
+    );
+
+    // Approving the new key in the kubeadm spelling works at once.
+    let approved = cli(
+        &gw.config,
+        &["hosts", "approve", "h1", "--pin", &format!("sha256:{new}")],
+    );
+    assert!(approved.status.success(), "{}", text(&approved));
+    let listed = virsh(&via, &["list"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+
+    // A second renewal, approved straight away in certtool's spelling, before anything else
+    // looked at the host: the approval probes it first.
+    libvirtd
+        .restart_with_server_cert(ServerCertSpec::localhost())
+        .unwrap();
+    let newer = libvirtd.server_cert().spki_sha256_base64();
+    let approved = cli(
+        &gw.config,
+        &[
+            "hosts",
+            "approve",
+            "h1",
+            "--pin",
+            &format!("pin-sha256:{newer}"),
+        ],
+    );
+    assert!(approved.status.success(), "{}", text(&approved));
+    let listed = virsh(&via, &["list"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+
+    // Approving the same key again changes nothing and logs nothing.
+    let pin = libvirtd.server_cert().spki_sha256_hex();
+    let again = cli(&gw.config, &["hosts", "approve", "h1", "--pin", &pin]);
+    assert!(again.status.success(), "{}", text(&again));
+    let events = wait_host(&gw.config, Duration::from_secs(1), |_| true)["events"].clone();
+    let approvals = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "approved" && e["detail"].as_str().unwrap().contains(&pin))
+        .count();
+    assert_eq!(approvals, 1, "{events:#}");
+}
+
+#[test]
+fn a_proxy_following_the_broker_has_it_probe_a_renewed_host_and_sees_the_approval_at_once() {
+    let mut libvirtd = Libvirtd::start(LibvirtdOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start_with(dir.path(), &libvirtd, TEN_MINUTES, &h1(libvirtd.port()));
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+    // A second gateway, `virtgate proxy`, following the broker of `up` over its HTTPS API with
+    // the development CA of the API and the backend identity of the configuration.
+    let port = common::free_port();
+    let metrics_port = common::free_port();
+    let broker = format!("https://{}", gw.api);
+    let ca = common::gateway::up_api_ca(&gw.data_dir);
+    let mut proxy_cmd = Command::new(VIRTGATE);
+    proxy_cmd
+        .args([
+            "--config",
+            gw.config.to_str().unwrap(),
+            "proxy",
+            "--broker",
+            &broker,
+        ])
+        .args(["--broker-ca", ca.to_str().unwrap()])
+        .args(["--gateway-listen", &format!("127.0.0.1:{port}")])
+        .env(
+            "VIRTGATE_PROXY__METRICS_LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        )
+        .env("RUST_LOG", "info");
+    let mut proxy = virtgate_testlab::LabProcess::spawn(proxy_cmd).unwrap();
+    proxy
+        .wait_for_stderr("proxy started", Duration::from_secs(15))
+        .unwrap_or_else(|_| panic!("{}", proxy.stderr_text()));
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let via = format!(
+        "test+tls://127.0.0.1:{port}/default?name=test://h1/default&pkipath={}",
+        alice.pki.display()
+    );
+    let listed = virsh(&via, &["list"]);
+    assert!(
+        listed.status.success(),
+        "{}\n{}",
+        text(&listed),
+        proxy.stderr_text()
+    );
+
+    libvirtd
+        .restart_with_server_cert(ServerCertSpec::localhost())
+        .unwrap();
+    let new = libvirtd.server_cert().spki_sha256_hex();
+    assert!(!virsh(&via, &["list"]).status.success());
+    wait_host(&gw.config, Duration::from_secs(10), |h| {
+        h["trust"] == "changed" && h["presented_pin"] == new.as_str()
+    });
+    let approved = cli(&gw.config, &["hosts", "approve", "h1", "--pin", &new]);
+    assert!(approved.status.success(), "{}", text(&approved));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let listed = virsh(&via, &["list"]);
+        if listed.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the approval did not reach the proxy: {}",
+            text(&listed)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_renewal_signed_by_a_trusted_ca_keeps_working_and_re_pins_by_itself() {
+    // The host is reached by a name its certificate covers, as trust through a CA requires.
+    let mut libvirtd = Libvirtd::start(LibvirtdOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("hosts-ca.pem");
+    std::fs::write(&ca, libvirtd.ca().cert_pem()).unwrap();
+    let broker = format!(
+        "probe_interval = \"10m\"\ntrusted_ca_files = [{:?}]",
+        ca.display().to_string()
+    );
+    let gw = Gateway::start_with(
+        dir.path(),
+        &libvirtd,
+        &broker,
+        &host("localhost", libvirtd.port()),
+    );
+    gw.wait_trust("localhost", "trusted_ca");
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let via = gw.uri("127.0.0.1", "localhost", &alice);
+    assert!(virsh(&via, &["list"]).status.success());
+
+    libvirtd
+        .restart_with_server_cert(ServerCertSpec::localhost())
+        .unwrap();
+    let new = libvirtd.server_cert().spki_sha256_hex();
+    let listed = virsh(&via, &["list"]);
+    assert!(
+        listed.status.success(),
+        "a CA-signed renewal needs no approval: {}",
+        text(&listed)
+    );
+    let probed = cli(&gw.config, &["hosts", "probe", "localhost", "--json"]);
+    assert!(probed.status.success(), "{}", text(&probed));
+    let host: serde_json::Value = serde_json::from_slice(&probed.stdout).unwrap();
+    assert_eq!(host["trust"], "trusted_ca", "{host:#}");
+    assert_eq!(host["pin"], new.as_str(), "re-pinned by itself: {host:#}");
+    let detail = wait_for(&gw.config, "localhost", Duration::from_secs(1), |_| true);
+    assert!(
+        detail["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "cert_renewed"),
+        "{detail:#}"
+    );
+}

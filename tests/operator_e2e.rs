@@ -273,3 +273,155 @@ fn a_renewal_signed_by_a_trusted_ca_keeps_working_and_re_pins_by_itself() {
         "{detail:#}"
     );
 }
+
+/// `virtgate up` started in `cwd` with `config` and its own runtime directory; its banner.
+fn up_in(
+    cwd: &std::path::Path,
+    config: &std::path::Path,
+    runtime: &std::path::Path,
+) -> (virtgate_testlab::LabProcess, Vec<String>) {
+    let mut cmd = Command::new(VIRTGATE);
+    cmd.args(["--config", config.to_str().unwrap(), "up"])
+        .current_dir(cwd)
+        .env("VIRTGATE_RUNTIME_DIR", runtime);
+    let process = virtgate_testlab::LabProcess::spawn(cmd).unwrap();
+    let lines: Vec<String> = process
+        .lines_until(Instant::now() + Duration::from_secs(20), |l| {
+            l.trim_start().starts_with("try")
+        })
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.trim_start().starts_with("try")),
+        "{lines:#?}\n{}",
+        process.stderr_text()
+    );
+    (process, lines)
+}
+
+fn field<'a>(lines: &'a [String], label: &str) -> &'a str {
+    lines
+        .iter()
+        .find_map(|l| l.trim_start().strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} line in {lines:#?}"))
+        .trim()
+}
+
+#[test]
+fn client_commands_find_the_running_broker_from_any_directory_and_nobody_shares_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (workdir, elsewhere, runtime) = (
+        dir.path().join("work"),
+        dir.path().join("elsewhere"),
+        dir.path().join("run"),
+    );
+    std::fs::create_dir_all(&workdir).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let (api, port) = (common::free_port(), common::free_port());
+    let config = workdir.join("virtgate.toml");
+    // The data directory is the default, relative one: ./virtgate-data of where `up` runs.
+    std::fs::write(
+        &config,
+        format!("[broker]\nlisten = \"127.0.0.1:{api}\"\ndiscovery = false\n[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n"),
+    )
+    .unwrap();
+    let (mut up, lines) = up_in(&workdir, &config, &runtime);
+    let data = workdir.join("virtgate-data");
+    assert_eq!(field(&lines, "data directory"), data.display().to_string());
+    assert!(
+        field(&lines, "admin token").starts_with(&data.join("admin.token").display().to_string()),
+        "{lines:#?}"
+    );
+    assert_eq!(field(&lines, "config file"), config.display().to_string());
+    assert!(field(&lines, "connect with").contains(&format!(":{port}/")));
+    assert!(field(&lines, "LAN discovery").contains("[[broker.hosts]]"));
+    assert_eq!(
+        field(&lines, "try"),
+        "virtgate hosts   |   virtgate certs --expiring 30d"
+    );
+
+    // From another directory, without --config: the runtime file leads to the broker, its CA
+    // and its admin token.
+    let client = |args: &[&str]| {
+        Command::new(VIRTGATE)
+            .args(args)
+            .current_dir(&elsewhere)
+            .env("VIRTGATE_RUNTIME_DIR", &runtime)
+            .env_remove("VIRTGATE_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let hosts = client(&["hosts"]);
+    assert!(hosts.status.success(), "{}", text(&hosts));
+    assert!(
+        text(&hosts).contains("virtgate advertise"),
+        "{}",
+        text(&hosts)
+    );
+    let certs = client(&["certs", "--json"]);
+    assert!(certs.status.success(), "{}", text(&certs));
+    let rows: serde_json::Value = serde_json::from_slice(&certs.stdout).unwrap();
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["host"] == "virtgate" && r["role"] == "proxy_server"),
+        "the gateway's own certificates are listed: {rows:#}"
+    );
+    let approve = client(&["hosts", "approve", "nosuch", "--pin", &"ab".repeat(32)]);
+    assert_eq!(approve.status.code(), Some(1), "{}", text(&approve));
+    assert!(
+        text(&approve).contains("no host named \"nosuch\" in the inventory; `virtgate hosts`"),
+        "the admin token was found, the broker answered: {}",
+        text(&approve)
+    );
+    let issued = client(&[
+        "pki",
+        "issue",
+        "client",
+        "--dn",
+        "O=Example,CN=bob",
+        "--out",
+        "bob",
+    ]);
+    assert!(issued.status.success(), "{}", text(&issued));
+    let users_ca = std::fs::read_to_string(data.join("pki/ca/cacert.pem")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(elsewhere.join("bob/cacert.pem")).unwrap(),
+        users_ca,
+        "issued from the running gateway's users' CA, not a new one"
+    );
+
+    // A second `up` on the same data directory is refused, naming the first.
+    let second = Command::new(VIRTGATE)
+        .args(["--config", config.to_str().unwrap(), "up"])
+        .current_dir(&workdir)
+        .env("VIRTGATE_RUNTIME_DIR", &runtime)
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second));
+    assert!(
+        text(&second).contains(&format!("is in use by another virtgate (pid {}", up.pid())),
+        "{}",
+        text(&second)
+    );
+
+    up.stop(Duration::from_secs(5));
+    assert!(
+        !runtime.join("broker.json").exists(),
+        "the runtime file goes with the broker"
+    );
+    assert!(
+        up.stderr_text().contains("stopped"),
+        "stopping is logged: {}",
+        up.stderr_text()
+    );
+    // Without a running broker, a relative data directory is named with the working directory.
+    let lost = client(&["hosts", "approve", "h1", "--pin", &"ab".repeat(32)]);
+    assert!(
+        text(&lost).contains(&format!("the working directory is {}", elsewhere.display())),
+        "{}",
+        text(&lost)
+    );
+}

@@ -117,10 +117,16 @@ pub fn load(explicit_file: Option<&Path>, overrides: Vec<Override>) -> anyhow::R
         figment = figment.merge(Serialized::global(o.key, o.value));
     }
     let config = figment.extract::<Config>().map_err(describe)?;
-    let problems: Vec<String> = [config.broker.validate(), config.proxy.validate()].concat();
+    let mut problems: Vec<String> = [config.broker.validate(), config.proxy.validate()].concat();
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.filter) {
+        problems.push(format!(
+            "log.filter: {:?} is not a log filter ({e}); use e.g. \"info,virtgate_discovery=debug\"",
+            config.log.filter
+        ));
+    }
     if !problems.is_empty() {
         bail!(
-            "invalid configuration:\n  {}\nfix the keys named above (see docs/configuration.md for every key)",
+            "invalid configuration:\n  {}\nfix the keys named above (docs/configuration.md lists every key)",
             problems.join("\n  ")
         );
     }
@@ -128,7 +134,8 @@ pub fn load(explicit_file: Option<&Path>, overrides: Vec<Override>) -> anyhow::R
 }
 
 /// Figment's own messages prefix keys with the profile and hide the source in a long sentence;
-/// this says which key is wrong, where it came from, and what to do.
+/// this says which key is wrong, where it came from, and what to do — in words, without Rust
+/// type names.
 fn describe(errors: figment::Error) -> anyhow::Error {
     let mut lines = Vec::new();
     for e in errors {
@@ -136,22 +143,117 @@ fn describe(errors: figment::Error) -> anyhow::Error {
         let key = key.strip_prefix("default.").unwrap_or(&key).to_string();
         let origin = match &e.metadata {
             Some(md) => match &md.source {
-                Some(source) => format!("{} ({})", source, md.name),
-                None => md.name.to_string(),
+                Some(figment::Source::File(path)) => format!("in {}", path.display()),
+                Some(source) => format!("in {source} ({})", md.name),
+                None if md.name.contains("environment") => {
+                    "in the VIRTGATE_ environment variables".to_string()
+                }
+                None => format!("in {}", md.name),
             },
-            None => "configuration".to_string(),
+            None => "in the configuration".to_string(),
         };
-        let key = if key.is_empty() {
-            "(top level)".to_string()
+        let what = explain(&e.kind, &key);
+        if key.is_empty() {
+            lines.push(format!("{origin}: {what}"));
         } else {
-            key
-        };
-        lines.push(format!("key `{key}` in {origin}: {}", e.kind));
+            lines.push(format!("{key} {origin}: {what}"));
+        }
     }
     anyhow::anyhow!(
-        "invalid configuration:\n  {}\nfix the key or value named above (see docs/configuration.md for every key)",
+        "invalid configuration:\n  {}\nfix what is named above (docs/configuration.md lists every key)",
         lines.join("\n  ")
     )
+}
+
+/// One deserialisation error in words.
+fn explain(kind: &figment::error::Kind, key: &str) -> String {
+    use figment::error::Kind;
+    let section = key.rsplit_once('.').map_or("the file", |(s, _)| s);
+    match kind {
+        Kind::UnknownField(field, expected) => format!(
+            "unknown key {field:?}; {section} takes: {}",
+            expected.join(", ")
+        ),
+        Kind::UnknownVariant(value, expected) => {
+            format!(
+                "unknown value {value:?}; use one of: {}",
+                expected.join(", ")
+            )
+        }
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) => {
+            format!("{} is not {}", found(actual), expected_in_words(expected))
+        }
+        Kind::Message(message) => message_in_words(message),
+        Kind::MissingField(field) => format!("{field:?} is missing; add it"),
+        Kind::DuplicateField(field) => format!("{field:?} is given twice; keep one"),
+        other => other.to_string().replace('`', ""),
+    }
+}
+
+fn found(actual: &figment::error::Actual) -> String {
+    use figment::error::Actual;
+    match actual {
+        Actual::Bool(v) => v.to_string(),
+        Actual::Unsigned(v) => v.to_string(),
+        Actual::Signed(v) => v.to_string(),
+        Actual::Float(v) => v.to_string(),
+        Actual::Str(v) => format!("{v:?}"),
+        Actual::Seq => "a list".into(),
+        Actual::Map => "a table".into(),
+        other => other.to_string().replace('`', ""),
+    }
+}
+
+fn expected_in_words(expected: &str) -> String {
+    match expected {
+        "u8" => "a whole number from 0 to 255".into(),
+        "u16" => "a whole number from 0 to 65535 (a port)".into(),
+        "u32" => "a whole number from 0 to 4294967295".into(),
+        "u64" | "usize" => "a whole number, 0 or more".into(),
+        "i64" | "isize" | "i32" => "a whole number".into(),
+        "a boolean" => "true or false".into(),
+        "a sequence" => "a list, e.g. [\"a\", \"b\"] (in the environment too)".into(),
+        "a string" => "a string in quotes".into(),
+        "socket address" => {
+            "an address HOST:PORT with an IP address, e.g. 127.0.0.1:16580 or [::1]:16580".into()
+        }
+        "IP address" => "an IP address, e.g. 192.0.2.7 or 2001:db8::7".into(),
+        other => other.replace('`', ""),
+    }
+}
+
+fn message_in_words(message: &str) -> String {
+    let m = message.replace('`', "");
+    if m.contains("invalid socket address syntax") {
+        "not an address: write HOST:PORT with an IP address, e.g. 127.0.0.1:16580, [::1]:16580 or 0.0.0.0:16514".into()
+    } else if m.contains("invalid IP address syntax") {
+        "not an IP address: write e.g. 192.0.2.7 or 2001:db8::7".into()
+    } else if m.contains("duration")
+        || m.contains("unknown time unit")
+        || m.contains("expected number")
+    {
+        format!("{m}; write a duration such as 500ms, 30s, 10m or 14d")
+    } else if m.contains("TOML parse error") || m.contains("expected") && m.contains("line") {
+        format!("the file is not valid TOML: {m}")
+    } else {
+        m
+    }
+}
+
+/// `VIRTGATE_<X>__…` variables whose section X is unknown: probably misspelled, so never read.
+pub fn unknown_sections() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| {
+            let Some(rest) = name.strip_prefix("VIRTGATE_") else {
+                return false;
+            };
+            let Some((section, _)) = rest.split_once("__") else {
+                return false;
+            };
+            !SECTIONS.iter().any(|s| s.eq_ignore_ascii_case(section))
+        })
+        .collect()
 }
 
 /// Keys whose values must never be printed. Keys naming files (`read_token_file`) hold paths,

@@ -196,6 +196,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let loaded = config::load(file.as_deref(), overrides)
         .map_err(|e| anyhow::Error::new(UsageError(format!("{e:#}"))))?;
+    for name in config::unknown_sections() {
+        eprintln!(
+            "virtgate: warning: {name} is not read: its section is none of log, discovery, advertise, broker, proxy, runtime (misspelled?)"
+        );
+    }
     if let Some(info) = running {
         cmd::runtime::remember(info);
     }

@@ -158,6 +158,7 @@ pub async fn start_with(
         };
         tasks.spawn(consume_discovery(
             browser,
+            config.clone(),
             inventory.clone(),
             metrics.clone(),
             probes.clone(),
@@ -301,6 +302,7 @@ fn own_certificates(
 /// history gone): the browser reports an instance once, not at every re-announcement.
 async fn consume_discovery(
     mut browser: Browser,
+    config: BrokerConfig,
     inventory: Arc<Inventory>,
     metrics: Arc<Metrics>,
     probes: ProbeRequests,
@@ -314,6 +316,11 @@ async fn consume_discovery(
                 let Some(event) = event else { break };
                 metrics.discovery_events.with_label_values(&[event.kind()]).inc();
                 match &event {
+                    DiscoveryEvent::Appeared(ad) | DiscoveryEvent::Updated(ad)
+                        if config.ignores(ad.short_hostname()) =>
+                    {
+                        continue;
+                    }
                     DiscoveryEvent::Appeared(ad) | DiscoveryEvent::Updated(ad) => {
                         announced.insert(ad.instance.clone(), ad.clone());
                     }

@@ -542,6 +542,55 @@ mod tests {
     }
 
     #[test]
+    fn a_forgotten_host_that_still_announces_itself_comes_back_as_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ad = advert("h1", &["10.0.0.1"]);
+        inv.discovered(&DiscoveryEvent::Appeared(ad.clone()))
+            .unwrap();
+        inv.record_probe("h1", vec![presented("10.0.0.1", &key)])
+            .unwrap();
+        let pin = inv.host("h1").unwrap().presented_pin.unwrap().to_string();
+        inv.approve("h1", &pin).unwrap();
+        assert!(
+            inv.restore_announced([&ad]).is_empty(),
+            "a host in the inventory is left alone"
+        );
+
+        inv.forget("h1", "by an operator", EventKind::Forgotten)
+            .unwrap();
+        assert!(inv.host("h1").is_none());
+        // The browser reports an instance once; the broker remembers it is still announced.
+        assert_eq!(inv.restore_announced([&ad]), vec!["h1".to_string()]);
+        let back = inv.host("h1").unwrap();
+        assert_eq!(back.pin, None, "its pin went with the forget");
+        assert_eq!(back.addresses, ad.addresses);
+    }
+
+    #[test]
+    fn approving_the_approved_key_again_logs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        let key = rcgen::KeyPair::generate().unwrap();
+        inv.discovered(&DiscoveryEvent::Appeared(advert("h1", &["10.0.0.1"])))
+            .unwrap();
+        inv.record_probe("h1", vec![presented("10.0.0.1", &key)])
+            .unwrap();
+        let pin = inv.host("h1").unwrap().presented_pin.unwrap().to_string();
+        for _ in 0..3 {
+            inv.approve("h1", &pin).unwrap();
+        }
+        let approvals = inv
+            .events(Some("h1"), 0, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == EventKind::Approved)
+            .count();
+        assert_eq!(approvals, 1);
+    }
+
+    #[test]
     fn only_discovered_hosts_expire_after_the_retention_period() {
         let dir = tempfile::tempdir().unwrap();
         let inv = inventory(dir.path());

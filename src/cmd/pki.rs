@@ -40,14 +40,30 @@ struct InitArgs {
     role: Option<RoleArg>,
     /// Directory for the CA (default: <broker.data_dir>/pki/ca for users,
     /// <broker.data_dir>/pki/backend-ca for backend).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long = "out", alias = "dir", value_name = "DIR")]
     dir: Option<PathBuf>,
     /// Subject CN of the CA (default: "virtgate CA" and a short key id).
     #[arg(long, value_name = "NAME")]
     cn: Option<String>,
-    /// Validity in days.
-    #[arg(long, value_name = "N", default_value_t = pki::CA_DAYS)]
+    /// Validity, in whole days: 3650d, 520w (a plain number is days).
+    #[arg(long = "valid-for", alias = "days", value_name = "DURATION", default_value = "3650d", value_parser = parse_days)]
     days: u32,
+}
+
+/// A validity in whole days: a duration (`90d`, `12w`, `8760h`) or a plain number of days.
+fn parse_days(text: &str) -> std::result::Result<u32, String> {
+    if let Ok(days) = text.parse::<u32>() {
+        return Ok(days);
+    }
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?}: {e}; write a duration in days such as 365d"))?;
+    let secs = d.as_secs();
+    if secs % 86_400 != 0 {
+        return Err(format!(
+            "{text:?} is not a whole number of days; write e.g. 365d"
+        ));
+    }
+    u32::try_from(secs / 86_400).map_err(|_| format!("{text:?} is too long"))
 }
 
 #[derive(clap::Subcommand)]
@@ -78,8 +94,9 @@ impl From<RoleArg> for pki::CaRole {
 
 #[derive(clap::Args)]
 struct IssueArgs {
-    /// Validity in days (never beyond the CA's own expiry).
-    #[arg(long, value_name = "N", default_value_t = pki::LEAF_DAYS)]
+    /// Validity, in whole days (never beyond the CA's own expiry): 365d, 52w (a plain number is
+    /// days).
+    #[arg(long = "valid-for", alias = "days", value_name = "DURATION", default_value = "365d", value_parser = parse_days)]
     days: u32,
     /// CA directory (default: the users' CA <broker.data_dir>/pki/ca that `virtgate up`
     /// creates; for `issue backend`, the backend CA <broker.data_dir>/pki/backend-ca).
@@ -134,8 +151,11 @@ struct CheckArgs {
     path: PathBuf,
     /// A name or address clients put in their URIs; the server certificate's SANs must cover
     /// it (repeatable).
-    #[arg(long = "hostname", value_name = "NAME")]
+    #[arg(long = "name", alias = "hostname", value_name = "NAME")]
     hostnames: Vec<String>,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 pub async fn run(config: &Config, args: Args) -> Result<std::process::ExitCode> {
@@ -392,7 +412,31 @@ fn check(args: CheckArgs) -> Result<std::process::ExitCode> {
         ..pki::CheckOptions::default()
     };
     let report = pki::check(&args.path, &options)?;
-    println!("{report}");
+    if args.json {
+        let findings: Vec<serde_json::Value> = report
+            .findings
+            .iter()
+            .map(|f| {
+                let level = match f.level {
+                    pki::Level::Ok => "ok",
+                    pki::Level::Warning => "warning",
+                    pki::Level::Problem => "problem",
+                };
+                serde_json::json!({"level": level, "about": f.about, "message": f.message})
+            })
+            .collect();
+        let layouts: Vec<String> = report.layouts.iter().map(|l| l.to_string()).collect();
+        let json = serde_json::json!({
+            "target": report.target,
+            "layouts": layouts,
+            "problems": report.problems().count(),
+            "warnings": report.warnings().count(),
+            "findings": findings,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        println!("{report}");
+    }
     let problems = report.problems().count();
     if problems > 0 {
         eprintln!(

@@ -103,6 +103,9 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let (hosts, publish) = crate::directory::from_broker(followed.clone(), shutdown.child_token());
     tasks.spawn(publish);
     let registry = Arc::new(prometheus::Registry::new());
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
     let mut proxy = virtgate_proxy::start(&config.proxy, files, hosts, &registry)
         .await
         .context("cannot start the proxy")?;

@@ -309,6 +309,7 @@ fn field<'a>(lines: &'a [String], label: &str) -> &'a str {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
 fn client_commands_find_the_running_broker_from_any_directory_and_nobody_shares_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let (workdir, elsewhere, runtime) = (

@@ -40,6 +40,16 @@ pub struct Metrics {
     own: Mutex<Vec<(String, CertInfo)>>,
 }
 
+/// `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`, … (Linux).
+fn register_process(registry: &Registry) {
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric");
+}
+
 /// Registers metrics on one registry; the definitions are static, so failures are bugs.
 struct On<'a>(&'a Registry);
 
@@ -105,12 +115,7 @@ impl Metrics {
             "A host's addresses by the result of their last probe (ok, failed): a host up on some addresses only has both.",
             &["host", "result"],
         );
-        #[cfg(target_os = "linux")]
-        {
-            // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …
-            let process = prometheus::process_collector::ProcessCollector::for_self();
-            registry.register(Box::new(process)).expect("unique metric");
-        }
+        register_process(&registry);
         let probe_duration = on.add(Histogram::with_opts(
             HistogramOpts::new(
                 "virtgate_probe_duration_seconds",

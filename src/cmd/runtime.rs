@@ -197,9 +197,9 @@ pub fn lock_data_dir(data_dir: &Path, command: &str) -> anyhow::Result<DataDirLo
         .mode(0o600)
         .open(&path)
         .with_context(|| format!("cannot open {}", absolute(&path).display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
+    match fs4::fs_std::FileExt::try_lock_exclusive(&file) {
+        Ok(true) => {}
+        Ok(false) => {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
             let holder = holder.trim();
             bail!(
@@ -208,7 +208,7 @@ pub fn lock_data_dir(data_dir: &Path, command: &str) -> anyhow::Result<DataDirLo
                 if holder.is_empty() { "pid unknown" } else { holder }
             );
         }
-        Err(std::fs::TryLockError::Error(e)) => {
+        Err(e) => {
             return Err(e).with_context(|| format!("cannot lock {}", absolute(&path).display()))
         }
     }

@@ -31,9 +31,7 @@ fn h1(port: u16) -> String {
 }
 
 fn host(name: &str, port: u16) -> String {
-    format!(
-        "[[broker.hosts]]\nname = \"{name}\"\naddresses = [\"127.0.0.1\"]\nport = {port}\n{RULES}"
-    )
+    format!("{}{RULES}", common::static_host(name, port))
 }
 
 fn cli(config: &std::path::Path, args: &[&str]) -> Output {
@@ -425,4 +423,88 @@ fn client_commands_find_the_running_broker_from_any_directory_and_nobody_shares_
         "{}",
         text(&lost)
     );
+}
+
+/// The newcomer's path, as README and docs/pki.md tell it: `virtgate up` on defaults, a real
+/// libvirtd set up as the banner's *host setup* says (the backend CA appended to its CA file, the
+/// gateway's DN allowed), listed under `[[broker.hosts]]`, approved from the CLI, reached with
+/// virsh and the admin bundle; then its certificate is renewed, and approving the new key is all
+/// it takes.
+#[test]
+fn the_newcomer_path_up_a_host_from_the_docs_approval_virsh_and_a_renewal_needs_no_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = dir.path().join("run");
+    let (api, port) = (common::free_port(), common::free_port());
+    let config = dir.path().join("virtgate.toml");
+    let base = format!(
+        "[broker]\nlisten = \"127.0.0.1:{api}\"\ndiscovery = false\n[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n"
+    );
+    std::fs::write(&config, &base).unwrap();
+    let (mut first, lines) = up_in(dir.path(), &config, &runtime);
+    let backend_ca = dir.path().join("virtgate-data/pki/backend-ca/cacert.pem");
+    assert!(
+        field(&lines, "host setup").contains(&backend_ca.display().to_string()),
+        "{lines:#?}"
+    );
+    first.stop(Duration::from_secs(5));
+
+    let mut libvirtd = common::libvirtd_set_up_for(&backend_ca);
+    std::fs::write(
+        &config,
+        format!("{base}{}", common::static_host("h1", libvirtd.port())),
+    )
+    .unwrap();
+    let (_up, lines) = up_in(dir.path(), &config, &runtime);
+    let connect = field(&lines, "connect with");
+    let uri = connect
+        .split('\'')
+        .nth(1)
+        .unwrap()
+        .replace("qemu+tls://", "test+tls://")
+        .replace(
+            "/system?name=qemu://HOST/system",
+            "/default?name=test://h1/default",
+        );
+    // The banner names this machine; the test reaches it as localhost, which the gateway's
+    // development certificate covers too.
+    let authority = uri["test+tls://".len()..]
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let uri = uri.replacen(&authority, &format!("localhost:{port}"), 1);
+    let client = |args: &[&str]| {
+        Command::new(VIRTGATE)
+            .args(args)
+            .env("VIRTGATE_RUNTIME_DIR", &runtime)
+            .output()
+            .unwrap()
+    };
+    wait_pending(&client);
+    let approved = common::approve_shown_pin(client, "h1");
+    assert!(approved.status.success(), "{}", text(&approved));
+    let listed = virsh(&uri, &["list", "--all"]);
+    assert!(listed.status.success(), "{uri}: {}", text(&listed));
+
+    libvirtd
+        .restart_with_server_cert(ServerCertSpec::localhost())
+        .unwrap();
+    assert!(!virsh(&uri, &["list"]).status.success());
+    let approved = common::approve_shown_pin(client, "h1");
+    assert!(approved.status.success(), "{}", text(&approved));
+    let listed = virsh(&uri, &["list", "--all"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+}
+
+/// Waits until `virtgate hosts` lists h1 as pending.
+fn wait_pending(client: &impl Fn(&[&str]) -> Output) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = client(&["hosts"]);
+        if String::from_utf8_lossy(&out.stdout).contains("pending") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{}", text(&out));
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

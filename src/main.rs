@@ -170,12 +170,11 @@ fn running_broker(cli: &Cli) -> Option<cmd::runtime::RuntimeInfo> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Completion { shell } => {
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "virtgate",
-                &mut std::io::stdout(),
-            );
+            // Into a buffer first: clap_complete panics when stdout is a closed pipe.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "virtgate", &mut script);
+            cmd::man::print(&script)
+                .map_err(|e| anyhow::anyhow!("cannot print the completion script: {e}"))?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Man { out } => {

@@ -127,7 +127,7 @@ impl Scratch {
         let scratch = Scratch {
             dir: tempfile::tempdir().unwrap(),
         };
-        ok(&["pki", "init", "--dir", s(&scratch.ca())]);
+        ok(&["pki", "init", "--out", s(&scratch.ca())]);
         scratch
     }
 
@@ -235,7 +235,7 @@ fn init_refuses_to_replace_an_existing_ca_and_says_what_to_do() {
     let scratch = Scratch::with_ca();
     let before = fs::read(scratch.ca().join("cakey.pem")).unwrap();
 
-    let err = fails(&["pki", "init", "--dir", s(&scratch.ca())]);
+    let err = fails(&["pki", "init", "--out", s(&scratch.ca())]);
 
     assert!(err.contains("already exists"), "{err}");
     assert!(
@@ -611,8 +611,8 @@ fn check_warns_about_a_certificate_expiring_within_30_days() {
         s(&scratch.ca()),
         "--dn",
         "O=Example,CN=alice",
-        "--days",
-        "10",
+        "--valid-for",
+        "10d",
         "--force",
         "--out",
         s(&cli),
@@ -621,7 +621,7 @@ fn check_warns_about_a_certificate_expiring_within_30_days() {
     let printed = ok(&["pki", "check", s(&cli)]);
 
     assert!(
-        printed.contains("warning  clientcert.pem: expires in"),
+        printed.contains("warning  clientcert.pem: expires in 10 days"),
         "{printed}"
     );
     assert!(printed.contains("0 problems, 1 warning"), "{printed}");
@@ -630,7 +630,7 @@ fn check_warns_about_a_certificate_expiring_within_30_days() {
 #[test]
 fn check_fails_on_a_certificate_from_another_ca() {
     let scratch = Scratch::with_ca();
-    ok(&["pki", "init", "--dir", s(&scratch.path("other-ca"))]);
+    ok(&["pki", "init", "--out", s(&scratch.path("other-ca"))]);
     let srv = scratch.path("srv");
     ok(&[
         "pki",
@@ -660,7 +660,7 @@ fn check_fails_on_a_certificate_from_another_ca_with_the_same_name() {
         ok(&[
             "pki",
             "init",
-            "--dir",
+            "--out",
             s(&scratch.path(ca)),
             "--cn",
             "Example CA",

@@ -671,7 +671,9 @@ impl Checker<'_> {
 
     fn validity(&mut self, about: &str, info: &CertInfo, findings: &[Finding], renew_it: &str) {
         let not_after = format_unix(info.not_after);
-        let days_left = (info.not_after - self.now.unix_timestamp()) / 86400;
+        // Rounded, not truncated: a certificate issued for 10 days a moment ago has 10 days
+        // left, as its operator counts them, not 9 days and 23:59 hours.
+        let days_left = (info.not_after - self.now.unix_timestamp() + 43_200).div_euclid(86_400);
         if has(findings, FindingKind::NotYetValid) {
             self.judged(
                 FindingKind::NotYetValid,

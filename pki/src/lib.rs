@@ -76,13 +76,13 @@ pub enum PkiError {
     )]
     CaExists { dir: PathBuf, file: &'static str },
     #[error(
-        "no CA in {}: {file} is missing; create one with `virtgate pki init --dir {}`, or point \
+        "no CA in {}: {file} is missing; create one with `virtgate pki init --out {}`, or point \
          --ca at the directory that holds cacert.pem and cakey.pem",
         dir.display(), dir.display()
     )]
     NoCa { dir: PathBuf, file: &'static str },
     #[error(
-        "the CA in {} expired on {not_after}; create a new CA with `virtgate pki init --dir \
+        "the CA in {} expired on {not_after}; create a new CA with `virtgate pki init --out \
          NEW_DIR` and re-issue every certificate from it",
         dir.display()
     )]

@@ -10,7 +10,7 @@ use crate::config::{Config, Override};
 #[derive(clap::Args)]
 pub struct Args {
     /// How long to listen before printing the list.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// Print JSON (an array; with --watch, one event object per line).
     #[arg(long)]

@@ -9,10 +9,11 @@ use anyhow::Context;
 /// `virtgate.1` on stdout.
 pub fn write(command: clap::Command, out: Option<&Path>) -> anyhow::Result<()> {
     let Some(dir) = out else {
+        let mut page = Vec::new();
         clap_mangen::Man::new(command)
-            .render(&mut std::io::stdout())
-            .context("cannot print the man page")?;
-        return Ok(());
+            .render(&mut page)
+            .context("cannot render the man page")?;
+        return print(&page).context("cannot print the man page");
     };
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     clap_mangen::generate_to(command, dir)
@@ -22,4 +23,15 @@ pub fn write(command: clap::Command, out: Option<&Path>) -> anyhow::Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+/// Writes `text` to stdout. A reader that stopped early (`virtgate man | head`) is not an error:
+/// it got what it wanted, as with any Unix filter.
+pub fn print(text: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(text).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }

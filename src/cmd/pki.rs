@@ -34,7 +34,7 @@ enum PkiCommand {
 struct InitArgs {
     /// What the CA is for: `users` signs people's certificates (and the gateway's server
     /// certificate); `backend` signs only the gateway's backend identity and is the one CA
-    /// libvirt hosts trust. Default without --dir: users; with --dir: none (a plain CA, e.g. for
+    /// libvirt hosts trust. Default without --out: users; with --out: none (a plain CA, e.g. for
     /// hosts' certificates).
     #[arg(long, value_enum, value_name = "ROLE")]
     role: Option<RoleArg>,

@@ -98,6 +98,7 @@ impl std::fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 fn main() -> ExitCode {
+    stop_quietly_when_the_reader_is_gone();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -110,6 +111,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `virtgate hosts | head -1`: once the reader is gone, every `println!` fails, and Rust turns
+/// that into a panic with a backtrace. A Unix filter just stops there, quietly and successfully
+/// (the reader got what it wanted). std offers no typed error here, only this panic's message.
+fn stop_quietly_when_the_reader_is_gone() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map_or("", String::as_str);
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 /// The error and its causes, each cause only when the text so far does not already say it

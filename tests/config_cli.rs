@@ -163,6 +163,11 @@ fn configuration_errors_are_in_words_with_an_example_and_exit_2() {
             "advertise takes: hostname, port",
         ),
         ("[advertise\n", "is not valid TOML"),
+        (
+            "[proxy]\nlisten = \"localhost:1\"\n",
+            "write HOST:PORT with an IP address",
+        ),
+        ("[proxy]\nlisten = [\"localhost:1\"]\n", "proxy.listen.0 in"),
     ];
     for (toml, expected) in cases {
         std::fs::write(&file, toml).unwrap();
@@ -182,5 +187,22 @@ fn configuration_errors_are_in_words_with_an_example_and_exit_2() {
         String::from_utf8_lossy(&out.stderr).contains("VIRTGATE_BROKR__LISTEN is not read"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn one_gateway_address_needs_no_toml_array_in_the_environment() {
+    let out = config(&[], &[("VIRTGATE_PROXY__LISTEN", "127.0.0.1:17514")]);
+    let printed = stdout(&out);
+    let body: String = printed
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let value: toml::Value = toml::from_str(&body).unwrap();
+    assert_eq!(
+        value["proxy"]["listen"],
+        toml::Value::Array(vec!["127.0.0.1:17514".into()]),
+        "{printed}"
     );
 }

@@ -582,6 +582,23 @@ fn check_fails_on_a_key_others_can_read() {
 }
 
 #[test]
+fn check_names_a_directory_where_the_key_belongs_once_and_as_such() {
+    let scratch = Scratch::with_ca();
+    let srv = scratch.issue_server("srv", "h1", &[]);
+    let key = srv.join("serverkey.pem");
+    fs::remove_file(&key).unwrap();
+    fs::create_dir(&key).unwrap();
+
+    let err = fails(&["pki", "check", s(&srv)]);
+
+    assert!(
+        err.contains("PROBLEM  serverkey.pem: is a directory, not a key file"),
+        "{err}"
+    );
+    assert_eq!(err.matches("PROBLEM  serverkey.pem").count(), 1, "{err}");
+}
+
+#[test]
 fn check_fails_on_an_expired_certificate() {
     let scratch = Scratch::with_ca();
     let cli = scratch.issue_client("cli", "O=Example,CN=alice");

@@ -920,6 +920,19 @@ impl Checker<'_> {
     fn key(&mut self, path: &Path, cert_about: &str, public: &[PublicHalf]) {
         let about = file_name(path);
         match fs::metadata(path) {
+            // A directory's mode and "cannot read it" would both send the operator the wrong
+            // way: the file is simply not there.
+            Ok(meta) if meta.is_dir() => {
+                self.problem(
+                    &about,
+                    format!(
+                        "is a directory, not a key file; put the PEM private key at {} (mode \
+                         0600), e.g. the serverkey.pem or clientkey.pem `virtgate pki issue` wrote",
+                        path.display()
+                    ),
+                );
+                return;
+            }
             Ok(meta) => {
                 let mode = meta.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {

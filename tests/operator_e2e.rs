@@ -427,7 +427,7 @@ fn client_commands_find_the_running_broker_from_any_directory_and_nobody_shares_
 
 /// The newcomer's path, as README and docs/pki.md tell it: `virtgate up` on defaults, a real
 /// libvirtd set up as the banner's *host setup* says (the backend CA appended to its CA file, the
-/// gateway's DN allowed), listed under `[[broker.hosts]]`, approved from the CLI, reached with
+/// gateway's DN allowed), listed under `[[broker.hosts]]`, approved at a terminal after a look at its key, reached with
 /// virsh and the admin bundle; then its certificate is renewed, and approving the new key is all
 /// it takes.
 #[test]
@@ -481,8 +481,19 @@ fn the_newcomer_path_up_a_host_from_the_docs_approval_virsh_and_a_renewal_needs_
             .unwrap()
     };
     wait_pending(&client);
-    let approved = common::approve_shown_pin(client, "h1");
-    assert!(approved.status.success(), "{}", text(&approved));
+    // At a terminal, as the README says: the key is shown with its certificate, and one "y"
+    // approves it.
+    let pin = libvirtd.server_cert().spki_sha256_hex();
+    let session = at_a_terminal(&runtime, "hosts approve h1", "y\n");
+    for shown in [
+        format!("host h1 presents key sha256:{pin}"),
+        "subject      O=virtgate-test,CN=localhost".to_string(),
+        "SANs         DNS:localhost".to_string(),
+        "approve this key for h1? [y/N]".to_string(),
+        format!("approved: h1 is now pinned with key sha256:{pin}"),
+    ] {
+        assert!(session.contains(&shown), "{shown:?} in {session}");
+    }
     let listed = virsh(&uri, &["list", "--all"]);
     assert!(listed.status.success(), "{uri}: {}", text(&listed));
 
@@ -507,4 +518,29 @@ fn wait_pending(client: &impl Fn(&[&str]) -> Output) {
         assert!(Instant::now() < deadline, "{}", text(&out));
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Runs `virtgate ARGS` on a terminal (util-linux `script`), typing `input`; what it showed.
+fn at_a_terminal(runtime: &std::path::Path, args: &str, input: &str) -> String {
+    use std::io::Write;
+    let mut session = Command::new("script")
+        .args(["-qec", &format!("{VIRTGATE} {args}"), "/dev/null"])
+        .env("VIRTGATE_RUNTIME_DIR", runtime)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs");
+    session
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = session.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).replace('\r', "")
 }

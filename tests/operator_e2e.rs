@@ -427,9 +427,9 @@ fn client_commands_find_the_running_broker_from_any_directory_and_nobody_shares_
 
 /// The newcomer's path, as README and docs/pki.md tell it: `virtgate up` on defaults, a real
 /// libvirtd set up as the banner's *host setup* says (the backend CA appended to its CA file, the
-/// gateway's DN allowed), listed under `[[broker.hosts]]`, approved at a terminal after a look at its key, reached with
-/// virsh and the admin bundle; then its certificate is renewed, and approving the new key is all
-/// it takes.
+/// gateway's DN allowed), listed under `[[broker.hosts]]`, approved at a terminal after a look
+/// at its key, reached with virsh and the admin bundle; then its certificate is renewed, and
+/// approving the new key is all it takes.
 #[test]
 fn the_newcomer_path_up_a_host_from_the_docs_approval_virsh_and_a_renewal_needs_no_restart() {
     let dir = tempfile::tempdir().unwrap();

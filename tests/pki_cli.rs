@@ -140,6 +140,13 @@ impl Scratch {
     }
 
     fn issue_server(&self, out: &str, name: &str, extra: &[&str]) -> PathBuf {
+        let (out, issued) = self.try_issue_server(out, name, extra);
+        assert!(issued.status.success(), "{}", text(&issued));
+        out
+    }
+
+    /// `pki issue server` from this CA into `out`, succeeding or not.
+    fn try_issue_server(&self, out: &str, name: &str, extra: &[&str]) -> (PathBuf, Output) {
         let out = self.path(out);
         let ca = self.ca();
         let mut args = vec![
@@ -154,8 +161,8 @@ impl Scratch {
             s(&out),
         ];
         args.extend_from_slice(extra);
-        ok(&args);
-        out
+        let issued = virtgate_in(None, &args);
+        (out, issued)
     }
 
     fn issue_client(&self, out: &str, dn: &str) -> PathBuf {
@@ -596,6 +603,62 @@ fn check_names_a_directory_where_the_key_belongs_once_and_as_such() {
         "{err}"
     );
     assert_eq!(err.matches("PROBLEM  serverkey.pem").count(), 1, "{err}");
+}
+
+/// The pin `pki check` prints for the certificate in `file` of `dir`.
+fn pin_of(dir: &Path, file: &str) -> String {
+    let printed = ok(&["pki", "check", s(dir)]);
+    printed
+        .lines()
+        .find(|l| l.contains(&format!("{file}: ")) && l.contains("pin sha256:"))
+        .and_then(|l| l.split("pin sha256:").nth(1))
+        .map(|rest| rest[..64].to_string())
+        .unwrap_or_else(|| panic!("no pin for {file}: {printed}"))
+}
+
+#[test]
+fn a_renewal_with_reuse_key_keeps_the_key_and_its_pin_and_replaces_only_the_certificate() {
+    let scratch = Scratch::with_ca();
+    let srv = scratch.issue_server("srv", "h1", &["--valid-for", "30d"]);
+    let key = fs::read(srv.join("serverkey.pem")).unwrap();
+    let cert = fs::read(srv.join("servercert.pem")).unwrap();
+    let pin = pin_of(&srv, "servercert.pem");
+
+    let (_, renewed) =
+        scratch.try_issue_server("srv", "h1", &["--valid-for", "365d", "--reuse-key"]);
+    assert!(renewed.status.success(), "{}", text(&renewed));
+    let printed = String::from_utf8_lossy(&renewed.stdout);
+
+    assert!(
+        printed.contains(&format!("kept, pin sha256:{pin} unchanged")),
+        "{printed}"
+    );
+    assert_eq!(fs::read(srv.join("serverkey.pem")).unwrap(), key);
+    assert_eq!(mode(&srv.join("serverkey.pem")), 0o600);
+    assert_ne!(fs::read(srv.join("servercert.pem")).unwrap(), cert);
+    assert_eq!(pin_of(&srv, "servercert.pem"), pin);
+    let checked = ok(&["pki", "check", s(&srv)]);
+    assert!(
+        checked.contains("(365 days left)") && checked.contains("0 problems, 0 warnings"),
+        "{checked}"
+    );
+
+    // Without it, a renewal makes a new key, and the pin changes with it.
+    scratch.issue_server("srv", "h1", &["--force"]);
+    assert_ne!(pin_of(&srv, "servercert.pem"), pin);
+}
+
+#[test]
+fn reuse_key_without_a_key_to_reuse_says_what_to_do_and_writes_nothing() {
+    let scratch = Scratch::with_ca();
+    let (out, refused) = scratch.try_issue_server("empty", "h1", &["--reuse-key"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let err = text(&refused);
+    assert!(
+        err.contains("cannot reuse the key in") && err.contains("issue without --reuse-key"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing written");
 }
 
 #[test]

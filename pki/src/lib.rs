@@ -119,6 +119,12 @@ pub enum PkiError {
          (addresses go to --ip)"
     )]
     InvalidName { name: String, reason: String },
+    #[error(
+        "cannot reuse the key in {}: {reason}; issue without --reuse-key for a new key (hosts \
+         trusted by pin then need `virtgate hosts approve` again)",
+        path.display()
+    )]
+    NoKeyToReuse { path: PathBuf, reason: String },
     #[error("a validity of {days} days is out of range; choose between 1 and {MAX_DAYS} days")]
     InvalidDays { days: u32 },
     #[error("extra CA certificates: {reason}; pass PEM files that hold CA certificates")]

@@ -108,6 +108,11 @@ struct IssueArgs {
     /// Replace a certificate and key already in --out (renewal).
     #[arg(long)]
     force: bool,
+    /// Renew keeping the key already in --out: only the certificate is replaced, so the pin
+    /// stays the same and a host the gateway trusts by pin needs no new approval (implies
+    /// --force).
+    #[arg(long)]
+    reuse_key: bool,
     /// Also trust the CA certificates in FILE (repeatable): they are added to cacert.pem, for
     /// peers whose certificates come from another CA.
     #[arg(long, value_name = "FILE")]
@@ -269,6 +274,7 @@ fn output(args: &IssueArgs) -> Result<pki::Output> {
         dir: args.out.clone(),
         replace: args.force,
         also_trust_pem: pki::read_trust_files(&args.also_trust)?,
+        reuse_key: args.reuse_key,
     })
 }
 
@@ -299,9 +305,19 @@ fn issue_server(args: ServerArgs, default_ca: &Path) -> Result<()> {
     );
     println!("  SANs         {sans}");
     println!("  valid until  {}", pki::format_time(issued.not_after));
+    let pin = issued.pin()?;
+    if args.issue.reuse_key {
+        println!("  key          kept, pin sha256:{pin} unchanged: a gateway that pinned it goes on trusting it");
+    } else {
+        println!("  key          new, pin sha256:{pin} (what `virtgate hosts approve` shows for this host; --reuse-key keeps a key)");
+    }
     println!("wrote libvirt's server files:");
     println!("  {}  certificate", shown(&files.cert));
-    println!("  {}  private key (mode 0600)", shown(&files.key));
+    if args.issue.reuse_key {
+        println!("  {}  private key (kept as it was)", shown(&files.key));
+    } else {
+        println!("  {}  private key (mode 0600)", shown(&files.key));
+    }
     println!("  {}  CA certificate", shown(&files.ca_cert));
     println!("in libvirtd.conf:");
     println!("  cert_file = \"{}\"", shown(&files.cert));

@@ -147,3 +147,62 @@ fn every_missing_file_and_half_set_pair_is_reported_up_front() {
         assert!(err.contains(expected), "{expected:?} missing from:\n{err}");
     }
 }
+
+#[test]
+fn configuration_errors_are_in_words_with_an_example_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    let cases: &[(&str, &str)] = &[
+        ("[advertise]\nport = 70000\n", "advertise.port"),
+        (
+            "[broker]\nlisten = \"localhost:80\"\n",
+            "e.g. 127.0.0.1:16580",
+        ),
+        (
+            "[advertise]\nportt = 1\n",
+            "advertise takes: hostname, port",
+        ),
+        ("[advertise\n", "is not valid TOML"),
+        (
+            "[proxy]\nlisten = \"localhost:1\"\n",
+            "write HOST:PORT with an IP address",
+        ),
+        ("[proxy]\nlisten = [\"localhost:1\"]\n", "proxy.listen.0 in"),
+    ];
+    for (toml, expected) in cases {
+        std::fs::write(&file, toml).unwrap();
+        let out = config(&["--config", file.to_str().unwrap()], &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml}: {err}");
+        assert!(err.contains(expected), "{toml}: {err}");
+        assert!(
+            !err.contains("``") && !err.contains("u16") && !err.contains("(top level)"),
+            "no nested backticks, Rust types or figment words: {err}"
+        );
+    }
+    let out = config(&["--log-filter", "info,,=bad["], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = config(&[], &[("VIRTGATE_BROKR__LISTEN", "127.0.0.1:1")]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("VIRTGATE_BROKR__LISTEN is not read"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn one_gateway_address_needs_no_toml_array_in_the_environment() {
+    let out = config(&[], &[("VIRTGATE_PROXY__LISTEN", "127.0.0.1:17514")]);
+    let printed = stdout(&out);
+    let body: String = printed
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let value: toml::Value = toml::from_str(&body).unwrap();
+    assert_eq!(
+        value["proxy"]["listen"],
+        toml::Value::Array(vec!["127.0.0.1:17514".into()]),
+        "{printed}"
+    );
+}

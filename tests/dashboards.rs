@@ -38,6 +38,8 @@ const BROKER_EXPORTED: &[(&str, &[&str])] = &[
     ("virtgate_hosts", &["state"]),
     ("virtgate_host_trust", &["host", "state"]),
     ("virtgate_host_up", &["host"]),
+    ("virtgate_host_state", &["host", "state"]),
+    ("virtgate_host_addresses", &["host", "result"]),
     ("virtgate_probe_duration_seconds_bucket", &["le"]),
     ("virtgate_probe_duration_seconds_sum", &[]),
     ("virtgate_probe_duration_seconds_count", &[]),
@@ -100,6 +102,18 @@ const PROMETHEUS_SERIES: &[&str] = &["up", "ALERTS", "ALERTS_FOR_STATE"];
 /// every one of them). A misspelt value in `{result="backend_unreachble"}` is valid PromQL that
 /// matches nothing; the scrape test keeps these lists complete.
 const LABEL_VALUES: &[(&str, &str, &[&str], bool)] = &[
+    (
+        "virtgate_host_state",
+        "state",
+        &["up", "down", "absent", "unknown"],
+        false,
+    ),
+    (
+        "virtgate_host_addresses",
+        "result",
+        &["ok", "failed"],
+        false,
+    ),
     (
         "virtgate_proxy_connections_total",
         "result",

@@ -127,7 +127,7 @@ impl Scratch {
         let scratch = Scratch {
             dir: tempfile::tempdir().unwrap(),
         };
-        ok(&["pki", "init", "--dir", s(&scratch.ca())]);
+        ok(&["pki", "init", "--out", s(&scratch.ca())]);
         scratch
     }
 
@@ -140,6 +140,13 @@ impl Scratch {
     }
 
     fn issue_server(&self, out: &str, name: &str, extra: &[&str]) -> PathBuf {
+        let (out, issued) = self.try_issue_server(out, name, extra);
+        assert!(issued.status.success(), "{}", text(&issued));
+        out
+    }
+
+    /// `pki issue server` from this CA into `out`, succeeding or not.
+    fn try_issue_server(&self, out: &str, name: &str, extra: &[&str]) -> (PathBuf, Output) {
         let out = self.path(out);
         let ca = self.ca();
         let mut args = vec![
@@ -154,8 +161,8 @@ impl Scratch {
             s(&out),
         ];
         args.extend_from_slice(extra);
-        ok(&args);
-        out
+        let issued = virtgate_in(None, &args);
+        (out, issued)
     }
 
     fn issue_client(&self, out: &str, dn: &str) -> PathBuf {
@@ -235,7 +242,7 @@ fn init_refuses_to_replace_an_existing_ca_and_says_what_to_do() {
     let scratch = Scratch::with_ca();
     let before = fs::read(scratch.ca().join("cakey.pem")).unwrap();
 
-    let err = fails(&["pki", "init", "--dir", s(&scratch.ca())]);
+    let err = fails(&["pki", "init", "--out", s(&scratch.ca())]);
 
     assert!(err.contains("already exists"), "{err}");
     assert!(
@@ -582,6 +589,79 @@ fn check_fails_on_a_key_others_can_read() {
 }
 
 #[test]
+fn check_names_a_directory_where_the_key_belongs_once_and_as_such() {
+    let scratch = Scratch::with_ca();
+    let srv = scratch.issue_server("srv", "h1", &[]);
+    let key = srv.join("serverkey.pem");
+    fs::remove_file(&key).unwrap();
+    fs::create_dir(&key).unwrap();
+
+    let err = fails(&["pki", "check", s(&srv)]);
+
+    assert!(
+        err.contains("PROBLEM  serverkey.pem: is a directory, not a key file"),
+        "{err}"
+    );
+    assert_eq!(err.matches("PROBLEM  serverkey.pem").count(), 1, "{err}");
+}
+
+/// The pin `pki check` prints for the certificate in `file` of `dir`.
+fn pin_of(dir: &Path, file: &str) -> String {
+    let printed = ok(&["pki", "check", s(dir)]);
+    printed
+        .lines()
+        .find(|l| l.contains(&format!("{file}: ")) && l.contains("pin sha256:"))
+        .and_then(|l| l.split("pin sha256:").nth(1))
+        .map(|rest| rest[..64].to_string())
+        .unwrap_or_else(|| panic!("no pin for {file}: {printed}"))
+}
+
+#[test]
+fn a_renewal_with_reuse_key_keeps_the_key_and_its_pin_and_replaces_only_the_certificate() {
+    let scratch = Scratch::with_ca();
+    let srv = scratch.issue_server("srv", "h1", &["--valid-for", "30d"]);
+    let key = fs::read(srv.join("serverkey.pem")).unwrap();
+    let cert = fs::read(srv.join("servercert.pem")).unwrap();
+    let pin = pin_of(&srv, "servercert.pem");
+
+    let (_, renewed) =
+        scratch.try_issue_server("srv", "h1", &["--valid-for", "365d", "--reuse-key"]);
+    assert!(renewed.status.success(), "{}", text(&renewed));
+    let printed = String::from_utf8_lossy(&renewed.stdout);
+
+    assert!(
+        printed.contains(&format!("kept, pin sha256:{pin} unchanged")),
+        "{printed}"
+    );
+    assert_eq!(fs::read(srv.join("serverkey.pem")).unwrap(), key);
+    assert_eq!(mode(&srv.join("serverkey.pem")), 0o600);
+    assert_ne!(fs::read(srv.join("servercert.pem")).unwrap(), cert);
+    assert_eq!(pin_of(&srv, "servercert.pem"), pin);
+    let checked = ok(&["pki", "check", s(&srv)]);
+    assert!(
+        checked.contains("(365 days left)") && checked.contains("0 problems, 0 warnings"),
+        "{checked}"
+    );
+
+    // Without it, a renewal makes a new key, and the pin changes with it.
+    scratch.issue_server("srv", "h1", &["--force"]);
+    assert_ne!(pin_of(&srv, "servercert.pem"), pin);
+}
+
+#[test]
+fn reuse_key_without_a_key_to_reuse_says_what_to_do_and_writes_nothing() {
+    let scratch = Scratch::with_ca();
+    let (out, refused) = scratch.try_issue_server("empty", "h1", &["--reuse-key"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let err = text(&refused);
+    assert!(
+        err.contains("cannot reuse the key in") && err.contains("issue without --reuse-key"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing written");
+}
+
+#[test]
 fn check_fails_on_an_expired_certificate() {
     let scratch = Scratch::with_ca();
     let cli = scratch.issue_client("cli", "O=Example,CN=alice");
@@ -611,8 +691,8 @@ fn check_warns_about_a_certificate_expiring_within_30_days() {
         s(&scratch.ca()),
         "--dn",
         "O=Example,CN=alice",
-        "--days",
-        "10",
+        "--valid-for",
+        "10d",
         "--force",
         "--out",
         s(&cli),
@@ -621,7 +701,7 @@ fn check_warns_about_a_certificate_expiring_within_30_days() {
     let printed = ok(&["pki", "check", s(&cli)]);
 
     assert!(
-        printed.contains("warning  clientcert.pem: expires in"),
+        printed.contains("warning  clientcert.pem: expires in 10 days"),
         "{printed}"
     );
     assert!(printed.contains("0 problems, 1 warning"), "{printed}");
@@ -630,7 +710,7 @@ fn check_warns_about_a_certificate_expiring_within_30_days() {
 #[test]
 fn check_fails_on_a_certificate_from_another_ca() {
     let scratch = Scratch::with_ca();
-    ok(&["pki", "init", "--dir", s(&scratch.path("other-ca"))]);
+    ok(&["pki", "init", "--out", s(&scratch.path("other-ca"))]);
     let srv = scratch.path("srv");
     ok(&[
         "pki",
@@ -660,7 +740,7 @@ fn check_fails_on_a_certificate_from_another_ca_with_the_same_name() {
         ok(&[
             "pki",
             "init",
-            "--dir",
+            "--out",
             s(&scratch.path(ca)),
             "--cn",
             "Example CA",

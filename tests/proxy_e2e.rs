@@ -253,8 +253,10 @@ fn read_only_identities_cannot_write_and_others_are_denied_with_a_message() {
     let denied = virsh(&gw.uri("127.0.0.1", "h1", &carol), &["list"]);
     assert!(!denied.status.success());
     assert!(
-        text(&denied).contains("virtgate: access to host h1 denied for CN=carol"),
-        "{}",
+        text(&denied).contains(
+            "virtgate: access to host h1 denied for CN=carol (subject C=GB,O=virtgate-test,CN=carol: no proxy.rules entry allows it)"
+        ),
+        "the full subject, which rules match, is shown: {}",
         text(&denied)
     );
     let py = python(&gw.uri("127.0.0.1", "h1", &carol), PY_OPEN_ERROR);
@@ -273,6 +275,22 @@ fn read_only_identities_cannot_write_and_others_are_denied_with_a_message() {
         .unwrap()
             >= 2.0
     );
+    // The log reads as text: addresses without Rust's `Some(…)`, durations to a tenth of a ms.
+    let log = gw.process.stderr_text();
+    assert!(
+        log.contains("proxy listening") && !log.contains("Some("),
+        "{log}"
+    );
+    let durations: Vec<&str> = log
+        .split("took_ms=")
+        .skip(1)
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert!(!durations.is_empty(), "{log}");
+    for took in durations {
+        let decimals = took.split('.').nth(1).map_or(0, str::len);
+        assert!(decimals <= 1, "took_ms={took}");
+    }
 }
 
 #[test]

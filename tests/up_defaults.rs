@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use common::gateway::{text, virsh};
 use common::{free_port, VIRTGATE};
-use virtgate_testlab::libvirtd::{Libvirtd, LibvirtdOptions};
 use virtgate_testlab::LabProcess;
 
 fn up(config: &std::path::Path) -> (LabProcess, Vec<String>) {
@@ -86,22 +85,13 @@ fn up_generates_a_dev_pki_once_and_its_admin_bundle_reaches_a_host() {
             )),
         "{setup}"
     );
-    let ca = std::fs::read_to_string(&backend_ca).unwrap();
     first.stop(Duration::from_secs(5));
 
     // A host set up as the banner says, added to the configuration.
-    let libvirtd = Libvirtd::start(LibvirtdOptions {
-        extra_client_cas: vec![ca],
-        tls_allowed_dn_list: Some(vec![virtgate_pki::BACKEND_DN.to_string()]),
-        ..Default::default()
-    })
-    .unwrap();
+    let libvirtd = common::libvirtd_set_up_for(&backend_ca);
     std::fs::write(
         &config,
-        format!(
-            "{base}[[broker.hosts]]\nname = \"h1\"\naddresses = [\"127.0.0.1\"]\nport = {}\n",
-            libvirtd.port()
-        ),
+        format!("{base}{}", common::static_host("h1", libvirtd.port())),
     )
     .unwrap();
     let (_second, lines) = up(&config);

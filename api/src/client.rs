@@ -56,7 +56,7 @@ pub enum ClientError {
     Tls { url: String, reason: String },
     #[error("the broker at {url} did not answer within {limit:?}")]
     Timeout { url: String, limit: Duration },
-    #[error("talking to the broker at {url}: {source}")]
+    #[error("talking to the broker at {url}: {source}; is that the broker's API (broker.listen, port 16580 by default) and not the gateway's TLS port?")]
     Http { url: String, source: hyper::Error },
     #[error("{message} (HTTP {status})")]
     Refused { status: StatusCode, message: String },
@@ -286,6 +286,13 @@ impl Client {
             pin: pin.to_string(),
         };
         self.post(&path, &body).await
+    }
+
+    /// Asks the broker to probe `name` now (it may answer with a probe from a moment ago); the
+    /// host as that probe left it. A read credential is enough.
+    pub async fn probe(&self, name: &str) -> Result<Host, ClientError> {
+        let path = format!("/v1/hosts/{}/probe", encode(name));
+        self.post(&path, &serde_json::json!({})).await
     }
 
     pub async fn forget(&self, name: &str) -> Result<ForgetResponse, ClientError> {

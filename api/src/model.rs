@@ -310,11 +310,13 @@ pub struct Event {
     pub detail: String,
 }
 
-/// A certificate a host presents now, flattened for listings (`virtgate certs`).
+/// A certificate a host presents now, or one of the gateway's own (`host` "virtgate", no
+/// address), flattened for listings (`virtgate certs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CertificateRow {
     pub host: String,
-    pub address: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
     pub role: String,
     #[serde(flatten)]
     pub cert: CertInfo,

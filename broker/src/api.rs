@@ -52,6 +52,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct ApiState {
     pub inventory: Arc<Inventory>,
     pub metrics: Arc<Metrics>,
+    /// Probes on request (`POST /v1/hosts/{name}/probe`, and approvals of a key not seen yet).
+    pub probes: crate::service::ProbeRequests,
+    /// How long a request waits for the probe it asked for.
+    pub probe_wait: Duration,
     pub admin_token: String,
     /// The read token (`broker.read_token_file`), if one is configured.
     pub read_token: Option<String>,
@@ -283,6 +287,7 @@ async fn admit(
         );
     }
     match endpoint {
+        Endpoint::Index => json_response(StatusCode::OK, &index()),
         Endpoint::Healthz => text(StatusCode::OK, "text/plain", "ok\n".into()),
         Endpoint::Readyz => text(StatusCode::OK, "text/plain", "ready\n".into()),
         Endpoint::Watch {
@@ -322,8 +327,16 @@ async fn route(state: &ApiState, endpoint: Endpoint, req: Request<Incoming>) -> 
         Endpoint::Host { name } => host_detail(state, &name),
         Endpoint::Certificates { expiring_within } => match expiring_within {
             Ok(within) => {
-                let rows =
-                    certificate_rows(&state.inventory.hosts(), state.inventory.now(), within);
+                let now = state.inventory.now();
+                let mut rows = certificate_rows(&state.inventory.hosts(), now, within);
+                let own = state.metrics.own_certificates();
+                rows.extend(own_rows(&own, now, state.inventory.windows(), within));
+                rows.sort_by(|a, b| {
+                    a.cert
+                        .not_after
+                        .cmp(&b.cert.not_after)
+                        .then(a.host.cmp(&b.host))
+                });
                 json_response(StatusCode::OK, &rows)
             }
             Err(e) => error(
@@ -338,16 +351,19 @@ async fn route(state: &ApiState, endpoint: Endpoint, req: Request<Incoming>) -> 
             }
         }
         Endpoint::Change { name, action } => change(state, req, &name, action).await,
+        Endpoint::Probe { name } => probe_now(state, &name).await,
         Endpoint::MethodNotAllowed => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed; see docs/openapi.yaml",
         ),
-        Endpoint::NotFound | Endpoint::Healthz | Endpoint::Readyz | Endpoint::Watch { .. } => {
-            error(
-                StatusCode::NOT_FOUND,
-                "no such endpoint; see docs/openapi.yaml",
-            )
-        }
+        Endpoint::NotFound
+        | Endpoint::Index
+        | Endpoint::Healthz
+        | Endpoint::Readyz
+        | Endpoint::Watch { .. } => error(
+            StatusCode::NOT_FOUND,
+            "no such endpoint; GET / lists them (docs/openapi.yaml describes each)",
+        ),
     }
 }
 
@@ -367,10 +383,89 @@ fn host_detail(state: &ApiState, name: &str) -> Response<Body> {
             };
             json_response(StatusCode::OK, &detail)
         }
-        None => error(
-            StatusCode::NOT_FOUND,
-            format!("no host named {name:?}; GET /v1/hosts lists them"),
-        ),
+        None => unknown_host(name),
+    }
+}
+
+fn unknown_host(name: &str) -> Response<Body> {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no host named {name:?}; `virtgate hosts` (GET /v1/hosts) lists them"),
+    )
+}
+
+/// `GET /`: what this API offers, for whoever points a browser or curl at it.
+fn index() -> serde_json::Value {
+    let endpoints: Vec<serde_json::Value> = ENDPOINTS
+        .iter()
+        .map(|(method, path, what)| serde_json::json!({"method": method, "path": path, "what": what}))
+        .collect();
+    serde_json::json!({
+        "service": "virtgate broker",
+        "version": env!("CARGO_PKG_VERSION"),
+        "endpoints": endpoints,
+        "docs": "docs/openapi.yaml describes every endpoint; docs/broker.md says who may call which",
+    })
+}
+
+/// Every endpoint: method, path, what it does.
+pub const ENDPOINTS: &[(&str, &str, &str)] = &[
+    (
+        "GET",
+        "/v1/hosts",
+        "every host: state, trust, addresses, findings",
+    ),
+    (
+        "GET",
+        "/v1/hosts/{name}",
+        "one host with its certificate history and recent events",
+    ),
+    (
+        "POST",
+        "/v1/hosts/{name}/probe",
+        "probe the host now (rate-limited per host); answers with the host",
+    ),
+    (
+        "POST",
+        "/v1/hosts/{name}/approve",
+        "approve the key the host presents (admin token; body {\"pin\": \"…\"})",
+    ),
+    (
+        "POST",
+        "/v1/hosts/{name}/forget",
+        "remove the host and its history (admin token)",
+    ),
+    (
+        "GET",
+        "/v1/certificates?expiring_within=30d",
+        "certificates hosts and the gateway present, soonest expiry first",
+    ),
+    ("GET", "/v1/events?host=&after=&limit=", "the event log"),
+    (
+        "GET",
+        "/v1/watch?since=&epoch=&timeout=",
+        "long-poll for inventory changes (proxies follow it)",
+    ),
+    ("GET", "/metrics", "Prometheus metrics"),
+    ("GET", "/healthz", "liveness"),
+    ("GET", "/readyz", "readiness"),
+];
+
+/// `POST /v1/hosts/{name}/probe`: probes the host now (or joins a probe asked for a moment ago)
+/// and answers with the host as the probe left it.
+async fn probe_now(state: &ApiState, name: &str) -> Response<Body> {
+    if state.inventory.host(name).is_none() {
+        return unknown_host(name);
+    }
+    if !state.probes.probe_now(name, state.probe_wait).await {
+        return busy(format!(
+            "the probe of {name} did not finish within {:?}; see `virtgate hosts show {name}` in a moment",
+            state.probe_wait
+        ));
+    }
+    match state.inventory.host(name) {
+        Some(host) => json_response(StatusCode::OK, &host),
+        None => unknown_host(name),
     }
 }
 
@@ -399,10 +494,7 @@ async fn change(
                     "body must be JSON {\"pin\": \"<SPKI SHA-256 hex>\"}",
                 );
             };
-            match state.inventory.approve(name, &pin) {
-                Ok(host) => json_response(StatusCode::OK, &host),
-                Err(e) => inventory_error(e),
-            }
+            approve(state, name, &pin).await
         }
         Action::Forget => match state.inventory.forget(
             name,
@@ -415,9 +507,26 @@ async fn change(
                     forgotten: name.to_string(),
                 },
             ),
-            Ok(false) => error(StatusCode::NOT_FOUND, format!("no host named {name:?}")),
+            Ok(false) => unknown_host(name),
             Err(e) => inventory_error(e),
         },
+    }
+}
+
+/// Approves `pin` for `name`. When the host presents another key (or none) as far as the
+/// inventory knows, it may have just been given a new one: it is probed once, then the pin is
+/// checked again — so a renewed host can be approved at once, not after the next probe round.
+async fn approve(state: &ApiState, name: &str, pin: &str) -> Response<Body> {
+    match state.inventory.approve(name, pin) {
+        Err(InventoryError::PinMismatch { .. } | InventoryError::NothingPresented { .. }) => {
+            state.probes.probe_now(name, state.probe_wait).await;
+            match state.inventory.approve(name, pin) {
+                Ok(host) => json_response(StatusCode::OK, &host),
+                Err(e) => inventory_error(e),
+            }
+        }
+        Ok(host) => json_response(StatusCode::OK, &host),
+        Err(e) => inventory_error(e),
     }
 }
 
@@ -477,7 +586,7 @@ fn certificate_rows(hosts: &[Host], now: i64, within: Option<Duration>) -> Vec<C
                 };
                 rows.push(CertificateRow {
                     host: host.name.clone(),
-                    address: endpoint.address,
+                    address: Some(endpoint.address),
                     role: role.into(),
                     cert: cert.clone(),
                     expires_in,
@@ -493,6 +602,40 @@ fn certificate_rows(hosts: &[Host], now: i64, within: Option<Duration>) -> Vec<C
             .then(a.host.cmp(&b.host))
     });
     rows
+}
+
+/// The gateway's own certificates (host `virtgate`, roles `proxy_server`, `proxy_client`,
+/// `ca`), with their expiry findings.
+fn own_rows(
+    own: &[(String, crate::cert::CertInfo)],
+    now: i64,
+    windows: crate::cert::Windows,
+    within: Option<Duration>,
+) -> Vec<CertificateRow> {
+    let secs = |d: Duration| d.as_secs() as i64;
+    own.iter()
+        .filter(|(_, cert)| within.is_none_or(|w| cert.not_after - now <= secs(w)))
+        .map(|(role, cert)| {
+            let left = cert.not_after - now;
+            let finding = if left <= 0 {
+                Some("expired")
+            } else if left < secs(windows.critical) {
+                Some("expiring_critical")
+            } else if left < secs(windows.warning) {
+                Some("expiring_soon")
+            } else {
+                None
+            };
+            CertificateRow {
+                host: "virtgate".into(),
+                address: None,
+                role: role.clone(),
+                cert: cert.clone(),
+                expires_in: left,
+                findings: finding.into_iter().map(str::to_string).collect(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -520,6 +663,8 @@ mod tests {
         let state = Arc::new(ApiState {
             inventory: Arc::new(Inventory::open(store, policy, Arc::new(SystemClock)).unwrap()),
             metrics: Arc::new(Metrics::new()),
+            probes: crate::service::ProbeRequests::detached(),
+            probe_wait: Duration::from_secs(1),
             admin_token: "admin".into(),
             read_token: None,
             token_path: "admin.token".into(),

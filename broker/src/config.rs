@@ -57,6 +57,9 @@ pub struct BrokerConfig {
     pub discovery: bool,
     /// Hosts listed here are inventoried whether or not they announce themselves.
     pub hosts: Vec<StaticHost>,
+    /// Names (globs with `*` and `?`, matched without regard to case) of LAN hosts never to
+    /// inventory, however often they announce themselves.
+    pub ignore_hosts: Vec<String>,
     /// How often every host is probed again.
     #[serde(with = "humantime_serde")]
     pub probe_interval: Duration,
@@ -103,6 +106,7 @@ impl Default for BrokerConfig {
             max_watchers: 64,
             discovery: true,
             hosts: Vec::new(),
+            ignore_hosts: Vec::new(),
             probe_interval: Duration::from_secs(600),
             probe_timeout: Duration::from_secs(5),
             probe_concurrency: 32,
@@ -213,6 +217,11 @@ impl BrokerConfig {
         problems
     }
 
+    /// Whether a discovered host named `name` is to be left out (`ignore_hosts`).
+    pub fn ignores(&self, name: &str) -> bool {
+        self.ignore_hosts.iter().any(|g| glob_matches(g, name))
+    }
+
     /// Whether the API listens on a loopback address only (127.0.0.0/8, ::1, or either
     /// IPv4-mapped); a wildcard address is not loopback.
     pub fn listens_on_loopback(&self) -> bool {
@@ -230,5 +239,46 @@ impl BrokerConfig {
         !self.listens_on_loopback()
             || !self.proxy_ca_files.is_empty()
             || self.read_token_file.is_some()
+    }
+}
+
+/// `*` (any run of characters) and `?` (one character), without regard to ASCII case.
+pub fn glob_matches(glob: &str, name: &str) -> bool {
+    let (g, n): (Vec<char>, Vec<char>) = (
+        glob.to_ascii_lowercase().chars().collect(),
+        name.to_ascii_lowercase().chars().collect(),
+    );
+    let (mut gi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        if gi < g.len() && (g[gi] == '?' || g[gi] == n[ni]) {
+            gi += 1;
+            ni += 1;
+        } else if gi < g.len() && g[gi] == '*' {
+            star = Some((gi, ni));
+            gi += 1;
+        } else if let Some((sg, sn)) = star {
+            gi = sg + 1;
+            ni = sn + 1;
+            star = Some((sg, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    g[gi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use super::glob_matches;
+
+    #[test]
+    fn ignore_globs_match_whole_names_without_regard_to_case() {
+        assert!(glob_matches("lab-*", "LAB-7"));
+        assert!(glob_matches("h?", "h1"));
+        assert!(glob_matches("*", "anything"));
+        assert!(!glob_matches("h?", "h10"));
+        assert!(!glob_matches("lab-*", "h1"));
+        assert!(glob_matches("a*b*c", "axxbyyc"));
     }
 }

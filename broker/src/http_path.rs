@@ -17,6 +17,8 @@ pub const MAX_WATCH: Duration = Duration::from_secs(60);
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
+    /// `GET /`: the list of endpoints.
+    Index,
     Healthz,
     Readyz,
     Metrics,
@@ -48,6 +50,10 @@ pub enum Endpoint {
         name: String,
         action: Action,
     },
+    /// `POST /v1/hosts/{name}/probe`: probe the host now (rate-limited per host); readers may.
+    Probe {
+        name: String,
+    },
     /// A known path with a method it does not serve.
     MethodNotAllowed,
     NotFound,
@@ -71,12 +77,15 @@ impl Endpoint {
                 | Self::Certificates { .. }
                 | Self::Events { .. }
                 | Self::Watch { .. }
+                | Self::Probe { .. }
         )
     }
 }
 
 /// Parses a request: `method` as sent (`GET`, `POST`, …) and `target` (path and optional query).
+/// `HEAD` is answered like `GET` (without the body).
 pub fn parse_request(method: &str, target: &str) -> Endpoint {
+    let method = if method == "HEAD" { "GET" } else { method };
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
@@ -85,6 +94,7 @@ pub fn parse_request(method: &str, target: &str) -> Endpoint {
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let param = |key| query_param(query, key);
     match (method, segments.as_slice()) {
+        ("GET", [""]) => Endpoint::Index,
         ("GET", ["healthz"]) => Endpoint::Healthz,
         ("GET", ["readyz"]) => Endpoint::Readyz,
         ("GET", ["metrics"]) => Endpoint::Metrics,
@@ -124,6 +134,9 @@ pub fn parse_request(method: &str, target: &str) -> Endpoint {
                 Action::Forget
             },
         },
+        ("POST", ["v1", "hosts", name, "probe"]) => Endpoint::Probe {
+            name: (*name).to_string(),
+        },
         (_, segments) if is_known_path(segments) => Endpoint::MethodNotAllowed,
         _ => Endpoint::NotFound,
     }
@@ -132,10 +145,10 @@ pub fn parse_request(method: &str, target: &str) -> Endpoint {
 fn is_known_path(segments: &[&str]) -> bool {
     matches!(
         segments,
-        ["healthz" | "readyz" | "metrics"]
+        [""] | ["healthz" | "readyz" | "metrics"]
             | ["v1", "hosts" | "certificates" | "events" | "watch"]
             | ["v1", "hosts", _]
-            | ["v1", "hosts", _, "approve" | "forget"]
+            | ["v1", "hosts", _, "approve" | "forget" | "probe"]
     )
 }
 
@@ -277,13 +290,28 @@ mod tests {
             Endpoint::MethodNotAllowed
         );
         assert_eq!(parse_request("GET", "/v1/nope"), Endpoint::NotFound);
-        assert_eq!(parse_request("GET", ""), Endpoint::NotFound);
+        assert_eq!(parse_request("GET", ""), Endpoint::Index);
+        assert_eq!(parse_request("GET", "/"), Endpoint::Index);
+        assert_eq!(parse_request("HEAD", "/metrics"), Endpoint::Metrics);
+        assert_eq!(
+            parse_request("POST", "/v1/hosts/h1/probe"),
+            Endpoint::Probe { name: "h1".into() }
+        );
+        assert_eq!(
+            parse_request("GET", "/v1/hosts/h1/probe"),
+            Endpoint::MethodNotAllowed
+        );
     }
 
     #[test]
     fn only_inventory_reads_need_read_access() {
         assert!(parse_request("GET", "/v1/watch").reads_inventory());
         assert!(parse_request("GET", "/v1/hosts/h1").reads_inventory());
+        assert!(
+            parse_request("POST", "/v1/hosts/h1/probe").reads_inventory(),
+            "whoever may read may ask for a probe (a gateway that saw a new key does)"
+        );
+        assert!(!parse_request("GET", "/").reads_inventory());
         for open in ["/metrics", "/healthz", "/readyz"] {
             assert!(!parse_request("GET", open).reads_inventory(), "{open}");
         }

@@ -28,7 +28,10 @@ mod token;
 pub use config::{BrokerConfig, FirstSight, StaticHost};
 pub use inventory::{Clock, SystemClock};
 pub use model::{CertificateRow, Event, EventKind, Host, HostState, TrustState};
-pub use service::{start, start_with, RunningBroker, ADMIN_TOKEN_FILE, DATABASE_FILE};
+pub use service::{
+    start, start_with, ProbeRequests, RunningBroker, ADMIN_TOKEN_FILE, DATABASE_FILE,
+    ON_DEMAND_MIN_INTERVAL,
+};
 pub use token::{load_or_create_token, TOKEN_MODE};
 
 use std::net::SocketAddr;

@@ -31,11 +31,23 @@ pub struct Metrics {
     hosts: IntGaugeVec,
     host_trust: IntGaugeVec,
     host_up: IntGaugeVec,
+    host_state: IntGaugeVec,
+    host_addresses: IntGaugeVec,
     pub probe_duration: Histogram,
     pub probe_errors: IntCounterVec,
     pub discovery_events: IntCounterVec,
     rendered_revision: Mutex<u64>,
     own: Mutex<Vec<(String, CertInfo)>>,
+}
+
+/// `process_cpu_seconds_total`, `process_resident_memory_bytes`, `process_open_fds`, … (Linux).
+fn register_process(registry: &Registry) {
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique metric");
 }
 
 /// Registers metrics on one registry; the definitions are static, so failures are bugs.
@@ -93,6 +105,17 @@ impl Metrics {
             "1 if the host's last probe reached any address, else 0.",
             &["host"],
         );
+        let host_state = int_gauge(
+            "virtgate_host_state",
+            "1 for each host's current state (up, down, absent, unknown).",
+            &["host", "state"],
+        );
+        let host_addresses = int_gauge(
+            "virtgate_host_addresses",
+            "A host's addresses by the result of their last probe (ok, failed): a host up on some addresses only has both.",
+            &["host", "result"],
+        );
+        register_process(&registry);
         let probe_duration = on.add(Histogram::with_opts(
             HistogramOpts::new(
                 "virtgate_probe_duration_seconds",
@@ -134,6 +157,8 @@ impl Metrics {
             hosts,
             host_trust,
             host_up,
+            host_state,
+            host_addresses,
             probe_duration,
             probe_errors,
             discovery_events,
@@ -150,6 +175,11 @@ impl Metrics {
             .rendered_revision
             .lock()
             .expect("metrics lock poisoned") = 0;
+    }
+
+    /// virtgate's own certificates, as set by [`Metrics::set_own_certificates`].
+    pub fn own_certificates(&self) -> Vec<(String, CertInfo)> {
+        self.own.lock().expect("metrics lock poisoned").clone()
     }
 
     /// Both validity series of one certificate, under the same labels.
@@ -179,6 +209,8 @@ impl Metrics {
             &self.host_trust,
             &self.host_up,
             &self.hosts,
+            &self.host_state,
+            &self.host_addresses,
         ] {
             g.reset();
         }
@@ -190,6 +222,18 @@ impl Metrics {
             self.host_trust
                 .with_label_values(&[&host.name, host.trust.as_str()])
                 .set(1);
+            self.host_state
+                .with_label_values(&[&host.name, host.state.as_str()])
+                .set(1);
+            if !host.endpoints.is_empty() {
+                let failed = host.endpoints.iter().filter(|e| e.error.is_some()).count();
+                let ok = host.endpoints.len() - failed;
+                for (result, n) in [("ok", ok), ("failed", failed)] {
+                    self.host_addresses
+                        .with_label_values(&[&host.name, result])
+                        .set(n as i64);
+                }
+            }
             if host.state != HostState::Absent && host.state != HostState::Unknown {
                 self.host_up
                     .with_label_values(&[&host.name])

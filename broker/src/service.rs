@@ -1,19 +1,19 @@
 //! The running broker: background services around the inventory (Pingora-style): the HTTP API,
 //! the probe scheduler, the discovery consumer and the retention sweeper.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+mod probes;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::ClientConfig;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use virtgate_discovery::{Browser, DiscoveryConfig};
+use virtgate_discovery::{Browser, DiscoveryConfig, DiscoveryEvent};
 
 use crate::api::{self, ApiState};
 use crate::cert::{parse_certificate, CertInfo, Windows};
@@ -22,11 +22,12 @@ use crate::inventory::{Inventory, SystemClock, TrustPolicy};
 use crate::metrics::Metrics;
 use crate::model::EventKind;
 use crate::probe::bypass::Checker as BypassChecker;
-use crate::probe::{probe, ProbeError, ProbeErrorReason, ProbeResult};
 use crate::store::Store;
 use crate::tls::{self, TrustAnchors};
 use crate::token::{load_or_create_token, random_hex};
 use crate::BrokerError;
+use probes::ProbeScheduler;
+pub use probes::{ProbeRequests, ON_DEMAND_MIN_INTERVAL};
 
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const DATABASE_FILE: &str = "inventory.sqlite";
@@ -40,6 +41,8 @@ pub struct RunningBroker {
     /// `https`, or `http` (loopback only).
     pub api_scheme: &'static str,
     pub admin_token_path: PathBuf,
+    /// Asks for a host to be probed now (a gateway saw a key other than its pin).
+    pub probes: ProbeRequests,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -125,32 +128,27 @@ pub async fn start_with(
     })?;
 
     let shutdown = CancellationToken::new();
-    let (probe_tx, probe_rx) = mpsc::unbounded_channel::<String>();
+    let (probes, probe_rx) = ProbeScheduler::channel();
     let mut tasks = JoinSet::new();
 
     for host in &config.hosts {
         if let Some(name) = inventory.upsert_static(host)? {
-            let _ = probe_tx.send(name);
+            probes.schedule(name);
         }
     }
 
     let admin_token_path = tokens.admin_path.clone();
-    let state = tokens.api_state(config, inventory.clone(), metrics.clone())?;
+    let state = tokens.api_state(config, inventory.clone(), metrics.clone(), probes.clone())?;
     let scheme = if api_tls.is_some() { "https" } else { "http" };
     tasks.spawn(api::serve(listener, api_tls, state, shutdown.clone()));
-    tasks.spawn(
-        ProbeScheduler {
-            inventory: inventory.clone(),
-            metrics: metrics.clone(),
-            tls: tls_config,
-            bypass,
-            interval: config.probe_interval,
-            timeout: config.probe_timeout,
-            limit: Arc::new(Semaphore::new(config.probe_concurrency.max(1))),
-            in_flight: Arc::new(Mutex::new(HashMap::new())),
-        }
-        .run(probe_rx, shutdown.clone()),
+    let scheduler = ProbeScheduler::new(
+        inventory.clone(),
+        metrics.clone(),
+        tls_config,
+        bypass,
+        config,
     );
+    tasks.spawn(scheduler.run(probe_rx, shutdown.clone()));
     if config.discovery {
         let browser = {
             let discovery = discovery.clone();
@@ -160,9 +158,10 @@ pub async fn start_with(
         };
         tasks.spawn(consume_discovery(
             browser,
+            config.clone(),
             inventory.clone(),
             metrics.clone(),
-            probe_tx.clone(),
+            probes.clone(),
             shutdown.clone(),
         ));
     }
@@ -178,6 +177,7 @@ pub async fn start_with(
         api_addr,
         api_scheme: scheme,
         admin_token_path,
+        probes,
         shutdown,
         tasks,
     })
@@ -211,6 +211,7 @@ impl Tokens {
         config: &BrokerConfig,
         inventory: Arc<Inventory>,
         metrics: Arc<Metrics>,
+        probes: ProbeRequests,
     ) -> Result<Arc<ApiState>, BrokerError> {
         let epoch =
             random_hex(16).map_err(|e| BrokerError::Config(format!("no randomness: {e}")))?;
@@ -218,6 +219,8 @@ impl Tokens {
         Ok(Arc::new(ApiState {
             inventory,
             metrics,
+            probes,
+            probe_wait: config.probe_timeout * 3 + Duration::from_secs(2),
             admin_token: self.admin,
             read_token: self.read,
             token_path: self.admin_path.display().to_string(),
@@ -294,22 +297,48 @@ fn own_certificates(
     Ok(out)
 }
 
+/// Feeds LAN announcements into the inventory. It remembers what is announced now, so a host an
+/// operator forgets while it still announces itself comes back at once, as new (its pin and
+/// history gone): the browser reports an instance once, not at every re-announcement.
 async fn consume_discovery(
     mut browser: Browser,
+    config: BrokerConfig,
     inventory: Arc<Inventory>,
     metrics: Arc<Metrics>,
-    probe_tx: mpsc::UnboundedSender<String>,
+    probes: ProbeRequests,
     shutdown: CancellationToken,
 ) {
+    let mut announced = std::collections::BTreeMap::new();
+    let mut revisions = inventory.subscribe();
     loop {
         tokio::select! {
             event = browser.next_event() => {
                 let Some(event) = event else { break };
                 metrics.discovery_events.with_label_values(&[event.kind()]).inc();
+                match &event {
+                    DiscoveryEvent::Appeared(ad) | DiscoveryEvent::Updated(ad)
+                        if config.ignores(ad.short_hostname()) =>
+                    {
+                        continue;
+                    }
+                    DiscoveryEvent::Appeared(ad) | DiscoveryEvent::Updated(ad) => {
+                        announced.insert(ad.instance.clone(), ad.clone());
+                    }
+                    DiscoveryEvent::Removed { instance, .. } => {
+                        announced.remove(instance);
+                    }
+                }
                 match inventory.discovered(&event) {
-                    Ok(Some(name)) => { let _ = probe_tx.send(name); }
+                    Ok(Some(name)) => probes.schedule(name),
                     Ok(None) => {}
                     Err(e) => warn!(error = %e, "could not record a discovery event"),
+                }
+            }
+            changed = revisions.changed() => {
+                if changed.is_err() { break }
+                revisions.mark_unchanged();
+                for name in inventory.restore_announced(announced.values()) {
+                    probes.schedule(name);
                 }
             }
             () = shutdown.cancelled() => break,
@@ -336,130 +365,5 @@ async fn sweep_retention(
             }
             () = shutdown.cancelled() => return,
         }
-    }
-}
-
-struct ProbeScheduler {
-    inventory: Arc<Inventory>,
-    metrics: Arc<Metrics>,
-    tls: Arc<ClientConfig>,
-    /// Whether users can walk around the gateway; `None` without `broker.user_ca_files`.
-    bypass: Option<Arc<BypassChecker>>,
-    interval: Duration,
-    timeout: Duration,
-    limit: Arc<Semaphore>,
-    /// Hosts being probed, and whether another request came in meanwhile (addresses changed):
-    /// such requests are coalesced into one follow-up probe instead of being dropped.
-    in_flight: Arc<Mutex<HashMap<String, bool>>>,
-}
-
-impl ProbeScheduler {
-    async fn run(self, mut requests: mpsc::UnboundedReceiver<String>, shutdown: CancellationToken) {
-        let this = Arc::new(self);
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut running = JoinSet::new();
-        loop {
-            tokio::select! {
-                Some(name) = requests.recv() => this.clone().spawn(name, &mut running),
-                _ = tick.tick() => {
-                    for name in this.inventory.due_for_probe(this.inventory.now(), this.interval) {
-                        this.clone().spawn(name, &mut running);
-                    }
-                }
-                Some(_) = running.join_next(), if !running.is_empty() => {}
-                () = shutdown.cancelled() => break,
-            }
-        }
-        running.abort_all();
-    }
-
-    fn spawn(self: Arc<Self>, name: String, running: &mut JoinSet<()>) {
-        {
-            let mut in_flight = self.in_flight.lock().expect("probe set poisoned");
-            if let Some(again) = in_flight.get_mut(&name) {
-                *again = true;
-                return;
-            }
-            in_flight.insert(name.clone(), false);
-        }
-        running.spawn(async move {
-            loop {
-                let permit = self.limit.clone().acquire_owned().await;
-                self.probe_host(&name).await;
-                drop(permit);
-                let mut in_flight = self.in_flight.lock().expect("probe set poisoned");
-                if in_flight.get(&name) == Some(&true) {
-                    in_flight.insert(name.clone(), false);
-                    continue;
-                }
-                in_flight.remove(&name);
-                break;
-            }
-        });
-    }
-
-    async fn probe_host(&self, name: &str) {
-        let Some(host) = self.inventory.host(name) else {
-            return;
-        };
-        let addresses = if host.addresses.is_empty() {
-            resolve(name, host.port).await
-        } else {
-            // Addresses an announcement added to a pinned host are probed too: that is how
-            // they get verified (or not).
-            let mut all = host.addresses.clone();
-            all.extend(host.pending_addresses.iter().copied());
-            Ok(all)
-        };
-        let mut results: Vec<ProbeResult> = match addresses {
-            Ok(addresses) => {
-                let probes = addresses
-                    .into_iter()
-                    .map(|a| probe(self.tls.clone(), a, host.port, self.timeout));
-                futures_util::future::join_all(probes).await
-            }
-            Err(e) => vec![ProbeResult {
-                address: IpAddr::from([0, 0, 0, 0]),
-                duration: Duration::ZERO,
-                outcome: Err(e),
-                bypass: None,
-            }],
-        };
-        if let Some(bypass) = &self.bypass {
-            bypass
-                .check(&host, &mut results, host.port, self.timeout)
-                .await;
-        }
-        for r in &results {
-            self.metrics
-                .probe_duration
-                .observe(r.duration.as_secs_f64());
-            if let Err(e) = &r.outcome {
-                self.metrics
-                    .probe_errors
-                    .with_label_values(&[e.reason.as_str()])
-                    .inc();
-            }
-        }
-        if let Err(e) = self.inventory.record_probe(name, results) {
-            warn!(host = name, error = %e, "could not record probe result");
-        }
-    }
-}
-
-async fn resolve(name: &str, port: u16) -> Result<Vec<IpAddr>, ProbeError> {
-    match tokio::net::lookup_host((name, port)).await {
-        Ok(addrs) => {
-            let mut v: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
-            v.sort_by_key(|ip| (ip.is_ipv6(), *ip));
-            v.dedup();
-            Ok(v)
-        }
-        Err(e) => Err(ProbeError {
-            reason: ProbeErrorReason::Unreachable,
-            message: format!(
-                "cannot resolve {name}: {e}; list its addresses under [[broker.hosts]]"
-            ),
-        }),
     }
 }

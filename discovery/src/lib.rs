@@ -49,8 +49,9 @@ pub enum DiscoveryError {
     #[error("cannot list network interfaces: {0}")]
     Interfaces(#[source] std::io::Error),
     #[error(
-        "no usable address to announce: no interface matches the selection (include {include:?}, \
-         exclude {exclude:?}); check `ip addr` and the --interface / discovery.interfaces setting"
+        "no usable network interface: none matches the selection (include {include:?}, \
+         exclude {exclude:?}); check `ip addr`, then --interface / --exclude-interface or \
+         discovery.interfaces"
     )]
     NoAddresses {
         include: Vec<String>,

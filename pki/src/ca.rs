@@ -267,8 +267,17 @@ impl Ca {
         CaRole::of_certificate(&self.cert_der)
     }
 
-    /// Signs a server certificate; nothing is written.
+    /// Signs a server certificate for a new key; nothing is written.
     pub fn sign_server(&self, request: &ServerRequest) -> Result<Issued, PkiError> {
+        self.sign_server_for(request, None)
+    }
+
+    /// Signs a server certificate for `key_pem` (PEM), or a new key; nothing is written.
+    fn sign_server_for(
+        &self,
+        request: &ServerRequest,
+        key_pem: Option<&str>,
+    ) -> Result<Issued, PkiError> {
         validate_days(request.days)?;
         let (dns, ips) = request.subject_alt_names()?;
         let mut dn = DistinguishedName::new();
@@ -282,19 +291,25 @@ impl Ca {
             sans.push(SanType::DnsName(ia5));
         }
         sans.extend(ips.iter().copied().map(SanType::IpAddress));
-        self.sign(dn, sans, request.days, ExtendedKeyUsagePurpose::ServerAuth)
+        let purpose = ExtendedKeyUsagePurpose::ServerAuth;
+        self.sign(dn, sans, request.days, purpose, key_pem)
     }
 
-    /// Signs a client certificate; nothing is written.
+    /// Signs a client certificate for a new key; nothing is written.
     pub fn sign_client(&self, request: &ClientRequest) -> Result<Issued, PkiError> {
+        self.sign_client_for(request, None)
+    }
+
+    /// Signs a client certificate for `key_pem` (PEM), or a new key; nothing is written.
+    fn sign_client_for(
+        &self,
+        request: &ClientRequest,
+        key_pem: Option<&str>,
+    ) -> Result<Issued, PkiError> {
         validate_days(request.days)?;
         let dn = parse_dn(&request.dn)?;
-        self.sign(
-            dn,
-            Vec::new(),
-            request.days,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        )
+        let purpose = ExtendedKeyUsagePurpose::ClientAuth;
+        self.sign(dn, Vec::new(), request.days, purpose, key_pem)
     }
 
     fn sign(
@@ -303,8 +318,14 @@ impl Ca {
         sans: Vec<SanType>,
         days: u32,
         purpose: ExtendedKeyUsagePurpose,
+        key_pem: Option<&str>,
     ) -> Result<Issued, PkiError> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(PkiError::Sign)?;
+        let key = match key_pem {
+            Some(pem) => KeyPair::from_pem(pem).map_err(PkiError::Sign)?,
+            None => {
+                KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(PkiError::Sign)?
+            }
+        };
         let mut params = CertificateParams::default();
         params.distinguished_name = dn;
         params.subject_alt_names = sans;
@@ -521,6 +542,18 @@ impl std::fmt::Debug for Issued {
 }
 
 impl Issued {
+    /// The certificate's SPKI SHA-256 pin: what a broker that trusts the peer by pin compares.
+    pub fn pin(&self) -> Result<crate::Pin, PkiError> {
+        use rustls::pki_types::pem::PemObject;
+        let bad = |reason: String| PkiError::BadCertificate {
+            path: PathBuf::from("(in memory)"),
+            reason,
+        };
+        let cert = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .map_err(|e| bad(e.to_string()))?;
+        crate::spki_pin(&cert).map_err(|e| bad(e.to_string()))
+    }
+
     /// The certificate and key as rustls takes them, for an identity that is never written
     /// anywhere (the broker's throwaway bypass-check certificates).
     pub fn in_memory(&self) -> Result<InMemoryIdentity, PkiError> {
@@ -570,6 +603,9 @@ pub struct Output {
     /// client checks its own certificate and the server's against this one file, so a client
     /// talking to a server from another CA needs both (real-libvirtd.md pitfall 7).
     pub also_trust_pem: String,
+    /// Keep the private key already in `dir` and replace only the certificate (implies
+    /// `replace`): a renewal that keeps the key, so a peer that pinned it needs no new approval.
+    pub reuse_key: bool,
 }
 
 impl Output {
@@ -578,7 +614,24 @@ impl Output {
             dir: dir.into(),
             replace: false,
             also_trust_pem: String::new(),
+            reuse_key: false,
         }
+    }
+
+    /// The key to sign for when `reuse_key` is set: the one in `path`, as written there.
+    fn key_to_reuse(&self, path: &Path) -> Result<Option<String>, PkiError> {
+        if !self.reuse_key {
+            return Ok(None);
+        }
+        let pem = fs::read_to_string(path).map_err(|e| PkiError::NoKeyToReuse {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        KeyPair::from_pem(&pem).map_err(|e| PkiError::NoKeyToReuse {
+            path: path.to_path_buf(),
+            reason: format!("it holds no private key this tool can sign for ({e})"),
+        })?;
+        Ok(Some(pem))
     }
 }
 
@@ -605,7 +658,8 @@ pub fn issue_server(
 ) -> Result<ServerBundle, PkiError> {
     let files = ServerFiles::in_dir(&out.dir);
     issuer_fits(ca.role(), Issuing::Server)?;
-    let issued = ca.sign_server(request)?;
+    let key = out.key_to_reuse(&files.key)?;
+    let issued = ca.sign_server_for(request, key.as_deref())?;
     write_leaf(ca, out, &files.cert, &files.key, &files.ca_cert, &issued)?;
     Ok(ServerBundle { files, issued })
 }
@@ -621,7 +675,8 @@ pub fn issue_client(
 ) -> Result<ClientBundle, PkiError> {
     let files = ClientFiles::in_dir(&out.dir);
     issuer_fits(ca.role(), Issuing::Client { dn: &request.dn })?;
-    let issued = ca.sign_client(request)?;
+    let key = out.key_to_reuse(&files.key)?;
+    let issued = ca.sign_client_for(request, key.as_deref())?;
     write_leaf(ca, out, &files.cert, &files.key, &files.ca_cert, &issued)?;
     Ok(ClientBundle { files, issued })
 }
@@ -641,7 +696,7 @@ fn write_leaf(
             reason: "it holds no PEM certificate".into(),
         });
     }
-    let existing = if out.replace {
+    let existing = if out.replace || out.reuse_key {
         Existing::Replace
     } else {
         for path in [cert, key] {
@@ -655,8 +710,17 @@ fn write_leaf(
     };
     ensure_dir(&out.dir)?;
     // The bundle is settled first: if it conflicts, nothing new has been written yet.
-    write_ca_bundle(ca, ca_cert, &out.also_trust_pem, &extra, out.replace)?;
-    write_file(key, &issued.key_pem, KEY_MODE, existing)?;
+    write_ca_bundle(
+        ca,
+        ca_cert,
+        &out.also_trust_pem,
+        &extra,
+        out.replace || out.reuse_key,
+    )?;
+    // A reused key stays as it is: same bytes, same mode, no moment without it.
+    if !out.reuse_key {
+        write_file(key, &issued.key_pem, KEY_MODE, existing)?;
+    }
     write_file(cert, &issued.cert_pem, CERT_MODE, existing)
 }
 

@@ -671,7 +671,9 @@ impl Checker<'_> {
 
     fn validity(&mut self, about: &str, info: &CertInfo, findings: &[Finding], renew_it: &str) {
         let not_after = format_unix(info.not_after);
-        let days_left = (info.not_after - self.now.unix_timestamp()) / 86400;
+        // Rounded, not truncated: a certificate issued for 10 days a moment ago has 10 days
+        // left, as its operator counts them, not 9 days and 23:59 hours.
+        let days_left = (info.not_after - self.now.unix_timestamp() + 43_200).div_euclid(86_400);
         if has(findings, FindingKind::NotYetValid) {
             self.judged(
                 FindingKind::NotYetValid,
@@ -918,6 +920,19 @@ impl Checker<'_> {
     fn key(&mut self, path: &Path, cert_about: &str, public: &[PublicHalf]) {
         let about = file_name(path);
         match fs::metadata(path) {
+            // A directory's mode and "cannot read it" would both send the operator the wrong
+            // way: the file is simply not there.
+            Ok(meta) if meta.is_dir() => {
+                self.problem(
+                    &about,
+                    format!(
+                        "is a directory, not a key file; put the PEM private key at {} (mode \
+                         0600), e.g. the serverkey.pem or clientkey.pem `virtgate pki issue` wrote",
+                        path.display()
+                    ),
+                );
+                return;
+            }
             Ok(meta) => {
                 let mode = meta.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {

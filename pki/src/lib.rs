@@ -84,13 +84,13 @@ pub enum PkiError {
     )]
     CaExists { dir: PathBuf, file: &'static str },
     #[error(
-        "no CA in {}: {file} is missing; create one with `virtgate pki init --dir {}`, or point \
+        "no CA in {}: {file} is missing; create one with `virtgate pki init --out {}`, or point \
          --ca at the directory that holds cacert.pem and cakey.pem",
         dir.display(), dir.display()
     )]
     NoCa { dir: PathBuf, file: &'static str },
     #[error(
-        "the CA in {} expired on {not_after}; create a new CA with `virtgate pki init --dir \
+        "the CA in {} expired on {not_after}; create a new CA with `virtgate pki init --out \
          NEW_DIR` and re-issue every certificate from it",
         dir.display()
     )]
@@ -127,6 +127,12 @@ pub enum PkiError {
          (addresses go to --ip)"
     )]
     InvalidName { name: String, reason: String },
+    #[error(
+        "cannot reuse the key in {}: {reason}; issue without --reuse-key for a new key (hosts \
+         trusted by pin then need `virtgate hosts approve` again)",
+        path.display()
+    )]
+    NoKeyToReuse { path: PathBuf, reason: String },
     #[error("a validity of {days} days is out of range; choose between 1 and {MAX_DAYS} days")]
     InvalidDays { days: u32 },
     #[error("extra CA certificates: {reason}; pass PEM files that hold CA certificates")]

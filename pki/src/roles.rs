@@ -171,7 +171,7 @@ pub fn issuer_fits(role: Option<CaRole>, what: Issuing<'_>) -> Result<Option<Str
             "this is a backend CA: it signs only the gateway's backend identity; a server \
              certificate from it would put another key into every host's trust. Issue the \
              gateway's server certificate from the users' CA and hosts' certificates from a CA \
-             of their own (`virtgate pki init --dir hosts-ca`)"
+             of their own (`virtgate pki init --out hosts-ca`)"
                 .into(),
         ),
         (Issuing::Server, Some(CaRole::Users)) => Ok(Some(
@@ -179,7 +179,7 @@ pub fn issuer_fits(role: Option<CaRole>, what: Issuing<'_>) -> Result<Option<Str
              whose clients hold this CA in their cacert.pem. Not for a libvirt host: libvirtd \
              must trust the CA of its own certificate, and a host that trusts the users' CA \
              lets every user in directly; give hosts certificates from a CA of their own \
-             (`virtgate pki init --dir hosts-ca`, then --ca hosts-ca)"
+             (`virtgate pki init --out hosts-ca`, then --ca hosts-ca)"
                 .into(),
         )),
         _ => Ok(None),

@@ -22,6 +22,7 @@ pub struct ProxyConfig {
     /// Whether `virtgate up` runs the proxy.
     pub enabled: bool,
     /// Client-facing TLS listeners (IPv4 and IPv6).
+    #[serde(deserialize_with = "one_or_more_addresses")]
     pub listen: Vec<SocketAddr>,
     /// Extra listeners each bound to one host.
     pub host_listeners: Vec<HostListener>,
@@ -95,6 +96,36 @@ pub struct ProxyConfig {
     pub broker_pin: Option<String>,
     /// `virtgate proxy`: file holding the bearer token sent to the broker (its read token).
     pub broker_token_file: Option<PathBuf>,
+}
+
+/// A list of `HOST:PORT` addresses, or one address on its own: what an operator writes in
+/// `VIRTGATE_PROXY__LISTEN=127.0.0.1:17514` (a TOML array in an environment variable is easy to
+/// get wrong).
+fn one_or_more_addresses<'de, D>(deserializer: D) -> Result<Vec<SocketAddr>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Addresses;
+    impl<'de> serde::de::Visitor<'de> for Addresses {
+        type Value = Vec<SocketAddr>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an address HOST:PORT, or a list of them")
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            text.parse().map(|a| vec![a]).map_err(E::custom)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut addresses = Vec::new();
+            while let Some(address) = seq.next_element()? {
+                addresses.push(address);
+            }
+            Ok(addresses)
+        }
+    }
+    deserializer.deserialize_any(Addresses)
 }
 
 /// The drivers libvirt ships that a gateway user may reach.

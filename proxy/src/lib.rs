@@ -25,7 +25,7 @@ mod workers;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -65,9 +65,22 @@ pub struct RunningProxy {
     tasks: JoinSet<()>,
     threads: Arc<workers::ConnectionThreads>,
     metrics: ProxyMetrics,
+    key_mismatches: Option<mpsc::Receiver<String>>,
 }
 
+/// Host names the gateway reported a key mismatch for and nobody has taken yet; more are
+/// dropped (the owner re-probes each host once anyway).
+const KEY_MISMATCH_QUEUE: usize = 64;
+
 impl RunningProxy {
+    /// The hook for a host that presents a key other than its approved pin: the name of every
+    /// such host, as the gateway refuses it. The owner (the binary) has the broker probe it now,
+    /// so the new key shows up as `changed` at once instead of at the next probe round. Taken
+    /// once; `None` afterwards.
+    pub fn key_mismatches(&mut self) -> Option<mpsc::Receiver<String>> {
+        self.key_mismatches.take()
+    }
+
     /// Re-reads every certificate, key and CA file and swaps them in atomically; connections
     /// already open keep the material they started with.
     pub fn reload_tls(&self) -> Result<(), ProxyError> {
@@ -155,7 +168,9 @@ pub async fn start(
     let metrics = ProxyMetrics::register(registry)?;
     report_crl(&material, &metrics);
     let (tls_tx, tls_rx) = watch::channel(material);
+    let (mismatch_tx, mismatch_rx) = mpsc::channel(KEY_MISMATCH_QUEUE);
     let gateway = Arc::new(session::Gateway {
+        key_mismatch: mismatch_tx,
         config: config.clone(),
         policy: policy::Policy::new(&config.rules)?,
         allowed_dn: policy::DnAllowList::new(&config.allowed_dn)?,
@@ -220,6 +235,7 @@ pub async fn start(
         tasks,
         threads,
         metrics,
+        key_mismatches: Some(mismatch_rx),
     })
 }
 

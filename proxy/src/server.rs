@@ -38,8 +38,10 @@ pub(crate) async fn accept_loop(
     limit: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
-    let local = listener.local_addr().ok();
-    info!(listen = ?local, host = bound_host.as_deref().unwrap_or("(from URI)"), "proxy listening");
+    let local = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    info!(listen = %local, host = bound_host.as_deref().unwrap_or("(from URI)"), "proxy listening");
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

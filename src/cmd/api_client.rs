@@ -64,6 +64,22 @@ pub fn target(
     ca: Option<PathBuf>,
     pin: Option<Pin>,
 ) -> anyhow::Result<Target> {
+    if let (None, Some(running)) = (url, super::runtime::found()) {
+        // The broker this machine runs, as its runtime file describes it.
+        let url = BrokerUrl::parse(&running.api).context("the runtime file's API URL")?;
+        let mut trust = BrokerTrust { ca_file: ca, pin };
+        if trust.is_empty() {
+            trust = BrokerTrust {
+                ca_file: running.api_ca_file.clone(),
+                pin: running.api_pin.as_deref().and_then(|p| p.parse().ok()),
+            };
+        }
+        return Ok(Target {
+            url,
+            trust,
+            local: true,
+        });
+    }
     let url = match url {
         Some(url) => BrokerUrl::parse(url).context("--broker")?,
         None => BrokerUrl::parse(&default_url(config)).context("broker.listen")?,
@@ -144,34 +160,62 @@ pub fn reader(config: &Config, args: &ClientArgs) -> anyhow::Result<Client> {
     if !target.local {
         return Ok(client);
     }
-    let admin = config
-        .broker
-        .data_dir
-        .join(virtgate_broker::ADMIN_TOKEN_FILE);
-    let token = [Some(admin), config.broker.read_token_file.clone()]
-        .into_iter()
-        .flatten()
-        .find_map(|file| std::fs::read_to_string(file).ok())
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty());
+    let token = [
+        Some(admin_token_file(config)),
+        config.broker.read_token_file.clone(),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(|file| std::fs::read_to_string(file).ok())
+    .map(|t| t.trim().to_string())
+    .filter(|t| !t.is_empty());
     Ok(match token {
         Some(token) => client.with_token(token),
         None => client,
     })
 }
 
-/// A client for changing the inventory: it carries the admin token.
-pub fn admin(config: &Config, args: &ClientArgs) -> anyhow::Result<Client> {
-    let token_file = args.token_file.clone().unwrap_or_else(|| {
-        config
+/// The admin token of the broker this machine runs (its runtime file), else of this
+/// configuration's data directory.
+fn admin_token_file(config: &Config) -> PathBuf {
+    match super::runtime::found() {
+        Some(running) => running.admin_token_file.clone(),
+        None => config
             .broker
             .data_dir
-            .join(virtgate_broker::ADMIN_TOKEN_FILE)
-    });
-    let token = read_token(&token_file).context(
-        "the admin token is needed to change the inventory (use --token-file, or run as the \
-         user that runs the broker)",
-    )?;
+            .join(virtgate_broker::ADMIN_TOKEN_FILE),
+    }
+}
+
+/// What to say when a file under a relative data directory is missing: where it was looked
+/// for, and how to point at the right one.
+pub fn relative_hint(config: &Config) -> String {
+    let dir = &config.broker.data_dir;
+    if dir.is_absolute() || super::runtime::found().is_some() {
+        return String::new();
+    }
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|_| "?".into());
+    format!(
+        "; broker.data_dir is the relative {} and the working directory is {cwd}: no `virtgate up` or `virtgate broker` is running on this machine (none left a runtime file), so run this where it was started, or pass --config FILE",
+        dir.display()
+    )
+}
+
+/// A client for changing the inventory: it carries the admin token.
+pub fn admin(config: &Config, args: &ClientArgs) -> anyhow::Result<Client> {
+    let token_file = args
+        .token_file
+        .clone()
+        .unwrap_or_else(|| admin_token_file(config));
+    let token = read_token(&token_file).with_context(|| {
+        format!(
+            "the admin token is needed to change the inventory (use --token-file, or run as the \
+             user that runs the broker){}",
+            relative_hint(config)
+        )
+    })?;
     let target = target(
         config,
         args.broker.as_deref(),

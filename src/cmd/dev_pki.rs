@@ -79,6 +79,45 @@ impl Bootstrap {
     }
 }
 
+/// The banner's connection lines when the gateway runs on certificates of the operator's own:
+/// a `virsh` template and what hosts must trust.
+pub fn print_own_usage(config: &Config) {
+    let port = config
+        .proxy
+        .listen
+        .first()
+        .map(|a| a.port())
+        .unwrap_or(16514);
+    let name = super::system_hostname();
+    let gateway = if name.is_empty() {
+        "GATEWAY".to_string()
+    } else {
+        name
+    };
+    println!(
+        "  connect with    virsh -c 'qemu+tls://{gateway}:{port}/system?name=qemu://HOST/system&pkipath=DIR' (DIR: a client bundle from a CA of proxy.client_ca_files, allowed by [[proxy.rules]])"
+    );
+    let Some(backend) = &config.proxy.backend_cert_file else {
+        return;
+    };
+    let chain = virtgate_pki::read_certs(backend).ok();
+    let dn = chain
+        .as_ref()
+        .and_then(|c| c.first())
+        .and_then(|c| virtgate_pki::subject_dn(c).ok());
+    let issuer = chain
+        .as_ref()
+        .and_then(|c| c.first())
+        .and_then(|c| virtgate_pki::parse_certificate(c, 0).ok())
+        .map(|c| c.issuer);
+    if let (Some(dn), Some(issuer)) = (dn, issuer) {
+        println!(
+            "  host setup      each libvirt host must trust only the CA that issued {} ({issuer}; never a CA that signs users' certificates) and set tls_allowed_dn_list = [\"{dn}\"] (docs/pki.md, Deploying)",
+            absolute(backend).display()
+        );
+    }
+}
+
 /// What every libvirt host must do to trust the gateway and nobody else.
 fn host_setup(dev: &DevPki) -> String {
     format!(

@@ -10,7 +10,7 @@ use crate::config::{Config, Override};
 #[derive(clap::Args)]
 pub struct Args {
     /// How long to listen before printing the list.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
     timeout: Duration,
     /// Print JSON (an array; with --watch, one event object per line).
     #[arg(long)]
@@ -24,6 +24,9 @@ pub struct Args {
     /// Only browse on interfaces matching this glob (repeatable).
     #[arg(long = "interface", value_name = "GLOB")]
     interfaces: Vec<String>,
+    /// Never browse on interfaces matching this glob (repeatable; added to the configured list).
+    #[arg(long = "exclude-interface", value_name = "GLOB")]
+    exclude_interfaces: Vec<String>,
 }
 
 impl Args {
@@ -46,7 +49,22 @@ impl Args {
 }
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
-    let discovery = config.discovery.clone();
+    let mut discovery = config.discovery.clone();
+    discovery
+        .interfaces
+        .exclude
+        .extend(args.exclude_interfaces.iter().cloned());
+    // Browsing on no interface would wait and find nothing: say why instead.
+    let usable = virtgate_discovery::InterfaceSelector::new(&discovery.interfaces)
+        .and_then(|s| s.announceable_addresses())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if usable.is_empty() {
+        anyhow::bail!(
+            "no interface to browse on: none matches the selection (include {:?}, exclude {:?}); check `ip addr` and --interface / --exclude-interface",
+            discovery.interfaces.include,
+            discovery.interfaces.exclude
+        );
+    }
     let mut browser = tokio::task::spawn_blocking(move || Browser::start(&discovery))
         .await?
         .context("cannot browse the LAN for libvirt hosts")?;
@@ -63,6 +81,10 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             }
         }
     } else {
+        eprintln!(
+            "listening for libvirt hosts on the LAN for {} (mDNS _libvirt._tcp; --timeout)…",
+            humantime::format_duration(args.timeout)
+        );
         let shutdown = super::shutdown_signal();
         tokio::select! {
             result = shutdown => result?,
@@ -112,7 +134,7 @@ fn join_addresses(h: &HostAdvert) -> String {
 
 fn table(hosts: &[HostAdvert]) -> String {
     if hosts.is_empty() {
-        return "no libvirt hosts announced on the LAN (is mDNS allowed through the firewall? UDP 5353)\n".into();
+        return "no libvirt hosts announced on the LAN: each host announces itself with `virtgate advertise` (libvirtd has not since 5.5); is mDNS allowed through the firewall (UDP 5353)?\n".into();
     }
     let mut table = super::table::Table::new(&["INSTANCE", "HOST", "PORT", "ADDRESSES", "TXT"]);
     for h in hosts {

@@ -1,16 +1,22 @@
-//! One module per subcommand (`hosts` and `certs` share `inventory`, the views of the broker's
-//! inventory), plus what they share: the API client, the dev PKI of `up`, tables.
+//! One module per subcommand, plus what they share: the API client, the dev PKI of `up`, the
+//! runtime file and data directory lock, the TLS file checks, tables.
 
 pub mod advertise;
 pub mod api_client;
 pub mod broker;
 pub mod broker_tls;
+pub mod certs;
 pub mod dev_pki;
 pub mod discover;
-pub mod inventory;
+pub mod gateway_flags;
+pub mod hosts;
+pub mod man;
 pub mod pki;
 pub mod proxy;
+pub mod runtime;
+pub mod show_config;
 pub mod table;
+pub mod tls_check;
 pub mod up;
 
 /// Resolves on SIGINT or SIGTERM.

@@ -34,20 +34,36 @@ enum PkiCommand {
 struct InitArgs {
     /// What the CA is for: `users` signs people's certificates (and the gateway's server
     /// certificate); `backend` signs only the gateway's backend identity and is the one CA
-    /// libvirt hosts trust. Default without --dir: users; with --dir: none (a plain CA, e.g. for
+    /// libvirt hosts trust. Default without --out: users; with --out: none (a plain CA, e.g. for
     /// hosts' certificates).
     #[arg(long, value_enum, value_name = "ROLE")]
     role: Option<RoleArg>,
     /// Directory for the CA (default: <broker.data_dir>/pki/ca for users,
     /// <broker.data_dir>/pki/backend-ca for backend).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long = "out", alias = "dir", value_name = "DIR")]
     dir: Option<PathBuf>,
     /// Subject CN of the CA (default: "virtgate CA" and a short key id).
     #[arg(long, value_name = "NAME")]
     cn: Option<String>,
-    /// Validity in days.
-    #[arg(long, value_name = "N", default_value_t = pki::CA_DAYS)]
+    /// Validity, in whole days: 3650d, 520w (a plain number is days).
+    #[arg(long = "valid-for", alias = "days", value_name = "DURATION", default_value = "3650d", value_parser = parse_days)]
     days: u32,
+}
+
+/// A validity in whole days: a duration (`90d`, `12w`, `8760h`) or a plain number of days.
+fn parse_days(text: &str) -> std::result::Result<u32, String> {
+    if let Ok(days) = text.parse::<u32>() {
+        return Ok(days);
+    }
+    let d = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?}: {e}; write a duration in days such as 365d"))?;
+    let secs = d.as_secs();
+    if secs % 86_400 != 0 {
+        return Err(format!(
+            "{text:?} is not a whole number of days; write e.g. 365d"
+        ));
+    }
+    u32::try_from(secs / 86_400).map_err(|_| format!("{text:?} is too long"))
 }
 
 #[derive(clap::Subcommand)]
@@ -78,8 +94,9 @@ impl From<RoleArg> for pki::CaRole {
 
 #[derive(clap::Args)]
 struct IssueArgs {
-    /// Validity in days (never beyond the CA's own expiry).
-    #[arg(long, value_name = "N", default_value_t = pki::LEAF_DAYS)]
+    /// Validity, in whole days (never beyond the CA's own expiry): 365d, 52w (a plain number is
+    /// days).
+    #[arg(long = "valid-for", alias = "days", value_name = "DURATION", default_value = "365d", value_parser = parse_days)]
     days: u32,
     /// CA directory (default: the users' CA <broker.data_dir>/pki/ca that `virtgate up`
     /// creates; for `issue backend`, the backend CA <broker.data_dir>/pki/backend-ca).
@@ -91,6 +108,11 @@ struct IssueArgs {
     /// Replace a certificate and key already in --out (renewal).
     #[arg(long)]
     force: bool,
+    /// Renew keeping the key already in --out: only the certificate is replaced, so the pin
+    /// stays the same and a host the gateway trusts by pin needs no new approval (implies
+    /// --force).
+    #[arg(long)]
+    reuse_key: bool,
     /// Also trust the CA certificates in FILE (repeatable): they are added to cacert.pem, for
     /// peers whose certificates come from another CA.
     #[arg(long, value_name = "FILE")]
@@ -134,21 +156,42 @@ struct CheckArgs {
     path: PathBuf,
     /// A name or address clients put in their URIs; the server certificate's SANs must cover
     /// it (repeatable).
-    #[arg(long = "hostname", value_name = "NAME")]
+    #[arg(long = "name", alias = "hostname", value_name = "NAME")]
     hostnames: Vec<String>,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
-pub async fn run(config: &Config, args: Args) -> Result<()> {
+pub async fn run(config: &Config, args: Args) -> Result<std::process::ExitCode> {
     let pki_dir = config.broker.data_dir.join(pki::DEV_PKI_DIR);
     let default_ca = pki_dir.join(pki::USERS_CA_DIR);
     let backend_ca = pki_dir.join(pki::BACKEND_CA_DIR);
-    match args.command {
+    let hint = super::api_client::relative_hint(config);
+    if matches!(
+        &args.command,
+        PkiCommand::Issue(IssueCommand::Server(ServerArgs {
+            issue: IssueArgs { ca: None, .. },
+            ..
+        })) | PkiCommand::Issue(IssueCommand::Client(ClientArgs {
+            issue: IssueArgs { ca: None, .. },
+            ..
+        }))
+    ) && !default_ca.join(pki::CA_CERT).exists()
+    {
+        bail!(
+            "no users' CA in {}{hint}; `virtgate up` creates it on its first start: where one runs, use --config FILE or --ca DIR to point at its CA; `virtgate pki init` creates a new CA, which the running gateway does not trust",
+            shown(&default_ca)
+        );
+    }
+    let done = match args.command {
         PkiCommand::Init(a) => init(a, &default_ca, &backend_ca),
         PkiCommand::Issue(IssueCommand::Server(a)) => issue_server(a, &default_ca),
         PkiCommand::Issue(IssueCommand::Client(a)) => issue_client(a, &default_ca),
         PkiCommand::Issue(IssueCommand::Backend(a)) => issue_backend(a, &backend_ca),
-        PkiCommand::Check(a) => check(a),
-    }
+        PkiCommand::Check(a) => return check(a),
+    };
+    done.map(|()| std::process::ExitCode::SUCCESS)
 }
 
 /// Absolute, so the paths printed can be pasted into libvirtd.conf and URIs from anywhere.
@@ -231,6 +274,7 @@ fn output(args: &IssueArgs) -> Result<pki::Output> {
         dir: args.out.clone(),
         replace: args.force,
         also_trust_pem: pki::read_trust_files(&args.also_trust)?,
+        reuse_key: args.reuse_key,
     })
 }
 
@@ -261,9 +305,19 @@ fn issue_server(args: ServerArgs, default_ca: &Path) -> Result<()> {
     );
     println!("  SANs         {sans}");
     println!("  valid until  {}", pki::format_time(issued.not_after));
+    let pin = issued.pin()?;
+    if args.issue.reuse_key {
+        println!("  key          kept, pin sha256:{pin} unchanged: a gateway that pinned it goes on trusting it");
+    } else {
+        println!("  key          new, pin sha256:{pin} (what `virtgate hosts approve` shows for this host; --reuse-key keeps a key)");
+    }
     println!("wrote libvirt's server files:");
     println!("  {}  certificate", shown(&files.cert));
-    println!("  {}  private key (mode 0600)", shown(&files.key));
+    if args.issue.reuse_key {
+        println!("  {}  private key (kept as it was)", shown(&files.key));
+    } else {
+        println!("  {}  private key (mode 0600)", shown(&files.key));
+    }
     println!("  {}  CA certificate", shown(&files.ca_cert));
     println!("in libvirtd.conf:");
     println!("  cert_file = \"{}\"", shown(&files.cert));
@@ -367,21 +421,47 @@ fn issue_backend(args: BackendArgs, default_ca: &Path) -> Result<()> {
     Ok(())
 }
 
-fn check(args: CheckArgs) -> Result<()> {
+/// Prints the report; problems found are a result, not a failure of the check: exit 1.
+fn check(args: CheckArgs) -> Result<std::process::ExitCode> {
     let options = pki::CheckOptions {
         hostnames: args.hostnames,
         ..pki::CheckOptions::default()
     };
     let report = pki::check(&args.path, &options)?;
-    println!("{report}");
+    if args.json {
+        let findings: Vec<serde_json::Value> = report
+            .findings
+            .iter()
+            .map(|f| {
+                let level = match f.level {
+                    pki::Level::Ok => "ok",
+                    pki::Level::Warning => "warning",
+                    pki::Level::Problem => "problem",
+                };
+                serde_json::json!({"level": level, "about": f.about, "message": f.message})
+            })
+            .collect();
+        let layouts: Vec<String> = report.layouts.iter().map(|l| l.to_string()).collect();
+        let json = serde_json::json!({
+            "target": report.target,
+            "layouts": layouts,
+            "problems": report.problems().count(),
+            "warnings": report.warnings().count(),
+            "findings": findings,
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        println!("{report}");
+    }
     let problems = report.problems().count();
     if problems > 0 {
-        bail!(
-            "{problems} problem{} in {}; fix {} as described above and run the check again",
+        eprintln!(
+            "virtgate: {problems} problem{} in {}; fix {} as described above and run the check again",
             if problems == 1 { "" } else { "s" },
             args.path.display(),
             if problems == 1 { "it" } else { "them" }
         );
+        return Ok(std::process::ExitCode::from(1));
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }

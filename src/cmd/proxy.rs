@@ -46,6 +46,14 @@ pub struct Args {
     /// File holding the token sent to the broker: its read token (proxy.broker_token_file).
     #[arg(long, value_name = "FILE")]
     broker_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    gateway: super::gateway_flags::GatewayFlags,
+}
+
+impl Args {
+    pub fn overrides(&self) -> Vec<crate::config::Override> {
+        self.gateway.overrides()
+    }
 }
 
 /// The TLS files named by the configuration; every one must be set.
@@ -93,7 +101,10 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         return check_broker(&files, &broker_client(config, args, &files)?).await;
     }
     let files = tls_files(config)?;
+    // Every file is checked before the broker is contacted: a wrong key is named at once.
+    super::tls_check::proxy_files(config)?;
     let client = broker_client(config, args, &files)?;
+    let reporter = client.clone();
     let url = client.url().to_string();
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -112,9 +123,19 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let (hosts, publish) = crate::directory::from_broker(followed.clone(), shutdown.child_token());
     tasks.spawn(publish);
     let registry = Arc::new(prometheus::Registry::new());
-    let proxy = virtgate_proxy::start(&config.proxy, files, hosts, &registry)
+    registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))?;
+    let mut proxy = virtgate_proxy::start(&config.proxy, files, hosts, &registry)
         .await
         .context("cannot start the proxy")?;
+    if let Some(mismatches) = proxy.key_mismatches() {
+        tasks.spawn(super::gateway_flags::report_mismatches(
+            mismatches,
+            reporter,
+            shutdown.child_token(),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(config.proxy.metrics_listen)
         .await
         .with_context(|| {

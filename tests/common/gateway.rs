@@ -42,6 +42,17 @@ impl Gateway {
     /// certificate and its backend identity come from `libvirtd`'s CA, so the host trusts the
     /// gateway and the clients (whose pkipath cacert.pem is that CA) trust the gateway.
     pub fn start(dir: &Path, libvirtd: &Libvirtd, hosts_and_rules: &str) -> Gateway {
+        Self::start_with(dir, libvirtd, "probe_interval = \"1s\"", hosts_and_rules)
+    }
+
+    /// Like [`Gateway::start`], with `broker_toml` (keys of the `[broker]` section) instead of a
+    /// one-second probe interval.
+    pub fn start_with(
+        dir: &Path,
+        libvirtd: &Libvirtd,
+        broker_toml: &str,
+        hosts_and_rules: &str,
+    ) -> Gateway {
         let port = free_port();
         let api: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let server = libvirtd
@@ -65,7 +76,7 @@ impl Gateway {
         std::fs::write(
             &config,
             format!(
-                "[broker]\ndata_dir = {}\nlisten = \"{api}\"\ndiscovery = false\nprobe_interval = \"1s\"\n\
+                "[broker]\ndata_dir = {}\nlisten = \"{api}\"\ndiscovery = false\n{broker_toml}\n\
                  [proxy]\nlisten = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]\nserver_cert_file = {}\nserver_key_file = {}\n\
                  client_ca_files = [{}]\nbackend_cert_file = {}\nbackend_key_file = {}\n{hosts_and_rules}\n",
                 s(&data_dir),

@@ -20,6 +20,23 @@ use virtgate_testlab::LabProcess;
 
 pub const VIRTGATE: &str = env!("CARGO_BIN_EXE_virtgate");
 
+/// A real libvirtd set up as `up`'s *host setup* line and docs/pki.md *Deploying* say: the
+/// gateway's backend CA (`backend_ca`, the file the banner names) appended to its `ca_file`, and
+/// only the gateway's DN allowed.
+pub fn libvirtd_set_up_for(backend_ca: &Path) -> virtgate_testlab::libvirtd::Libvirtd {
+    virtgate_testlab::libvirtd::Libvirtd::start(virtgate_testlab::libvirtd::LibvirtdOptions {
+        extra_client_cas: vec![std::fs::read_to_string(backend_ca).unwrap()],
+        tls_allowed_dn_list: Some(vec![virtgate_pki::BACKEND_DN.to_string()]),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// A `[[broker.hosts]]` entry for a host listening on 127.0.0.1:`port`.
+pub fn static_host(name: &str, port: u16) -> String {
+    format!("[[broker.hosts]]\nname = \"{name}\"\naddresses = [\"127.0.0.1\"]\nport = {port}\n")
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

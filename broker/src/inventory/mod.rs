@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 use virtgate_api::{CertificateHistoryEntry, Event, EventKind, FindingKind, Host, HostSource, Pin};
-use virtgate_discovery::DiscoveryEvent;
+use virtgate_discovery::{DiscoveryEvent, HostAdvert};
 
 use crate::cert::Windows;
 use crate::config::{FirstSight, StaticHost};
@@ -190,6 +190,11 @@ impl Inventory {
         }
     }
 
+    /// The expiry windows findings are decided with.
+    pub fn windows(&self) -> Windows {
+        self.policy.windows
+    }
+
     /// The inventory's clock, for callers that compare against the records' times.
     pub fn now(&self) -> i64 {
         self.clock.now()
@@ -298,6 +303,33 @@ impl Inventory {
         }
     }
 
+    /// Hosts announced on the LAN now that the inventory lacks (an operator forgot them) are
+    /// added again, as new; returns their names, to be probed.
+    pub fn restore_announced<'a>(
+        &self,
+        announced: impl IntoIterator<Item = &'a HostAdvert>,
+    ) -> Vec<String> {
+        let missing: Vec<&HostAdvert> = {
+            let hosts = self.read();
+            announced
+                .into_iter()
+                .filter(|ad| {
+                    let name = ad.short_hostname().to_ascii_lowercase();
+                    !name.is_empty() && !hosts.contains_key(&name)
+                })
+                .collect()
+        };
+        let mut restored = Vec::new();
+        for ad in missing {
+            match self.discovered(&DiscoveryEvent::Appeared(ad.clone())) {
+                Ok(Some(name)) => restored.push(name),
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "could not add an announced host again"),
+            }
+        }
+        restored
+    }
+
     /// Hosts whose last probe is older than `interval` (or never probed), absent ones excepted.
     /// A host with a failing address is retried sooner: 5 s, 10 s, 20 s, … up to `interval`.
     pub fn due_for_probe(&self, now: i64, interval: Duration) -> Vec<String> {
@@ -349,6 +381,9 @@ impl Inventory {
                 presented,
             });
         }
+        if host.pin == Some(pin) && host.trust.is_trusted() {
+            return Ok(host); // approved already: nothing changes, nothing is logged again
+        }
         host.pin = Some(pin);
         if host.trust != virtgate_api::TrustState::TrustedCa {
             host.trust = virtgate_api::TrustState::Pinned;
@@ -392,7 +427,6 @@ impl Inventory {
 mod tests {
     use super::*;
     use virtgate_api::HostState;
-    use virtgate_discovery::HostAdvert;
 
     fn inventory(dir: &std::path::Path) -> Inventory {
         let policy = TrustPolicy {
@@ -505,6 +539,55 @@ mod tests {
             "never slower than the interval"
         );
         assert_eq!(inv.due_for_probe(t + 600, interval).len(), 1);
+    }
+
+    #[test]
+    fn a_forgotten_host_that_still_announces_itself_comes_back_as_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ad = advert("h1", &["10.0.0.1"]);
+        inv.discovered(&DiscoveryEvent::Appeared(ad.clone()))
+            .unwrap();
+        inv.record_probe("h1", vec![presented("10.0.0.1", &key)])
+            .unwrap();
+        let pin = inv.host("h1").unwrap().presented_pin.unwrap().to_string();
+        inv.approve("h1", &pin).unwrap();
+        assert!(
+            inv.restore_announced([&ad]).is_empty(),
+            "a host in the inventory is left alone"
+        );
+
+        inv.forget("h1", "by an operator", EventKind::Forgotten)
+            .unwrap();
+        assert!(inv.host("h1").is_none());
+        // The browser reports an instance once; the broker remembers it is still announced.
+        assert_eq!(inv.restore_announced([&ad]), vec!["h1".to_string()]);
+        let back = inv.host("h1").unwrap();
+        assert_eq!(back.pin, None, "its pin went with the forget");
+        assert_eq!(back.addresses, ad.addresses);
+    }
+
+    #[test]
+    fn approving_the_approved_key_again_logs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = inventory(dir.path());
+        let key = rcgen::KeyPair::generate().unwrap();
+        inv.discovered(&DiscoveryEvent::Appeared(advert("h1", &["10.0.0.1"])))
+            .unwrap();
+        inv.record_probe("h1", vec![presented("10.0.0.1", &key)])
+            .unwrap();
+        let pin = inv.host("h1").unwrap().presented_pin.unwrap().to_string();
+        for _ in 0..3 {
+            inv.approve("h1", &pin).unwrap();
+        }
+        let approvals = inv
+            .events(Some("h1"), 0, 100)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == EventKind::Approved)
+            .count();
+        assert_eq!(approvals, 1);
     }
 
     #[test]

@@ -147,7 +147,7 @@ impl Checker<'_> {
                 Some(CaRole::Users) => {
                     let also = if is_own {
                         " This host's own certificate comes from it too: re-issue that from a \
-                         CA of the hosts' own first (`virtgate pki init --dir hosts-ca`)."
+                         CA of the hosts' own first (`virtgate pki init --out hosts-ca`)."
                     } else {
                         ""
                     };

@@ -184,7 +184,7 @@ pub(crate) fn decide(
             code: ErrorNumber::ACCESS_DENIED,
             domain: ErrorDomain::FROM_ACCESS,
             message: format!(
-                "virtgate: access to host {host} denied for {}",
+                "virtgate: access to host {host} denied for {} (subject {identity}: no proxy.rules entry allows it)",
                 cn_of(identity)
             ),
             detail: "no proxy.rules entry allows this identity on this host".into(),

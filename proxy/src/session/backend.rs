@@ -36,11 +36,13 @@ pub(crate) struct Opened<S> {
     pub reply: Vec<u8>,
 }
 
-/// Reaches the admitted host; refusals carry the message the client prints.
+/// Reaches the admitted host; refusals carry the message the client prints. A host that presents
+/// a key other than its pin is also reported through `key_mismatch`.
 pub(crate) async fn connect(
     material: &TlsMaterial,
     admitted: &Admitted,
     budget: Duration,
+    key_mismatch: impl FnOnce(),
 ) -> Result<Backend, Refusal> {
     let host = &admitted.host;
     let mut target = admitted.target.clone();
@@ -80,7 +82,12 @@ pub(crate) async fn connect(
     let handshake = TlsConnector::from(config).connect(server_name, tcp);
     let mut tls = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return Err(rejected(describe_handshake_error(&e))),
+        Ok(Err(e)) => {
+            if pin_mismatch(&e).is_some() {
+                key_mismatch();
+            }
+            return Err(rejected(describe_handshake_error(&e, host)));
+        }
         Err(_) => return Err(unreachable(format!("no TLS handshake within {budget:?}"))),
     };
     let mut byte = [0u8; 1];
@@ -109,20 +116,23 @@ fn server_name(name: &str, tcp: &TcpStream) -> ServerName<'static> {
 
 /// Why the host's TLS handshake failed, told apart by error type: the host presenting another
 /// key than its pin is the one an operator must review.
-fn describe_handshake_error(e: &std::io::Error) -> String {
-    let mismatch = e
-        .get_ref()
+fn describe_handshake_error(e: &std::io::Error, host: &str) -> String {
+    match pin_mismatch(e) {
+        Some(m) => format!("it presented a key that is not its approved pin ({m}); refusing — the broker probes it now: `virtgate hosts show {host}` shows both keys, `virtgate hosts approve {host}` approves the new one if the change is legitimate"),
+        None => format!("TLS handshake failed: {e}"),
+    }
+}
+
+/// The pin mismatch inside a failed handshake, if that is why it failed.
+fn pin_mismatch(e: &std::io::Error) -> Option<&PinMismatch> {
+    e.get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         .and_then(|tls| match tls {
             rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
                 other.0.downcast_ref::<PinMismatch>()
             }
             _ => None,
-        });
-    match mismatch {
-        Some(m) => format!("it presented a key that is not its approved pin ({m}); refusing — review with `virtgate hosts`"),
-        None => format!("TLS handshake failed: {e}"),
-    }
+        })
 }
 
 async fn happy_eyeballs(addresses: &[IpAddr], port: u16) -> Result<TcpStream, String> {

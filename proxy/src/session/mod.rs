@@ -60,6 +60,8 @@ pub(crate) struct Gateway {
     pub uri_rules: UriRules,
     /// Connections per source address still in their handshake.
     pub handshakes: crate::handshakes::PerSource,
+    /// Hosts that presented a key other than their pin (`RunningProxy::key_mismatches`).
+    pub key_mismatch: tokio::sync::mpsc::Sender<String>,
 }
 
 struct ActiveGuard(prometheus::IntGauge);
@@ -158,7 +160,8 @@ impl Steps<'_> {
     ) -> Result<backend::Opened<backend::Backend>, outcome::Refusal> {
         let started = Instant::now();
         let limit = self.gateway.config.backend_connect_timeout;
-        let tls = backend::connect(material, admitted, limit).await?;
+        let report = || drop(self.gateway.key_mismatch.try_send(admitted.host.clone()));
+        let tls = backend::connect(material, admitted, limit, report).await?;
         self.gateway
             .metrics
             .backend_connect_duration

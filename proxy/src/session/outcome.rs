@@ -179,7 +179,7 @@ impl Outcome {
     pub(crate) fn record(&self, ended: &Ended, metrics: &ProxyMetrics, took: Duration) {
         let result = ended.result.as_str();
         metrics.connections_total.with_label_values(&[result]).inc();
-        let took_ms = took.as_secs_f64() * 1000.0;
+        let took_ms = (took.as_secs_f64() * 10_000.0).round() / 10.0;
         let peer = self.peer;
         let identity = self.identity.as_deref().unwrap_or("-");
         let host = self.host.as_deref().unwrap_or("-");

@@ -74,7 +74,12 @@ async fn run(
     let mut tls = match timeout_at(deadline, service.tls.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => return (Ended::TlsFailed, describe_tls_error(&e)),
-        Err(_) => return (Ended::ProtocolError, format!("no TLS handshake within {budget:?}")),
+        Err(_) => {
+            return (
+                Ended::ProtocolError,
+                format!("no TLS handshake within {budget:?}"),
+            )
+        }
     };
     let client = tls
         .get_ref()
@@ -89,7 +94,10 @@ async fn run(
     let hello = match timeout_at(deadline, read_hello(&mut tls)).await {
         Ok(Ok(hello)) => hello,
         Ok(Err(PakeError::Closed)) => {
-            return (Ended::Abandoned, "closed after TLS without starting the check".into())
+            return (
+                Ended::Abandoned,
+                "closed after TLS without starting the check".into(),
+            )
         }
         Ok(Err(e)) => return (Ended::ProtocolError, format!("before the check: {e}")),
         Err(_) => return (Ended::ProtocolError, format!("no hello within {budget:?}")),
@@ -126,7 +134,10 @@ async fn run(
         (Mode::Enrolling { token, .. }, _) => {
             let why = format!("this agent is not enrolled yet (it waits for token {}); enroll it first with the command `virtgate enroll` printed", token.id);
             let _ = refuse(&mut tls, &why).await;
-            (Ended::Refused, format!("refused a {} connection: {why}", hello.purpose.as_str()))
+            (
+                Ended::Refused,
+                format!("refused a {} connection: {why}", hello.purpose.as_str()),
+            )
         }
         (Mode::Serving { enrollment }, Purpose::Enroll) => {
             let host = enrollment.lock().expect("enrollment lock").host.clone();
@@ -168,7 +179,11 @@ impl Cx<'_> {
     ) -> Outcome {
         let (record, current, host) = {
             let e = enrollment.lock().expect("enrollment lock");
-            (e.record(hello.generation, now_unix()), e.current_generation(), e.host.clone())
+            (
+                e.record(hello.generation, now_unix()),
+                e.current_generation(),
+                e.host.clone(),
+            )
         };
         let Some(record) = record else {
             let why = format!("the gateway proves secret generation {} but the agent on {host} accepts generation {current}: the gateway's secret for {host} is out of date (update its proxy.agent_secret_dir, or run `virtgate enroll --rotate {host}` again)", hello.generation);
@@ -189,8 +204,11 @@ impl Cx<'_> {
         let metrics = &self.service.metrics;
         let started = Instant::now();
         let keys = &self.service.keys;
-        let checked =
-            timeout_at(self.deadline, check(tls, hello, keys, Some(record), &self.binding)).await;
+        let checked = timeout_at(
+            self.deadline,
+            check(tls, hello, keys, Some(record), &self.binding),
+        )
+        .await;
         metrics
             .check_duration
             .observe(started.elapsed().as_secs_f64());
@@ -243,7 +261,14 @@ impl Cx<'_> {
         if let Err(e) = confirmed.await {
             return (Ended::ProtocolError, format!("after the check: {e}"));
         }
-        relay(tls, unix, self.service.config.idle_timeout, shutdown, &self.client_text()).await
+        relay(
+            tls,
+            unix,
+            self.service.config.idle_timeout,
+            shutdown,
+            &self.client_text(),
+        )
+        .await
     }
 
     /// After a proven rotate hello: registers the next secret and the gateway keys it names.

@@ -20,6 +20,8 @@ mod connection;
 mod limiter;
 pub mod metrics;
 mod server;
+#[cfg(test)]
+mod specs;
 pub mod state;
 pub mod tls;
 

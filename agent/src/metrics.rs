@@ -182,28 +182,29 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: Can
             () = shutdown.cancelled() => break,
         };
         let registry = registry.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let (status, body) = match req.uri().path() {
-                "/metrics" => {
-                    let mut buf = Vec::new();
-                    let _ = prometheus::Encoder::encode(
-                        &prometheus::TextEncoder::new(),
-                        &registry.gather(),
-                        &mut buf,
-                    );
-                    (200, buf)
-                }
-                "/healthz" => (200, b"ok\n".to_vec()),
-                _ => (404, b"not found\n".to_vec()),
-            };
-            std::future::ready(Ok::<_, Infallible>(
-                hyper::Response::builder()
-                    .status(status)
-                    .header("content-type", "text/plain; version=0.0.4")
-                    .body(Full::new(Bytes::from(body)))
-                    .expect("valid response"),
-            ))
-        });
+        let service =
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (status, body) = match req.uri().path() {
+                    "/metrics" => {
+                        let mut buf = Vec::new();
+                        let _ = prometheus::Encoder::encode(
+                            &prometheus::TextEncoder::new(),
+                            &registry.gather(),
+                            &mut buf,
+                        );
+                        (200, buf)
+                    }
+                    "/healthz" => (200, b"ok\n".to_vec()),
+                    _ => (404, b"not found\n".to_vec()),
+                };
+                std::future::ready(Ok::<_, Infallible>(
+                    hyper::Response::builder()
+                        .status(status)
+                        .header("content-type", "text/plain; version=0.0.4")
+                        .body(Full::new(Bytes::from(body)))
+                        .expect("valid response"),
+                ))
+            });
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let _permit = permit;

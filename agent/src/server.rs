@@ -305,7 +305,13 @@ pub async fn serve(
             enrollment: Mutex::new(enrollment),
         },
     };
-    let running = Running::start(service, options, txt(identity.pin, None), shutdown.child_token()).await?;
+    let running = Running::start(
+        service,
+        options,
+        txt(identity.pin, None),
+        shutdown.child_token(),
+    )
+    .await?;
     shutdown.cancelled().await;
     running.stop().await;
     Ok(())

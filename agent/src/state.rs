@@ -287,14 +287,28 @@ mod tests {
         let first = State::open(&path).unwrap().identity("h1").unwrap();
         let again = State::open(&path).unwrap().identity("h1").unwrap();
         assert_eq!(first.pin, again.pin);
-        assert_eq!(first.chain, again.chain, "a certificate with years left is kept");
+        assert_eq!(
+            first.chain, again.chain,
+            "a certificate with years left is kept"
+        );
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o700);
         for f in [KEY, CERT] {
             assert_eq!(mode(&path.join(f)), 0o600, "{f}");
         }
-        let keys = State::open(&path).unwrap().server_keys().unwrap().to_bytes();
-        assert_eq!(State::open(&path).unwrap().server_keys().unwrap().to_bytes(), keys);
+        let keys = State::open(&path)
+            .unwrap()
+            .server_keys()
+            .unwrap()
+            .to_bytes();
+        assert_eq!(
+            State::open(&path)
+                .unwrap()
+                .server_keys()
+                .unwrap()
+                .to_bytes(),
+            keys
+        );
     }
 
     #[test]

@@ -100,6 +100,15 @@ pub async fn start_with(
             ))
         }
     };
+    let enroll_identity = match &client_identity {
+        Some((chain, key)) => Some(crate::enroll::Identity {
+            pin: virtgate_pki::spki_pin(&chain[0])
+                .map_err(|e| BrokerError::Config(format!("broker.client_cert_file: {e}")))?,
+            chain: chain.clone(),
+            key: key.clone_key(),
+        }),
+        None => None,
+    };
     let tls_config = tls::probe_client_config(client_identity)?;
     let policy = TrustPolicy {
         windows: Windows {
@@ -134,8 +143,32 @@ pub async fn start_with(
         }
     }
 
+    let enrollments = Arc::new(crate::enroll::Enrollments::new(
+        crate::enroll::tokens::TokenStore::open(&config.data_dir)?,
+        crate::enroll::secrets::SecretStore::open(&config.data_dir).map_err(|e| {
+            BrokerError::DataDir {
+                path: config
+                    .data_dir
+                    .join(crate::enroll::secrets::SECRET_DIR)
+                    .display()
+                    .to_string(),
+                source: e,
+            }
+        })?,
+        inventory.clone(),
+        enroll_identity,
+        config
+            .agent_gateway_pins
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+    ));
+    tasks.spawn(enrollments.clone().run(shutdown.clone()));
     let admin_token_path = tokens.admin_path.clone();
-    let state = tokens.api_state(config, inventory.clone(), metrics.clone())?;
+    let mut state = tokens.api_state(config, inventory.clone(), metrics.clone())?;
+    Arc::get_mut(&mut state)
+        .expect("the API state is not shared yet")
+        .enrollments = Some(enrollments);
     let scheme = if api_tls.is_some() { "https" } else { "http" };
     tasks.spawn(api::serve(listener, api_tls, state, shutdown.clone()));
     tasks.spawn(
@@ -227,6 +260,7 @@ impl Tokens {
             max_watchers,
             requests: Semaphore::new(api::MAX_REQUESTS),
             slot_wait: api::SLOT_WAIT,
+            enrollments: None,
         }))
     }
 }

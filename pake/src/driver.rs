@@ -66,14 +66,16 @@ pub async fn refuse<S: AsyncWrite + Unpin>(io: &mut S, reason: &str) -> Result<(
 fn unexpected(frame: &Frame, wanted: &str) -> PakeError {
     match frame {
         Frame::Refused(reason) => PakeError::Refused(reason.clone()),
+        Frame::ProofFailed(_) => PakeError::ProofFailed,
         other => PakeError::Protocol(format!("expected {wanted}, got {}", other.name())),
     }
 }
 
-/// On a failed proof, tells the other side (best effort) and returns the failure.
+/// On a failed proof, tells the other side (best effort) and returns the failure: both ends
+/// then report [`PakeError::ProofFailed`].
 async fn failed<S: AsyncWrite + Unpin>(io: &mut S, e: PakeError, why: &str) -> PakeError {
     if matches!(e, PakeError::ProofFailed) {
-        let _ = refuse(io, why).await;
+        let _ = write_frame(io, &Frame::ProofFailed(why.to_string())).await;
     }
     e
 }

@@ -134,6 +134,50 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// One host's secret as the gateway keeps it: a file per host, named after it, in the
+/// gateway's secret directory, holding `v1 GENERATION HEX` on one line (0600).
+#[derive(Clone, Debug)]
+pub struct HostSecret {
+    pub generation: u32,
+    pub secret: Secret,
+}
+
+impl HostSecret {
+    /// The file's text.
+    pub fn to_file_text(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!(
+            "v1 {} {}\n",
+            self.generation,
+            self.secret.to_hex().as_str()
+        ))
+    }
+
+    /// Reads a file's text; `None` if it is not one.
+    pub fn parse(text: &str) -> Option<HostSecret> {
+        let mut words = text.split_whitespace();
+        if words.next()? != "v1" {
+            return None;
+        }
+        let generation = words.next()?.parse().ok().filter(|g| *g > 0)?;
+        let secret = Secret::from_hex(words.next()?)?;
+        words
+            .next()
+            .is_none()
+            .then_some(HostSecret { generation, secret })
+    }
+
+    /// Whether `host` can name a secret file: a host name of letters, digits, `-`, `.` and
+    /// `_`, not starting with a dot.
+    pub fn is_file_name(host: &str) -> bool {
+        !host.is_empty()
+            && host.len() <= 253
+            && !host.starts_with('.')
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    }
+}
+
 /// An enrollment token, `<id>.<secret>`: the id is public (listings, logs, the agent's mDNS
 /// TXT while it waits), the secret is 128 random bits, shown once and never logged.
 #[derive(Clone, PartialEq, Eq)]
@@ -228,6 +272,32 @@ mod tests {
             "ABCDEF01.0123456789abcdef0123456789abcdef",
         ] {
             assert!(bad.parse::<Token>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn host_secret_files_read_back_and_odd_names_are_not_files() {
+        let s = HostSecret {
+            generation: 3,
+            secret: Secret::generate(),
+        };
+        let back = HostSecret::parse(&s.to_file_text()).unwrap();
+        assert_eq!(
+            (back.generation, back.secret.as_bytes()),
+            (3, s.secret.as_bytes())
+        );
+        for bad in [
+            "",
+            "v2 1 00",
+            "v1 0 0011223344556677889900aabbccddeeff",
+            "v1 x y",
+            "v1 1 zz",
+        ] {
+            assert!(HostSecret::parse(bad).is_none(), "{bad:?}");
+        }
+        assert!(HostSecret::is_file_name("h1.example.com"));
+        for bad in ["", "..", ".hidden", "a/b", "h 1"] {
+            assert!(!HostSecret::is_file_name(bad), "{bad:?}");
         }
     }
 

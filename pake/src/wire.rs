@@ -88,6 +88,8 @@ pub enum Frame {
     Ok,
     /// The sender refuses, and says why (shown to operators; never a secret).
     Refused(String),
+    /// The sender checked the other side's proof and it did not verify; says what it checked.
+    ProofFailed(String),
 }
 
 /// Why bytes are not a frame.
@@ -115,6 +117,7 @@ impl Frame {
             Self::Upload(_) => 7,
             Self::Ok => 8,
             Self::Refused(_) => 9,
+            Self::ProofFailed(_) => 10,
         }
     }
 
@@ -130,6 +133,7 @@ impl Frame {
             Self::Upload(_) => "registration upload",
             Self::Ok => "ok",
             Self::Refused(_) => "refusal",
+            Self::ProofFailed(_) => "failed proof",
         }
     }
 
@@ -164,7 +168,7 @@ impl Frame {
                 body.extend_from_slice(request);
             }
             Self::Ok => {}
-            Self::Refused(reason) => {
+            Self::Refused(reason) | Self::ProofFailed(reason) => {
                 let mut end = reason.len().min(MAX_REASON);
                 while !reason.is_char_boundary(end) {
                     end -= 1;
@@ -205,6 +209,10 @@ impl Frame {
             8 => return Err(WireError::Malformed("ok")),
             9 if body.len() <= MAX_REASON => Frame::Refused(String::from_utf8_lossy(body).into()),
             9 => return Err(WireError::Malformed("refusal")),
+            10 if body.len() <= MAX_REASON => {
+                Frame::ProofFailed(String::from_utf8_lossy(body).into())
+            }
+            10 => return Err(WireError::Malformed("failed proof")),
             other => return Err(WireError::UnknownType(other)),
         })
     }
@@ -216,7 +224,7 @@ pub fn header(bytes: &[u8]) -> Result<(u8, usize), WireError> {
         return Err(WireError::Incomplete(3 - bytes.len()));
     }
     let code = bytes[0];
-    if !(1..=9).contains(&code) {
+    if !(1..=10).contains(&code) {
         return Err(WireError::UnknownType(code));
     }
     let len = usize::from(u16::from_be_bytes([bytes[1], bytes[2]]));
@@ -321,6 +329,7 @@ mod tests {
             Frame::Upload(vec![7; 192]),
             Frame::Ok,
             Frame::Refused("no".into()),
+            Frame::ProofFailed("checked KE3".into()),
         ]
     }
 

@@ -41,6 +41,7 @@ pub(crate) async fn connect(
     material: &TlsMaterial,
     admitted: &Admitted,
     budget: Duration,
+    check: Option<&super::secondary::Check>,
 ) -> Result<Backend, Refusal> {
     let host = &admitted.host;
     let mut target = admitted.target.clone();
@@ -83,6 +84,9 @@ pub(crate) async fn connect(
         Ok(Err(e)) => return Err(rejected(describe_handshake_error(&e))),
         Err(_) => return Err(unreachable(format!("no TLS handshake within {budget:?}"))),
     };
+    if let Some(check) = check {
+        check.run(&mut tls, deadline).await?;
+    }
     let mut byte = [0u8; 1];
     let left = deadline
         .saturating_duration_since(Instant::now())

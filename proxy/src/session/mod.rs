@@ -19,6 +19,7 @@ mod admit;
 mod backend;
 mod outcome;
 mod preopen;
+pub(crate) mod secondary;
 #[cfg(test)]
 mod specs;
 
@@ -156,7 +157,8 @@ impl Steps<'_> {
     ) -> Result<backend::Opened<backend::Backend>, outcome::Refusal> {
         let started = Instant::now();
         let limit = self.gateway.config.backend_connect_timeout;
-        let tls = backend::connect(material, admitted, limit).await?;
+        let check = secondary::prepare(self.gateway, admitted)?;
+        let tls = backend::connect(material, admitted, limit, check.as_ref()).await?;
         self.gateway
             .metrics
             .backend_connect_duration

@@ -52,6 +52,10 @@ enum Command {
     Certs(cmd::inventory::CertsArgs),
     /// Certificates for virtgate and libvirt: a CA, server and client certificates, checks.
     Pki(cmd::pki::Args),
+    /// Run the host agent on a libvirt host: enroll it once (--enroll), then serve the gateway.
+    Agent(cmd::agent::Args),
+    /// Enroll a host running `virtgate agent`; list or revoke tokens; rotate a host's secret.
+    Enroll(cmd::enroll::Args),
     /// Print the effective configuration as TOML (secrets redacted).
     Config,
 }
@@ -83,10 +87,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Advertise(args) => overrides.extend(args.overrides()),
         Command::Discover(args) => overrides.extend(args.overrides()),
         Command::Up(args) | Command::Broker(args) => overrides.extend(args.overrides()),
+        Command::Agent(args) => overrides.extend(args.overrides()),
         Command::Hosts(_)
         | Command::Certs(_)
         | Command::Pki(_)
         | Command::Proxy(_)
+        | Command::Enroll(_)
         | Command::Config => {}
     }
     let loaded = config::load(cli.config.as_deref(), overrides)?;
@@ -126,6 +132,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Hosts(args) => cmd::inventory::hosts(&loaded.config, args).await,
             Command::Certs(args) => cmd::inventory::certs(&loaded.config, args).await,
             Command::Pki(args) => cmd::pki::run(&loaded.config, args).await,
+            Command::Agent(args) => cmd::agent::run(&loaded.config, args).await,
+            Command::Enroll(args) => cmd::enroll::run(&loaded.config, args).await,
             Command::Config => unreachable!("handled before the runtime starts"),
         }
     })?;

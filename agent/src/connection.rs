@@ -140,10 +140,14 @@ async fn run(
             )
         }
         (Mode::Serving { enrollment }, Purpose::Enroll) => {
+            // A broker looking for an agent that waits for a token: not this one.
             let host = enrollment.lock().expect("enrollment lock").host.clone();
             let why = format!("the agent on {host} is enrolled already; to enroll it again, run the `virtgate agent --enroll …` command of a new token on the host");
             let _ = refuse(&mut tls, &why).await;
-            (Ended::Refused, why)
+            (
+                Ended::Abandoned,
+                format!("a broker offered token {}: {why}", hello.token_id),
+            )
         }
         (Mode::Serving { enrollment }, Purpose::Relay | Purpose::Rotate) => {
             cx.serving(tls, &hello, enrollment, shutdown).await

@@ -2,11 +2,13 @@
 //! inventory), plus what they share: the API client, the dev PKI of `up`, tables.
 
 pub mod advertise;
+pub mod agent;
 pub mod api_client;
 pub mod broker;
 pub mod broker_tls;
 pub mod dev_pki;
 pub mod discover;
+pub mod enroll;
 pub mod inventory;
 pub mod pki;
 pub mod proxy;

@@ -182,11 +182,30 @@ pub async fn enroll_at(
         .map_err(|_| ExchangeError::Timeout(addr, budget))?
 }
 
-/// Tells the agent at `addr`, which waits with a token this broker will not take, why.
-pub async fn refuse_at(identity: &Identity, addr: SocketAddr, why: &str, budget: Duration) {
+/// Tells the agent at `addr`, if it waits with the token `token_id` (which this broker will not
+/// take), why. An agent that is not waiting for that token answers the hello with a refusal of
+/// its own and is left alone.
+pub async fn refuse_at(
+    identity: &Identity,
+    addr: SocketAddr,
+    token_id: &str,
+    why: &str,
+    budget: Duration,
+) {
     let refuse = async {
         let (mut tls, _, _) = connect(identity, addr, None).await.ok()?;
-        driver::refuse(&mut tls, why).await.ok()
+        let hello = virtgate_pake::Hello {
+            purpose: Purpose::Enroll,
+            generation: 0,
+            token_id: token_id.to_string(),
+            ke1: Vec::new(),
+        };
+        let hello = virtgate_pake::wire::Frame::Hello(hello);
+        driver::write_frame(&mut tls, &hello).await.ok()?;
+        match driver::read_frame(&mut tls).await.ok()? {
+            virtgate_pake::wire::Frame::Ke1(_) => driver::refuse(&mut tls, why).await.ok(),
+            _ => None,
+        }
     };
     let _ = tokio::time::timeout(budget, refuse).await;
 }

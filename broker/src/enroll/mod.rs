@@ -43,6 +43,8 @@ pub const MAX_TTL: Duration = Duration::from_secs(7 * 86400);
 const EXCHANGE_BUDGET: Duration = Duration::from_secs(10);
 /// Exchanges with agents at once.
 const CONCURRENT: usize = 8;
+/// How long after a token ends agents at its `--address` are told why.
+const REFUSE_FOR: Duration = Duration::from_secs(86400);
 /// The TXT key an agent announces its waiting token's id under.
 pub const TXT_ENROLL: &str = "enroll";
 
@@ -146,10 +148,12 @@ impl Enrollments {
             .iter()
             .map(|p| format!(" --gateway-pin sha256:{p}"))
             .collect();
+        // The agent announces itself by this name, which is how the broker finds it (mDNS
+        // names are one label: a host named by a dotted name is found with --address).
         let name = if host.contains('.') {
-            format!(" --hostname {}", host.split('.').next().unwrap_or(&host))
-        } else {
             String::new()
+        } else {
+            format!(" --hostname {host}")
         };
         let command = format!(
             "virtgate agent --enroll {}{pins}{name}",
@@ -269,7 +273,7 @@ impl Enrollments {
                 {
                     continue;
                 }
-                let wait = if job.refusal.is_some() { 30 } else { 3 };
+                let wait = if job.refusal.is_some() { 5 } else { 3 };
                 next_try.insert(key.clone(), now + Duration::from_secs(wait));
                 let (this, identity, in_flight) =
                     (self.clone(), identity.clone(), in_flight.clone());
@@ -317,14 +321,20 @@ impl Enrollments {
             let Some(addr) = t.address.as_deref().and_then(|a| a.parse().ok()) else {
                 continue;
             };
-            if t.state(now) == EnrollmentState::Pending {
-                jobs.push(Job {
-                    id: t.id.clone(),
-                    host: t.host.clone(),
-                    addr,
-                    refusal: None,
-                });
+            // An agent started with a finished token at a known address is told why, for a
+            // day after the token ended (it answers only if it waits for that very token).
+            let refusal = t.refusal(now);
+            if refusal.is_some()
+                && now > t.expires_at.max(t.created_at) + REFUSE_FOR.as_secs() as i64
+            {
+                continue;
             }
+            jobs.push(Job {
+                id: t.id.clone(),
+                host: t.host.clone(),
+                addr,
+                refusal,
+            });
         }
         jobs
     }
@@ -338,7 +348,7 @@ impl Enrollments {
         } = job;
         if let Some(why) = refusal {
             warn!(token = %id, %host, %addr, "an agent waits with a token this broker will not take: {why}");
-            exchange::refuse_at(identity, addr, &why, EXCHANGE_BUDGET).await;
+            exchange::refuse_at(identity, addr, &id, &why, EXCHANGE_BUDGET).await;
             return;
         }
         let Some(verifier) = self.tokens().get(&id).and_then(|t| t.verifier()) else {

@@ -300,3 +300,69 @@ fn wrong_revoked_expired_and_reused_tokens_fail_clearly_on_both_sides_and_pin_no
         "{out}"
     );
 }
+
+#[test]
+fn an_agent_killed_mid_call_gives_the_client_an_error_and_comes_back_with_its_key_still_enrolled() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &libvirtd, RULES);
+    let mut agent = Agent::new(dir.path(), &libvirtd);
+    agent.enroll_and_start(&gw, "h1");
+    let pin_before = host_pin(&gw);
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let script = r#"
+import libvirt, os, sys, time
+libvirt.registerErrorHandler(lambda *a: None, None)
+c = libvirt.open(os.environ["URI"])
+print("open", c.getLibVersion(), flush=True)
+sys.stdin.readline()
+t = time.monotonic()
+try:
+    c.getHostname()
+    print("answered")
+except libvirt.libvirtError as e:
+    print("error after %.1fs: %s" % (time.monotonic() - t, e.get_error_message()))
+"#;
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .env("URI", gw.uri("127.0.0.1", "h1", &alice))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.starts_with("open"), "{line}");
+
+    // The agent freezes with the call in flight, then dies.
+    let process = agent.process.as_mut().unwrap();
+    process.signal(virtgate_testlab::Signal::SIGSTOP);
+    use std::io::Write;
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    process.kill9();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        rest.contains("virtgate: host h1 closed the connection while this call was in progress"),
+        "{rest}"
+    );
+
+    // Restarted: the same key, still enrolled, serving at once.
+    agent.process = None;
+    agent.start();
+    assert_eq!(host_pin(&gw), pin_before);
+    gw.wait_trust("h1", "enrolled");
+    let listed = virsh(&gw.uri("127.0.0.1", "h1", &alice), &["list", "--all"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+}
+
+fn host_pin(gw: &Gateway) -> String {
+    let (_, body) = gw.get("/v1/hosts/h1").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["host"]["pin"].as_str().unwrap().to_string()
+}

@@ -221,13 +221,16 @@ impl LoginServer {
 mod tests {
     use super::*;
 
+    /// The client's KE3 (or why not), and the server's verdict on it.
+    type Outcome = (Result<Vec<u8>, PakeError>, Option<Result<(), PakeError>>);
+
     fn login(
         keys: &ServerKeys,
         record: Option<&Record>,
         secret: &[u8],
         client_binding: &Binding,
         server_binding: &Binding,
-    ) -> (Result<Vec<u8>, PakeError>, Option<Result<(), PakeError>>) {
+    ) -> Outcome {
         let (client, ke1) = LoginClient::start(secret).unwrap();
         let (server, ke2) =
             LoginServer::start(keys, record, b"h", &ke1, Purpose::Relay, server_binding).unwrap();

@@ -190,9 +190,8 @@ impl Enrollments {
             .inventory
             .host(name)
             .ok_or_else(|| crate::inventory::InventoryError::UnknownHost(name.into()))?;
-        let pin = match (host.agent, host.trust, host.pin) {
-            (true, TrustState::Enrolled, Some(pin)) => pin,
-            _ => return Err(EnrollError::NotEnrolled(name.into())),
+        let (true, TrustState::Enrolled, Some(pin)) = (host.agent, host.trust, host.pin) else {
+            return Err(EnrollError::NotEnrolled(name.into()));
         };
         let current = self
             .secrets

@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::agent::{enroll, enroll_cli, token_state, Agent};
 use common::gateway::{identity, python, text, virsh, Gateway};
 use common::sample;
+use common::tap::UnixTap;
 use virtgate_testlab::libvirtd::{Libvirtd, LibvirtdOptions};
 
 const RULES: &str = r#"
@@ -207,7 +208,10 @@ fn wrong_revoked_expired_and_reused_tokens_fail_clearly_on_both_sides_and_pin_no
     let libvirtd = libvirtd();
     let dir = tempfile::tempdir().unwrap();
     let gw = Gateway::start(dir.path(), &libvirtd, RULES);
-    let agent = Agent::new(dir.path(), &libvirtd);
+    let mut agent = Agent::new(dir.path(), &libvirtd);
+    // The host side: every connection libvirtd is offered goes through this tap.
+    let libvirt = UnixTap::start(&dir.path().join("libvirt-tap.sock"), &agent.socket);
+    agent.socket = libvirt.path.clone();
     let addr = agent.address();
 
     // A token typed wrong: same id, another secret.
@@ -249,12 +253,17 @@ fn wrong_revoked_expired_and_reused_tokens_fail_clearly_on_both_sides_and_pin_no
     );
     assert_eq!(token_state(&gw, &short.id).0, "expired");
 
-    // Nothing was pinned by any of them.
+    // Nothing was pinned by any of them, on either side, and libvirtd saw nothing.
     let host = gw.get("/v1/hosts/h1").unwrap();
     assert!(
         host.0 == 404 || !host.1.contains("\"enrolled\""),
         "{host:?}"
     );
+    assert!(
+        !agent.state_dir.join("enrollment.json").exists(),
+        "the agent stored no enrollment"
+    );
+    assert_eq!(libvirt.accepted(), 0, "no connection reached libvirtd");
 
     // A wrong --gateway-pin: the agent refuses the broker's key in the TLS handshake, before
     // any PAKE message, and waits on.
@@ -288,6 +297,8 @@ fn wrong_revoked_expired_and_reused_tokens_fail_clearly_on_both_sides_and_pin_no
         "a wrong key is not the end: the right broker may still come"
     );
     waiting.stop(Duration::from_secs(2));
+
+    assert_eq!(libvirt.accepted(), 0, "no connection reached libvirtd");
 
     // The right command enrolls; the same command again is told the token was used.
     let (ok, out) = enroll_with(&agent, &pinned.command, &pinned.token);

@@ -30,7 +30,8 @@ pub const TXT_ENROLL: &str = "enroll";
 
 /// What the caller (the binary) adds to the configuration.
 pub struct Options {
-    /// The short host name announced when `agent.hostname` is not set.
+    /// The short host name announced when `agent.hostname` is not set and the agent is not
+    /// enrolled yet (enrolled, it announces the name it was enrolled as).
     pub default_hostname: String,
     /// Interfaces to announce on, when announcing.
     pub interfaces: Option<InterfaceSelector>,
@@ -279,6 +280,12 @@ pub async fn serve(
     let state = State::open(&config.state_dir)?;
     let Some(enrollment) = state.enrollment()? else {
         return Err(AgentError::NotEnrolled);
+    };
+    // Enrolled, the agent is known by the name it was enrolled as: announcing the machine's
+    // name instead would make the broker see the host leave and a stranger with its key appear.
+    let options = Options {
+        default_hostname: enrollment.host.clone(),
+        ..options
     };
     let identity = state.identity(&hostname(config, &options))?;
     let keys = state.server_keys()?;

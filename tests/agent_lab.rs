@@ -31,6 +31,7 @@ fn inventory_entry(gw: &Node, config: &str, host: &str) -> Option<Value> {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one story, read top to bottom
 fn an_agent_found_over_mdns_is_enrolled_with_the_pasted_token_and_serves_virsh() {
     let lab = Lab::fresh("vgagent", &[("gw", 10), ("h1", 11)]).unwrap();
     let (gw, h1) = (lab.node("gw"), lab.node("h1"));

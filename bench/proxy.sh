@@ -14,6 +14,7 @@
 #   sudo CALLS=2000 PROC_CALLS=500 CONNECTS=50 ./bench/proxy.sh      # a quick run
 #
 # Environment: CALLS (default 20000), PROCS (8), PROC_CALLS (5000), CONNECTS (300), ROUNDS (3);
+# AGENT_WORKER_THREADS=N sets the agent's [runtime] worker_threads (0: one per CPU, 1: one thread);
 # VIRTGATE=off skips the virtgate path; VIRTGATE_BIN=PATH uses that binary instead of building
 # one; KEEP=1 keeps the scratch directory (configs, logs) for inspection.
 set -euo pipefail
@@ -230,7 +231,8 @@ if [ -n "$VG_URI" ]; then
         # The printed command without its leading `virtgate`.
         read -r -a pasted < <("$PY" -c 'import json, sys; print(json.load(sys.stdin)["command"].split(None, 1)[1])' <"$AG/token.json")
         if timeout 60 "$VG_BIN" "${pasted[@]}" "${placement[@]}" </dev/null >"$AG/enrolled.log" 2>&1; then
-            "$VG_BIN" --log-format json agent "${placement[@]}" </dev/null >"$AG/agent.log" 2>&1 &
+            VIRTGATE_RUNTIME__WORKER_THREADS=${AGENT_WORKER_THREADS:-0} \
+                "$VG_BIN" --log-format json agent "${placement[@]}" </dev/null >"$AG/agent.log" 2>&1 &
             AG_PID=$!
             AG_URI="test+tls://127.0.0.1:$VG_PORT/default?name=test://h2/default&pkipath=$CLIENT_PKI"
             if ! "$PY" "$BENCH_PY" probe "$AG_URI" 20 "$AG_PID"; then

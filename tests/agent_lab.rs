@@ -89,7 +89,8 @@ fn an_agent_found_over_mdns_is_enrolled_with_the_pasted_token_and_serves_virsh()
         up.stderr_text()
     );
 
-    // The broker found it by mDNS, pinned the key enrollment proved, and spent the token.
+    // The broker found it by mDNS, pinned the key enrollment proved, and spent the token (its
+    // detail says so: no attempt at the agent's other address came after).
     let deadline = Instant::now() + Duration::from_secs(15);
     let host = loop {
         let host = inventory_entry(gw, &config, "h1");
@@ -119,9 +120,11 @@ fn an_agent_found_over_mdns_is_enrolled_with_the_pasted_token_and_serves_virsh()
     );
     let listed: Vec<Value> = serde_json::from_slice(&listed.stdout).unwrap();
     assert!(
-        listed
-            .iter()
-            .any(|t| t["id"] == created["id"] && t["state"] == "spent"),
+        listed.iter().any(|t| t["id"] == created["id"]
+            && t["state"] == "spent"
+            && t["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("enrolled h1 at"))),
         "{listed:?}"
     );
 

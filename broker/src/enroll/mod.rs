@@ -266,19 +266,22 @@ impl Enrollments {
             next_try.retain(|_, at| *at + Duration::from_secs(300) > now);
             for job in self.jobs() {
                 let key = (job.id.clone(), job.addr);
+                // One exchange per token at a time, whatever the addresses: two at once could
+                // both reach the agent, and the secret kept here might not be the one it took.
                 if next_try.get(&key).is_some_and(|at| *at > now)
                     || attempts.len() >= CONCURRENT
-                    || !in_flight.lock().expect("in flight").insert(key.clone())
+                    || !in_flight.lock().expect("in flight").insert(job.id.clone())
                 {
                     continue;
                 }
                 let wait = if job.refusal.is_some() { 5 } else { 3 };
-                next_try.insert(key.clone(), now + Duration::from_secs(wait));
+                next_try.insert(key, now + Duration::from_secs(wait));
                 let (this, identity, in_flight) =
                     (self.clone(), identity.clone(), in_flight.clone());
                 attempts.spawn(async move {
+                    let id = job.id.clone();
                     this.attempt(&identity, job).await;
-                    in_flight.lock().expect("in flight").remove(&key);
+                    in_flight.lock().expect("in flight").remove(&id);
                 });
             }
         }
@@ -350,7 +353,14 @@ impl Enrollments {
             exchange::refuse_at(identity, addr, &id, &why, EXCHANGE_BUDGET).await;
             return;
         }
-        let Some(verifier) = self.tokens().get(&id).and_then(|t| t.verifier()) else {
+        // Spent (or ended) since the job was planned, e.g. at another address: nothing to do.
+        let now = self.inventory.now();
+        let Some(verifier) = self
+            .tokens()
+            .get(&id)
+            .filter(|t| t.state(now) == EnrollmentState::Pending)
+            .and_then(|t| t.verifier())
+        else {
             return;
         };
         let secret = Secret::generate();

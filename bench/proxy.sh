@@ -4,7 +4,9 @@
 # forwarding the client's own TLS bytes: the floor of any relay hop, no crypto in it), (c) through
 # HAProxy doing the same TLS -> mTLS relay as virtgate, (d) through the virtgate proxy
 # (`virtgate --config FILE up`) once the binary has a `proxy` subcommand; until then that row says
-# "not available yet". Prints one table.
+# "not available yet", (e) through the virtgate proxy to a host agent (`virtgate agent`, enrolled
+# with `virtgate enroll`) in front of the same libvirtd's UNIX socket: mutual TLS with pinned keys
+# plus the PAKE check on every connect. Prints one table.
 # Loopback only. Needs root (libvirtd) and the packages scripts/test.sh installs; installs
 # haproxy if missing.
 #
@@ -12,6 +14,7 @@
 #   sudo CALLS=2000 PROC_CALLS=500 CONNECTS=50 ./bench/proxy.sh      # a quick run
 #
 # Environment: CALLS (default 20000), PROCS (8), PROC_CALLS (5000), CONNECTS (300), ROUNDS (3);
+# AGENT_WORKER_THREADS=N sets the agent's [runtime] worker_threads (0: one per CPU, 1: one thread);
 # VIRTGATE=off skips the virtgate path; VIRTGATE_BIN=PATH uses that binary instead of building
 # one; KEEP=1 keeps the scratch directory (configs, logs) for inspection.
 set -euo pipefail
@@ -78,7 +81,7 @@ fi
 # --- scratch dir, cleanup ---------------------------------------------------------------------
 T=$(mktemp -d /tmp/virtgate-bench-proxy.XXXXXX)
 chmod 700 "$T"
-LAB_PID="" HAPROXY_PID="" VG_PID="" DRIVER_PID=""
+LAB_PID="" HAPROXY_PID="" VG_PID="" AG_PID="" DRIVER_PID=""
 
 # Stops one of our own children by PID: SIGTERM, up to 10 s, then SIGKILL.
 stop_pid() {
@@ -101,6 +104,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     stop_pid "$DRIVER_PID" "benchmark driver"
+    stop_pid "$AG_PID" "virtgate agent"
     stop_pid "$VG_PID" virtgate
     stop_pid "$HAPROXY_PID" haproxy
     if [ -n "$LAB_PID" ]; then
@@ -155,7 +159,7 @@ for _ in $(seq 600); do
 done
 grep -q '^READY$' "$T/lab.log" || { echo "libvirtd lab did not start:" >&2; tail -n 30 "$T/lab.log" >&2; exit 1; }
 # shellcheck disable=SC1091
-. "$LAB/lab.env" # LIBVIRTD_PORT, LIBVIRTD_PID
+. "$LAB/lab.env" # LIBVIRTD_PORT, LIBVIRTD_PID, LIBVIRTD_SOCKET
 CA=$LAB/ca.pem
 CLIENT_PKI=$LAB/client
 DIRECT_URI="test+tls://127.0.0.1:$LIBVIRTD_PORT/default?pkipath=$CLIENT_PKI"
@@ -211,7 +215,46 @@ if [ -z "$VG_UNAVAILABLE" ]; then
     fi
 fi
 
+# --- virtgate → host agent ---------------------------------------------------------------------
+# The same gateway reaches host h2 through an agent on the lab libvirtd's UNIX socket, enrolled
+# as an operator would: `virtgate enroll` prints the command, the agent runs it and exits.
+AG_URI="" AG_UNAVAILABLE=""
+if [ -n "$VG_URI" ]; then
+    AG=$T/agent
+    AG_PORT=$(free_port)
+    AG_METRICS=$(free_port)
+    placement=(--listen "127.0.0.1:$AG_PORT" --state-dir "$AG/state" --libvirt-socket "$LIBVIRTD_SOCKET"
+        --no-announce --metrics-listen "127.0.0.1:$AG_METRICS")
+    mkdir -p "$AG"
+    if "$VG_BIN" --config "$VG/virtgate.toml" enroll h2 --address "127.0.0.1:$AG_PORT" --ttl 10m --json \
+        >"$AG/token.json" 2>"$AG/enroll.log"; then
+        # The printed command without its leading `virtgate`.
+        read -r -a pasted < <("$PY" -c 'import json, sys; print(json.load(sys.stdin)["command"].split(None, 1)[1])' <"$AG/token.json")
+        if timeout 60 "$VG_BIN" "${pasted[@]}" "${placement[@]}" </dev/null >"$AG/enrolled.log" 2>&1; then
+            VIRTGATE_RUNTIME__WORKER_THREADS=${AGENT_WORKER_THREADS:-0} \
+                "$VG_BIN" --log-format json agent "${placement[@]}" </dev/null >"$AG/agent.log" 2>&1 &
+            AG_PID=$!
+            AG_URI="test+tls://127.0.0.1:$VG_PORT/default?name=test://h2/default&pkipath=$CLIENT_PKI"
+            if ! "$PY" "$BENCH_PY" probe "$AG_URI" 20 "$AG_PID"; then
+                echo "no libvirt connection through virtgate and the agent; log tails:" >&2
+                tail -n 10 "$AG/agent.log" "$VG/virtgate.log" >&2
+                AG_URI="" AG_UNAVAILABLE="failed to start (see the log above)"
+            fi
+        else
+            echo "agent enrollment failed:" >&2
+            tail -n 10 "$AG/enrolled.log" >&2
+            AG_UNAVAILABLE="enrollment failed (see the log above)"
+        fi
+    else
+        tail -n 5 "$AG/enroll.log" >&2
+        AG_UNAVAILABLE="virtgate enroll failed (see the log above)"
+    fi
+else
+    AG_UNAVAILABLE="needs the virtgate path"
+fi
+
 # --- run ----------------------------------------------------------------------------------------
+export AG_URI AG_PID AG_UNAVAILABLE
 export VG_URI VG_PID VG_UNAVAILABLE PASS_URI HA_URI HAPROXY_PID HA_LABEL DIRECT_URI LIBVIRTD_PID
 "$PY" - >"$T/paths.json" <<'EOF'
 import json, os
@@ -221,6 +264,11 @@ if e["VG_URI"]:
     vg.update(uri=e["VG_URI"], relay_pid=int(e["VG_PID"]))
 else:
     vg["unavailable"] = e["VG_UNAVAILABLE"]
+ag = {"name": "agent", "label": "virtgate proxy → host agent (PAKE) → libvirtd UNIX socket"}
+if e["AG_URI"]:
+    ag.update(uri=e["AG_URI"], relay_pid=int(e["VG_PID"]), extra_pids=[int(e["AG_PID"])])
+else:
+    ag["unavailable"] = e["AG_UNAVAILABLE"]
 print(json.dumps({
     "libvirtd_pid": int(e["LIBVIRTD_PID"]),
     "paths": [
@@ -230,6 +278,7 @@ print(json.dumps({
         {"name": "haproxy", "label": e["HA_LABEL"], "uri": e["HA_URI"],
          "relay_pid": int(e["HAPROXY_PID"])},
         vg,
+        ag,
     ],
 }))
 EOF
@@ -245,4 +294,13 @@ DRIVER_PID=$!
 rc=0
 wait "$DRIVER_PID" || rc=$?
 DRIVER_PID=""
+if [ -n "$AG_URI" ]; then
+    # The gateway's own measure of the check (hello to verdict), over every connect of the run.
+    curl -s --cacert "$VG/data/pki/broker/cacert.pem" "https://127.0.0.1:$BROKER_PORT/metrics" |
+        awk '/^virtgate_proxy_secondary_check_duration_seconds_sum/ {s = $2}
+             /^virtgate_proxy_secondary_check_duration_seconds_count/ {n = $2}
+             /^virtgate_proxy_secondary_checks_total.*result="ok"/ {ok += $2}
+             /^virtgate_proxy_secondary_checks_total/ {all += $2}
+             END { if (n > 0) printf "Agent check at the gateway (hello to verdict): mean %.3f ms over %d checks, %d of %d ok.\n", 1000 * s / n, n, ok, all }'
+fi
 exit $rc

@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
+use virtgate_agent::AgentConfig;
 use virtgate_broker::BrokerConfig;
 use virtgate_discovery::{AdvertiseConfig, DiscoveryConfig};
 use virtgate_proxy::ProxyConfig;
@@ -18,6 +19,7 @@ const SECTIONS: &[&str] = &[
     "broker",
     "proxy",
     "runtime",
+    "agent",
 ];
 
 /// Read when `--config` is not given and the file exists.
@@ -33,6 +35,8 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub proxy: ProxyConfig,
     pub runtime: RuntimeConfig,
+    /// `virtgate agent`, on libvirt hosts.
+    pub agent: AgentConfig,
 }
 
 /// The async runtime that runs everything.
@@ -117,7 +121,12 @@ pub fn load(explicit_file: Option<&Path>, overrides: Vec<Override>) -> anyhow::R
         figment = figment.merge(Serialized::global(o.key, o.value));
     }
     let config = figment.extract::<Config>().map_err(describe)?;
-    let mut problems: Vec<String> = [config.broker.validate(), config.proxy.validate()].concat();
+    let mut problems: Vec<String> = [
+        config.broker.validate(),
+        config.proxy.validate(),
+        config.agent.validate(),
+    ]
+    .concat();
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.filter) {
         problems.push(format!(
             "log.filter: {:?} is not a log filter ({e}); use e.g. \"info,virtgate_discovery=debug\"",

@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use virtgate_api::{Followed, Host, HostState, TrustState};
 use virtgate_broker::inventory::Inventory;
-use virtgate_proxy::{Admission, HostTable, HostTableWatch, HostTarget, RefuseReason};
+use virtgate_proxy::{Admission, HostTable, HostTableWatch, HostTarget, RefuseReason, Secondary};
 
 /// Whether the gateway may connect to `host` for a client, and the words a refusal uses.
 pub fn admission(host: &Host) -> Admission {
@@ -25,6 +25,7 @@ pub fn admission(host: &Host) -> Admission {
     if !trusted {
         let message = match host.trust {
             TrustState::Pending => format!("virtgate: host {name} is not trusted yet: its key awaits approval (`virtgate hosts approve {name}`)"),
+            TrustState::Changed if host.agent => format!("virtgate: host {name} presents another key than the one its agent enrolled with; refusing until it is enrolled again (`virtgate enroll {name}`)"),
             TrustState::Changed => format!("virtgate: host {name} presents a key that differs from its approved pin; refusing until an operator re-approves it (`virtgate hosts`)"),
             _ => format!("virtgate: host {name} has not been probed yet; try again in a moment"),
         };
@@ -37,6 +38,8 @@ pub fn admission(host: &Host) -> Admission {
     Admission::Connect {
         pin: host.pin,
         allow_ca: host.trust == TrustState::TrustedCa,
+        // A host enrolled through its agent is always reached with the agent check.
+        secondary: host.agent.then_some(Secondary::AgentPake),
     }
 }
 
@@ -122,6 +125,9 @@ mod tests {
             (S::Up, T::Pending, false),
             (S::Up, T::Changed, false),
             (S::Up, T::Unknown, false),
+            (S::Up, T::Enrolled, true),
+            (S::Down, T::Enrolled, true),
+            (S::Absent, T::Enrolled, false),
         ] {
             let admitted = matches!(admission(&host(state, trust)), Admission::Connect { .. });
             assert_eq!(admitted, connect, "{state:?} {trust:?}");
@@ -130,7 +136,7 @@ mod tests {
 
     #[test]
     fn only_ca_trusted_hosts_may_be_vouched_for_by_a_ca() {
-        let Admission::Connect { pin, allow_ca } =
+        let Admission::Connect { pin, allow_ca, .. } =
             admission(&host(HostState::Up, TrustState::Pinned))
         else {
             panic!("pinned hosts are connected to");
@@ -143,6 +149,35 @@ mod tests {
             panic!("CA-trusted hosts are connected to");
         };
         assert!(allow_ca);
+    }
+
+    #[test]
+    fn a_host_enrolled_through_its_agent_is_reached_with_the_agent_check_and_only_its_pin() {
+        let mut enrolled = host(HostState::Up, TrustState::Enrolled);
+        enrolled.agent = true;
+        let approved = virtgate_api::Pin::from_bytes([0xab; 32]);
+        assert_eq!(
+            admission(&enrolled),
+            Admission::Connect {
+                pin: Some(approved),
+                allow_ca: false,
+                secondary: Some(Secondary::AgentPake),
+            }
+        );
+        let Admission::Connect { secondary, .. } =
+            admission(&host(HostState::Up, TrustState::Pinned))
+        else {
+            panic!("pinned hosts are connected to");
+        };
+        assert_eq!(
+            secondary, None,
+            "plain libvirtd hosts keep working as before"
+        );
+        enrolled.trust = TrustState::Changed;
+        let Admission::Refuse { message, .. } = admission(&enrolled) else {
+            panic!("a re-keyed agent is refused");
+        };
+        assert!(message.contains("`virtgate enroll h1`"), "{message}");
     }
 
     #[test]

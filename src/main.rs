@@ -70,6 +70,10 @@ enum Command {
     Certs(cmd::certs::CertsArgs),
     /// Certificates for virtgate and libvirt: a CA, server and client certificates, checks.
     Pki(cmd::pki::Args),
+    /// Run the host agent on a libvirt host: enroll it once (--enroll), then serve the gateway.
+    Agent(cmd::agent::Args),
+    /// Enroll a host running `virtgate agent`; list or revoke tokens; rotate a host's secret.
+    Enroll(cmd::enroll::Args),
     /// Print the effective configuration as TOML (secrets redacted; unset keys as comments).
     Config(cmd::show_config::Args),
     /// Print a shell completion script: `virtgate completion bash > /etc/bash_completion.d/virtgate`.
@@ -165,6 +169,7 @@ fn overrides(cli: &Cli) -> Vec<Override> {
         Command::Up(args) => overrides.extend(args.overrides()),
         Command::Broker(args) => overrides.extend(args.overrides()),
         Command::Proxy(args) => overrides.extend(args.overrides()),
+        Command::Agent(args) => overrides.extend(args.overrides()),
         _ => {}
     }
     overrides
@@ -228,7 +233,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     logging::init(&loaded.config.log)?;
     if matches!(
         cli.command,
-        Command::Up(_) | Command::Broker(_) | Command::Proxy(_)
+        Command::Up(_) | Command::Broker(_) | Command::Proxy(_) | Command::Agent(_)
     ) {
         raise_open_files_limit(&loaded.config);
     }
@@ -259,6 +264,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Hosts(args) => done(cmd::hosts::run(config, args).await),
             Command::Certs(args) => cmd::certs::run(config, args).await,
             Command::Pki(args) => cmd::pki::run(config, args).await,
+            Command::Agent(args) => done(cmd::agent::run(config, args).await),
+            Command::Enroll(args) => done(cmd::enroll::run(config, args).await),
             Command::Config(_) | Command::Completion { .. } | Command::Man { .. } => {
                 unreachable!("handled before the runtime starts")
             }

@@ -422,7 +422,11 @@ fn every_endpoint_in_the_openapi_file_is_served() {
     let paths = spec["paths"].as_mapping().unwrap();
     assert!(paths.len() >= 10, "{} paths documented", paths.len());
     for (path, methods) in paths {
-        let path = path.as_str().unwrap().replace("{name}", "h1");
+        let path = path
+            .as_str()
+            .unwrap()
+            .replace("{name}", "h1")
+            .replace("{id}", "0a1b2c3d");
         for (method, _) in methods.as_mapping().unwrap() {
             let method = method.as_str().unwrap().to_uppercase();
             if path.ends_with("/forget") {
@@ -441,8 +445,10 @@ fn every_endpoint_in_the_openapi_file_is_served() {
                 Some(body),
             )
             .unwrap();
+            // A token id no one issued: its handler answers 404 with words of its own.
+            let handled = status == 404 && text.contains("no enrollment token 0a1b2c3d");
             assert!(
-                status != 404 && status != 405 && status != 0,
+                handled || (status != 404 && status != 405 && status != 0),
                 "{method} {path} → {status}: {text}"
             );
         }

@@ -76,6 +76,13 @@ const PROXY_EXPORTED: &[(&str, &[&str])] = &[
     ("virtgate_proxy_protocol_errors_total", &["side", "reason"]),
     ("virtgate_proxy_calls_refused_total", &["reason"]),
     ("virtgate_proxy_crl_next_update_timestamp_seconds", &[]),
+    ("virtgate_proxy_secondary_checks_total", &["host", "result"]),
+    (
+        "virtgate_proxy_secondary_check_duration_seconds_bucket",
+        &["le"],
+    ),
+    ("virtgate_proxy_secondary_check_duration_seconds_sum", &[]),
+    ("virtgate_proxy_secondary_check_duration_seconds_count", &[]),
 ];
 /// What only `virtgate proxy` exports (issue 13): the freshness of its copy of the broker's
 /// inventory. `virtgate up` reads the inventory in process, so its scrape below has none of
@@ -166,6 +173,12 @@ const LABEL_VALUES: &[(&str, &str, &[&str], bool)] = &[
         false,
     ),
     (
+        "virtgate_proxy_secondary_checks_total",
+        "result",
+        &["ok", "failed", "refused", "no_secret", "error"],
+        true,
+    ),
+    (
         "virtgate_proxy_bytes_total",
         "direction",
         &["to_host", "to_client"],
@@ -204,7 +217,14 @@ const LABEL_VALUES: &[(&str, &str, &[&str], bool)] = &[
     (
         "virtgate_host_trust",
         "state",
-        &["unknown", "pending", "trusted_ca", "pinned", "changed"],
+        &[
+            "unknown",
+            "pending",
+            "trusted_ca",
+            "pinned",
+            "changed",
+            "enrolled",
+        ],
         false,
     ),
     (
@@ -252,6 +272,8 @@ const SHIPPED_ALERTS: &[ShippedRules] = &[
         "rules/virtgate-proxy.yaml",
         &["virtgate-proxy"],
         &[
+            ("VirtgateProxyAgentCheckFailed", "critical"),
+            ("VirtgateProxyAgentCheckRefused", "warning"),
             ("VirtgateProxyAuthFailureSpike", "warning"),
             ("VirtgateProxyCertificateExpiring", "critical"),
             ("VirtgateProxyCallsRefused", "warning"),
@@ -699,7 +721,7 @@ port = {port}
 
 [[proxy.rules]]
 identity = "*CN=alice"
-hosts = ["h1"]
+hosts = ["h1", "h2"]
 mode = "rw"
 "#,
             port = libvirtd.port()
@@ -707,14 +729,19 @@ mode = "rw"
     );
     gw.wait_trust("h1", "pending");
     gw.approve("h1");
+    // h2: the same libvirtd behind an enrolled agent, for the agent check's series.
+    let mut agent = common::agent::Agent::new(dir.path(), &libvirtd);
+    agent.enroll_and_start(&gw, "h2");
     let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
-    let session = virsh(&gw.uri("127.0.0.1", "h1", &alice), &["list", "--all"]);
-    assert!(
-        session.status.success(),
-        "virsh list through the gateway: {}\ngateway stderr:\n{}",
-        text(&session),
-        gw.process.stderr_text()
-    );
+    for host in ["h1", "h2"] {
+        let session = virsh(&gw.uri("127.0.0.1", host, &alice), &["list", "--all"]);
+        assert!(
+            session.status.success(),
+            "virsh list through the gateway to {host}: {}\ngateway stderr:\n{}",
+            text(&session),
+            gw.process.stderr_text()
+        );
+    }
 
     // The probes export the host's certificate and its finding within a probe interval (1 s);
     // the session's series are there as soon as it has ended.

@@ -300,6 +300,30 @@ impl Client {
         self.post(&path, &serde_json::json!({})).await
     }
 
+    /// Creates an enrollment token for `request.host` (admin token).
+    pub async fn enroll(
+        &self,
+        request: &crate::EnrollRequest,
+    ) -> Result<crate::EnrollResponse, ClientError> {
+        self.post("/v1/enrollments", request).await
+    }
+
+    /// Every enrollment token and where it stands (admin token).
+    pub async fn enrollments(&self) -> Result<Vec<crate::Enrollment>, ClientError> {
+        self.get("/v1/enrollments", REQUEST_TIMEOUT).await
+    }
+
+    pub async fn revoke_enrollment(&self, id: &str) -> Result<crate::Enrollment, ClientError> {
+        let path = format!("/v1/enrollments/{}/revoke", encode(id));
+        self.post(&path, &serde_json::json!({})).await
+    }
+
+    /// Replaces the per-host secret of a host enrolled through its agent (admin token).
+    pub async fn rotate(&self, name: &str) -> Result<crate::RotateResponse, ClientError> {
+        let path = format!("/v1/hosts/{}/rotate", encode(name));
+        self.post(&path, &serde_json::json!({})).await
+    }
+
     /// Long-poll: answers once the inventory's revision passes `since`, or after `timeout` —
     /// or at once when the broker's epoch is not `epoch` (it restarted since).
     pub async fn watch(

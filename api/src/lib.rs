@@ -12,12 +12,14 @@
 
 pub mod cert;
 pub mod client;
+pub mod enroll;
 pub mod follow;
 pub mod model;
 pub mod tls;
 
 pub use cert::{CertInfo, Finding, FindingKind, Pin};
 pub use client::{BrokerUrl, Client, ClientError, Scheme, DEFAULT_PORT};
+pub use enroll::{EnrollRequest, EnrollResponse, Enrollment, EnrollmentState, RotateResponse};
 pub use follow::{Followed, Follower};
 pub use model::{
     ApproveRequest, CertificateHistoryEntry, CertificateRow, Endpoint, ErrorBody, Event, EventKind,

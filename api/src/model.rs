@@ -50,18 +50,22 @@ pub enum TrustState {
     Pinned,
     /// The presented key differs from the approved pin: refuse the host until re-approved.
     Changed,
+    /// Enrolled through `virtgate agent` with a one-time token: its key is pinned by the
+    /// enrollment, and every gateway connection also proves the per-host secret (PAKE).
+    Enrolled,
     /// No key seen yet (or a state this client does not know: never trusted).
     #[serde(other)]
     Unknown,
 }
 
 impl TrustState {
-    pub const ALL: [TrustState; 5] = [
+    pub const ALL: [TrustState; 6] = [
         Self::Unknown,
         Self::Pending,
         Self::TrustedCa,
         Self::Pinned,
         Self::Changed,
+        Self::Enrolled,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -70,11 +74,12 @@ impl TrustState {
             Self::TrustedCa => "trusted_ca",
             Self::Pinned => "pinned",
             Self::Changed => "changed",
+            Self::Enrolled => "enrolled",
         }
     }
     /// Whether a connection to a host in this state may be made on behalf of a client.
     pub fn is_trusted(self) -> bool {
-        matches!(self, Self::TrustedCa | Self::Pinned)
+        matches!(self, Self::TrustedCa | Self::Pinned | Self::Enrolled)
     }
 }
 
@@ -157,6 +162,10 @@ pub struct Host {
     /// What the host announced in TXT: informational, never trusted.
     #[serde(default)]
     pub txt: BTreeMap<String, String>,
+    /// Enrolled through `virtgate agent`: the gateway reaches it with the agent check, and its
+    /// key changes only by enrolling it again (`virtgate enroll`), never by approval.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agent: bool,
     pub state: HostState,
     pub trust: TrustState,
     /// Why the trust state is what it is.
@@ -197,6 +206,7 @@ impl Host {
             addresses,
             pending_addresses: Vec::new(),
             txt: BTreeMap::new(),
+            agent: false,
             state: HostState::Unknown,
             trust: TrustState::Unknown,
             trust_detail: "not probed yet".into(),
@@ -243,13 +253,17 @@ pub enum EventKind {
     CertRenewed,
     Forgotten,
     ExpiredRetention,
+    /// Enrolled (or enrolled again) through its agent with a one-time token.
+    Enrolled,
+    /// The per-host secret of an enrolled host was replaced.
+    SecretRotated,
     /// A kind this client does not know (written by a newer broker).
     #[serde(other)]
     Other,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 14] = [
+    pub const ALL: [EventKind; 16] = [
         Self::Appeared,
         Self::Removed,
         Self::ProbeFailed,
@@ -263,6 +277,8 @@ impl EventKind {
         Self::CertRenewed,
         Self::Forgotten,
         Self::ExpiredRetention,
+        Self::Enrolled,
+        Self::SecretRotated,
         Self::Other,
     ];
 
@@ -281,6 +297,8 @@ impl EventKind {
             Self::CertRenewed => "cert_renewed",
             Self::Forgotten => "forgotten",
             Self::ExpiredRetention => "expired_retention",
+            Self::Enrolled => "enrolled",
+            Self::SecretRotated => "secret_rotated",
             Self::Other => "other",
         }
     }

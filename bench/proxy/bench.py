@@ -231,8 +231,8 @@ def run_workers(uri, procs_n, calls, timeout):
 
 def measure(path, counts, libvirtd_pid):
     """Tests 1-3 on one path; returns {metric: value}."""
-    relay_pid = path.get("relay_pid")
-    pids = [libvirtd_pid] + ([relay_pid] if relay_pid else [])
+    relay_pids = relay_pids_of(path)
+    pids = [libvirtd_pid] + relay_pids
     # Generous bounds: 5 ms per call / 200 ms per connect is ~50x slower than expected.
     single = run_child(["single", path["uri"], str(counts["calls"])] + [str(p) for p in pids],
                        timeout=60 + counts["calls"] * 0.005)
@@ -241,7 +241,9 @@ def measure(path, counts, libvirtd_pid):
         "p50_us": single["p50_us"],
         "p99_us": single["p99_us"],
         "libvirtd_cpu_us": single["cpu_us_per_call"][0],
-        "relay_cpu_us": single["cpu_us_per_call"][1] if relay_pid else None,
+        # Every relay process of the path (the gateway, and the host agent behind it).
+        "relay_cpu_us": (sum(c or 0 for c in single["cpu_us_per_call"][1:])
+                         if relay_pids else None),
     }
     result["aggregate_calls_per_s"] = run_workers(
         path["uri"], counts["procs"], counts["proc_calls"],
@@ -249,6 +251,18 @@ def measure(path, counts, libvirtd_pid):
     result["connects_per_s"] = run_child(["connects", path["uri"], str(counts["connects"])],
                                          timeout=60 + counts["connects"] * 0.2)["connects_per_s"]
     return result
+
+
+def relay_pids_of(path):
+    """The processes a path's calls go through besides libvirtd and the client."""
+    return ([path["relay_pid"]] if path.get("relay_pid") else []) + path.get("extra_pids", [])
+
+
+def ratio_of(a, b, key):
+    """a[key] / b[key] as text, or a dash when either is missing."""
+    if a[key] is None or b[key] in (None, 0):
+        return "—"
+    return f"{a[key] / b[key]:.2f}×"
 
 
 def median_of(rounds, key):
@@ -286,7 +300,8 @@ def cmd_driver(paths_file):
     print(f"counts: 1 conn {counts['calls']} calls; {counts['procs']} procs x "
           f"{counts['proc_calls']} calls; {counts['connects']} connects; "
           f"{counts['rounds']} rounds, interleaved", file=log)
-    server_pids = [spec["libvirtd_pid"]] + [p["relay_pid"] for p in runnable if p.get("relay_pid")]
+    server_pids = [spec["libvirtd_pid"]] + sorted({pid for p in runnable
+                                                   for pid in relay_pids_of(p)})
     wall0, (busy0, steal0), own0 = time.monotonic(), machine_ticks(), own_ticks(server_pids)
     for r in range(counts["rounds"]):
         # Rotate the order each round so no path always runs first (or right after another).
@@ -370,9 +385,7 @@ def cmd_driver(paths_file):
     vg, ha = med.get("virtgate"), med.get("haproxy")
     if vg and ha:
         def r(k):
-            if vg[k] is None or ha[k] in (None, 0):
-                return "—"
-            return f"{vg[k] / ha[k]:.2f}×"
+            return ratio_of(vg, ha, k)
         print(f"virtgate / HAProxy: 1 conn calls/s {r('calls_per_s')}, p50 {r('p50_us')}, "
               f"p99 {r('p99_us')}, {counts['procs']} procs calls/s "
               f"{r('aggregate_calls_per_s')}, connects/s {r('connects_per_s')}, relay CPU per "
@@ -381,6 +394,20 @@ def cmd_driver(paths_file):
         vg_path = next((p for p in paths if p["name"] == "virtgate"), {})
         why = vg_path.get("unavailable") or "no successful round"
         print(f"virtgate / HAProxy: {why}")
+    ag = med.get("agent")
+    if vg and ag:
+        def r(k):
+            return ratio_of(ag, vg, k)
+        added_ms = 1e3 / ag["connects_per_s"] - 1e3 / vg["connects_per_s"]
+        print(f"agent / virtgate → libvirtd TLS: 1 conn calls/s {r('calls_per_s')}, p50 "
+              f"{r('p50_us')}, {counts['procs']} procs calls/s {r('aggregate_calls_per_s')}, "
+              f"connects/s {r('connects_per_s')} ({added_ms:+.2f} ms per connect: the PAKE check "
+              f"and the agent's own TLS and UNIX-socket connect against libvirtd's TLS)")
+    else:
+        ag_path = next((p for p in paths if p["name"] == "agent"), {})
+        if ag_path:
+            why = ag_path.get("unavailable") or "no successful round"
+            print(f"agent / virtgate → libvirtd TLS: {why}")
     if any(errors.values()):
         return 1
     return 0

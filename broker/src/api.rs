@@ -9,6 +9,7 @@
 //! deadline, watches in their own pool (`broker.max_watchers`; a full pool answers 503 at once),
 //! and every other request waits at most [`SLOT_WAIT`] for one of [`MAX_REQUESTS`] slots.
 
+mod enroll;
 mod tls;
 
 pub use tls::server_config;
@@ -71,6 +72,8 @@ pub struct ApiState {
     pub requests: Semaphore,
     /// How long a request waits for one of `requests` ([`SLOT_WAIT`]).
     pub slot_wait: Duration,
+    /// Enrollment of hosts through `virtgate agent`.
+    pub enrollments: Option<Arc<crate::enroll::Enrollments>>,
 }
 
 type Body = Full<Bytes>;
@@ -242,9 +245,9 @@ fn may_read(state: &ApiState, caller: Caller, req: &Request<Incoming>) -> bool {
 fn inventory_error(e: InventoryError) -> Response<Body> {
     let status = match &e {
         InventoryError::UnknownHost(_) => StatusCode::NOT_FOUND,
-        InventoryError::NothingPresented { .. } | InventoryError::PinMismatch { .. } => {
-            StatusCode::CONFLICT
-        }
+        InventoryError::NothingPresented { .. }
+        | InventoryError::PinMismatch { .. }
+        | InventoryError::AgentHost(_) => StatusCode::CONFLICT,
         InventoryError::BadPin(_) => StatusCode::BAD_REQUEST,
         InventoryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -352,6 +355,7 @@ async fn route(state: &ApiState, endpoint: Endpoint, req: Request<Incoming>) -> 
         }
         Endpoint::Change { name, action } => change(state, req, &name, action).await,
         Endpoint::Probe { name } => probe_now(state, &name).await,
+        Endpoint::Enroll(call) => enroll::handle(state, req, call).await,
         Endpoint::MethodNotAllowed => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed; see docs/openapi.yaml",
@@ -674,6 +678,7 @@ mod tests {
             max_watchers: watchers,
             requests: Semaphore::new(requests),
             slot_wait: Duration::from_millis(200),
+            enrollments: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

@@ -92,6 +92,10 @@ pub struct BrokerConfig {
     /// Hosts not seen for this long are forgotten, with their certificates and series.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// Gateway keys (SPKI SHA-256 pins) that enrolled agents accept besides the broker's own
+    /// client identity (`client_cert_file`): other gateway replicas, or a new key added before
+    /// the old one retires. Given to agents at enrollment and at each `virtgate enroll --rotate`.
+    pub agent_gateway_pins: Vec<String>,
 }
 
 impl Default for BrokerConfig {
@@ -119,6 +123,7 @@ impl Default for BrokerConfig {
             user_ca_files: Vec::new(),
             user_ca_key_file: None,
             retention: Duration::from_secs(14 * 86400),
+            agent_gateway_pins: Vec::new(),
         }
     }
 }
@@ -192,6 +197,13 @@ impl BrokerConfig {
                 "broker.read_token_file: the directory {} does not exist; create it or choose another path",
                 dir.display()
             ));
+        }
+        for pin in &self.agent_gateway_pins {
+            if pin.parse::<virtgate_pki::Pin>().is_err() {
+                problems.push(format!(
+                    "broker.agent_gateway_pins: {pin:?} is not a SPKI SHA-256 pin (sha256:HEX)"
+                ));
+            }
         }
         if self.max_watchers == 0 {
             problems.push("broker.max_watchers: must be at least 1".into());

@@ -54,9 +54,24 @@ pub enum Endpoint {
     Probe {
         name: String,
     },
+    /// Enrollment of hosts through `virtgate agent` (admin token).
+    Enroll(EnrollCall),
     /// A known path with a method it does not serve.
     MethodNotAllowed,
     NotFound,
+}
+
+/// The enrollment endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnrollCall {
+    /// `GET /v1/enrollments`.
+    List,
+    /// `POST /v1/enrollments`.
+    Create,
+    /// `POST /v1/enrollments/{id}/revoke`.
+    Revoke { id: String },
+    /// `POST /v1/hosts/{name}/rotate`.
+    Rotate { host: String },
 }
 
 /// What `POST /v1/hosts/{name}/…` does.
@@ -137,6 +152,14 @@ pub fn parse_request(method: &str, target: &str) -> Endpoint {
         ("POST", ["v1", "hosts", name, "probe"]) => Endpoint::Probe {
             name: (*name).to_string(),
         },
+        ("GET", ["v1", "enrollments"]) => Endpoint::Enroll(EnrollCall::List),
+        ("POST", ["v1", "enrollments"]) => Endpoint::Enroll(EnrollCall::Create),
+        ("POST", ["v1", "enrollments", id, "revoke"]) => Endpoint::Enroll(EnrollCall::Revoke {
+            id: (*id).to_string(),
+        }),
+        ("POST", ["v1", "hosts", name, "rotate"]) => Endpoint::Enroll(EnrollCall::Rotate {
+            host: (*name).to_string(),
+        }),
         (_, segments) if is_known_path(segments) => Endpoint::MethodNotAllowed,
         _ => Endpoint::NotFound,
     }
@@ -148,7 +171,9 @@ fn is_known_path(segments: &[&str]) -> bool {
         [""] | ["healthz" | "readyz" | "metrics"]
             | ["v1", "hosts" | "certificates" | "events" | "watch"]
             | ["v1", "hosts", _]
-            | ["v1", "hosts", _, "approve" | "forget" | "probe"]
+            | ["v1", "hosts", _, "approve" | "forget" | "probe" | "rotate"]
+            | ["v1", "enrollments"]
+            | ["v1", "enrollments", _, "revoke"]
     )
 }
 

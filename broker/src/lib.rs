@@ -14,6 +14,7 @@
 mod api;
 pub mod cert;
 pub mod config;
+pub mod enroll;
 mod findings;
 pub mod http_path;
 pub mod inventory;
@@ -79,4 +80,6 @@ pub enum BrokerError {
     Pem(#[from] virtgate_pki::PemError),
     #[error(transparent)]
     Discovery(#[from] virtgate_discovery::DiscoveryError),
+    #[error(transparent)]
+    Enrollment(#[from] enroll::tokens::TokenError),
 }

@@ -82,6 +82,75 @@ pub async fn start(
     start_with(config, discovery, Vec::new()).await
 }
 
+/// The broker's identity towards agents: its client certificate and key, and their pin.
+fn enroll_identity(
+    chain: &[rustls::pki_types::CertificateDer<'static>],
+    key: &rustls::pki_types::PrivateKeyDer<'static>,
+) -> Result<crate::enroll::Identity, BrokerError> {
+    Ok(crate::enroll::Identity {
+        pin: virtgate_pki::spki_pin(&chain[0])
+            .map_err(|e| BrokerError::Config(format!("broker.client_cert_file: {e}")))?,
+        chain: chain.to_vec(),
+        key: key.clone_key(),
+    })
+}
+
+/// A certificate chain and its private key.
+type ClientIdentity = (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+/// The broker's client certificate and key (for probes and agents), and its identity towards
+/// agents made of them.
+fn client_identities(
+    config: &BrokerConfig,
+) -> Result<(Option<ClientIdentity>, Option<crate::enroll::Identity>), BrokerError> {
+    let client_identity = match (&config.client_cert_file, &config.client_key_file) {
+        (Some(cert), Some(key)) => Some((tls::read_certs(cert)?, tls::read_key(key)?)),
+        (None, None) => None,
+        _ => {
+            return Err(BrokerError::Config(
+                "set both broker.client_cert_file and broker.client_key_file, or neither".into(),
+            ))
+        }
+    };
+    let enroll_identity = client_identity
+        .as_ref()
+        .map(|(chain, key)| enroll_identity(chain, key))
+        .transpose()?;
+    Ok((client_identity, enroll_identity))
+}
+
+/// Enrollment tokens and per-host secrets in the data directory.
+fn open_enrollments(
+    config: &BrokerConfig,
+    inventory: Arc<Inventory>,
+    identity: Option<crate::enroll::Identity>,
+) -> Result<Arc<crate::enroll::Enrollments>, BrokerError> {
+    let secrets = crate::enroll::secrets::SecretStore::open(&config.data_dir).map_err(|e| {
+        BrokerError::DataDir {
+            path: config
+                .data_dir
+                .join(crate::enroll::secrets::SECRET_DIR)
+                .display()
+                .to_string(),
+            source: e,
+        }
+    })?;
+    Ok(Arc::new(crate::enroll::Enrollments::new(
+        crate::enroll::tokens::TokenStore::open(&config.data_dir)?,
+        secrets,
+        inventory,
+        identity,
+        config
+            .agent_gateway_pins
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+    )))
+}
+
 /// Like [`start`], with more of virtgate's own certificates (role, PEM file) whose expiry the
 /// metrics should show (the proxy's, in `virtgate up`).
 pub async fn start_with(
@@ -94,15 +163,7 @@ pub async fn start_with(
     let tokens = Tokens::load(config)?;
     let store = Store::open(&config.data_dir.join(DATABASE_FILE))?;
     let anchors = TrustAnchors::from_files(&config.trusted_ca_files)?;
-    let client_identity = match (&config.client_cert_file, &config.client_key_file) {
-        (Some(cert), Some(key)) => Some((tls::read_certs(cert)?, tls::read_key(key)?)),
-        (None, None) => None,
-        _ => {
-            return Err(BrokerError::Config(
-                "set both broker.client_cert_file and broker.client_key_file, or neither".into(),
-            ))
-        }
-    };
+    let (client_identity, enroll_identity) = client_identities(config)?;
     let tls_config = tls::probe_client_config(client_identity)?;
     let policy = TrustPolicy {
         windows: Windows {
@@ -137,8 +198,13 @@ pub async fn start_with(
         }
     }
 
+    let enrollments = open_enrollments(config, inventory.clone(), enroll_identity)?;
+    tasks.spawn(enrollments.clone().run(shutdown.clone()));
     let admin_token_path = tokens.admin_path.clone();
-    let state = tokens.api_state(config, inventory.clone(), metrics.clone(), probes.clone())?;
+    let mut state = tokens.api_state(config, inventory.clone(), metrics.clone(), probes.clone())?;
+    Arc::get_mut(&mut state)
+        .expect("the API state is not shared yet")
+        .enrollments = Some(enrollments);
     let scheme = if api_tls.is_some() { "https" } else { "http" };
     tasks.spawn(api::serve(listener, api_tls, state, shutdown.clone()));
     let scheduler = ProbeScheduler::new(
@@ -230,6 +296,7 @@ impl Tokens {
             max_watchers,
             requests: Semaphore::new(api::MAX_REQUESTS),
             slot_wait: api::SLOT_WAIT,
+            enrollments: None,
         }))
     }
 }

@@ -96,6 +96,10 @@ pub struct ProxyConfig {
     pub broker_pin: Option<String>,
     /// `virtgate proxy`: file holding the bearer token sent to the broker (its read token).
     pub broker_token_file: Option<PathBuf>,
+    /// Per-host secrets of hosts enrolled through `virtgate agent`: one file per host, named
+    /// after it (`v1 GENERATION HEX`), read at each connect. `virtgate up` uses the broker's
+    /// `<broker.data_dir>/agent-secrets`; in Kubernetes, a Secret mounted here.
+    pub agent_secret_dir: Option<PathBuf>,
 }
 
 /// A list of `HOST:PORT` addresses, or one address on its own: what an operator writes in
@@ -182,6 +186,7 @@ impl Default for ProxyConfig {
             broker_ca_file: None,
             broker_pin: None,
             broker_token_file: None,
+            agent_secret_dir: None,
         }
     }
 }
@@ -191,6 +196,13 @@ impl Default for ProxyConfig {
 impl ProxyConfig {
     pub fn validate(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if let Some(dir) = self.agent_secret_dir.as_ref().filter(|d| !d.is_dir()) {
+            problems.push(format!(
+                "proxy.agent_secret_dir: {} is not a directory (the broker writes one file per \
+                 enrolled host into its <broker.data_dir>/agent-secrets; docs/agent.md)",
+                dir.display()
+            ));
+        }
         let files = [
             ("server_cert_file", self.server_cert_file.as_ref()),
             ("server_key_file", self.server_key_file.as_ref()),

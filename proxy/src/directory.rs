@@ -19,12 +19,24 @@ pub enum RefuseReason {
     Untrusted,
 }
 
+/// A check the gateway makes after TLS and before anything of the client reaches the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secondary {
+    /// The host runs `virtgate agent`: prove the per-host secret (from `proxy.agent_secret_dir`)
+    /// with the PAKE bound to this TLS session.
+    AgentPake,
+}
+
 /// Whether the gateway connects to a host on a client's behalf, and how it checks the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
     /// Connect; accept the host only if it presents `pin` or, when `allow_ca`, a chain to the
-    /// backend CAs that covers its name.
-    Connect { pin: Option<Pin>, allow_ca: bool },
+    /// backend CAs that covers its name; then make the `secondary` check, if any.
+    Connect {
+        pin: Option<Pin>,
+        allow_ca: bool,
+        secondary: Option<Secondary>,
+    },
     /// Refuse: `message` goes to the client (virsh prints it), `detail` to the log line.
     Refuse {
         reason: RefuseReason,
@@ -90,6 +102,7 @@ mod tests {
             admission: Admission::Connect {
                 pin: None,
                 allow_ca: true,
+                secondary: None,
             },
         }
     }

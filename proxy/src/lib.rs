@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use calls::RefusedCall;
 pub use config::{HostListener, ProxyConfig};
-pub use directory::{Admission, HostTable, HostTableWatch, HostTarget, RefuseReason};
+pub use directory::{Admission, HostTable, HostTableWatch, HostTarget, RefuseReason, Secondary};
 pub use metrics::ProxyMetrics;
 pub use policy::{Mode, Rule};
 pub use session::{canonical, ConnectionResult, Route, UriError, UriRules};

@@ -18,6 +18,8 @@ pub struct ProxyMetrics {
     pub protocol_errors: IntCounterVec,
     pub calls_refused: IntCounterVec,
     pub crl_next_update: prometheus::Gauge,
+    pub secondary_checks: IntCounterVec,
+    pub secondary_check_duration: Histogram,
 }
 
 impl ProxyMetrics {
@@ -104,6 +106,7 @@ impl ProxyMetrics {
             registry.register(collector)?;
         }
         let (calls_refused, crl_next_update) = guard_metrics(registry)?;
+        let (secondary_checks, secondary_check_duration) = secondary_metrics(registry)?;
         let metrics = Self {
             connections_active,
             connections_total,
@@ -116,6 +119,8 @@ impl ProxyMetrics {
             protocol_errors,
             calls_refused,
             crl_next_update,
+            secondary_checks,
+            secondary_check_duration,
         };
         metrics.initialise_labels();
         Ok(metrics)
@@ -167,4 +172,27 @@ fn guard_metrics(
         )?;
     registry.register(Box::new(crl_next_update.clone()))?;
     Ok((calls_refused, crl_next_update))
+}
+
+/// The agent check of hosts enrolled through `virtgate agent` (`session/secondary.rs`).
+fn secondary_metrics(registry: &Registry) -> Result<(IntCounterVec, Histogram), prometheus::Error> {
+    let checks = IntCounterVec::new(
+        Opts::new(
+            "virtgate_proxy_secondary_checks_total",
+            "Agent checks (the PAKE bound to the TLS session) by host and result: ok, failed (a proof did not verify: wrong secret or a TLS-terminating relay), refused (by the agent), no_secret, error.",
+        ),
+        &["host", "result"],
+    )?;
+    registry.register(Box::new(checks.clone()))?;
+    let duration = Histogram::with_opts(
+        HistogramOpts::new(
+            "virtgate_proxy_secondary_check_duration_seconds",
+            "Time of the agent check, from the gateway's hello to the agent's verdict.",
+        )
+        .buckets(vec![
+            0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
+        ]),
+    )?;
+    registry.register(Box::new(duration.clone()))?;
+    Ok((checks, duration))
 }

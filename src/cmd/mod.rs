@@ -2,12 +2,14 @@
 //! runtime file and data directory lock, the TLS file checks, tables.
 
 pub mod advertise;
+pub mod agent;
 pub mod api_client;
 pub mod broker;
 pub mod broker_tls;
 pub mod certs;
 pub mod dev_pki;
 pub mod discover;
+pub mod enroll;
 pub mod gateway_flags;
 pub mod hosts;
 pub mod man;

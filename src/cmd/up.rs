@@ -36,6 +36,13 @@ pub async fn run(config: &Config, config_file: Option<&Path>) -> anyhow::Result<
     super::tls_check::broker_files(&config)?;
     let bootstrap = super::dev_pki::prepare_up(&mut config)?;
     let api_tls = super::broker_tls::prepare(&mut config)?;
+    // The gateway in this process reads the secrets the broker writes at enrollment.
+    config.proxy.agent_secret_dir.get_or_insert_with(|| {
+        config
+            .broker
+            .data_dir
+            .join(virtgate_broker::enroll::secrets::SECRET_DIR)
+    });
     let files = if config.proxy.enabled {
         let files = super::proxy::tls_files(&config)?;
         super::tls_check::proxy_files(&config)?;

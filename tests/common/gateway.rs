@@ -55,39 +55,14 @@ impl Gateway {
     ) -> Gateway {
         let port = free_port();
         let api: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let server = libvirtd
-            .ca()
-            .issue_server(&ServerCertSpec::localhost())
-            .unwrap();
-        let (server_cert, server_key) = (dir.join("gw-cert.pem"), dir.join("gw-key.pem"));
-        std::fs::write(&server_cert, &server.cert_pem).unwrap();
-        std::fs::write(&server_key, &server.key_pem).unwrap();
-        let backend = libvirtd
-            .issue_client_pki_dir(
-                "gateway",
-                &ClientCertSpec::new("O=virtgate-test,CN=gateway"),
-            )
-            .unwrap();
-        let ca = dir.join("ca.pem");
-        std::fs::write(&ca, libvirtd.ca().cert_pem()).unwrap();
-        let data_dir = dir.join("data");
-        let config = dir.join("virtgate.toml");
-        let s = |p: &Path| format!("{:?}", p.display().to_string());
-        std::fs::write(
-            &config,
-            format!(
-                "[broker]\ndata_dir = {}\nlisten = \"{api}\"\ndiscovery = false\n{broker_toml}\n\
-                 [proxy]\nlisten = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]\nserver_cert_file = {}\nserver_key_file = {}\n\
-                 client_ca_files = [{}]\nbackend_cert_file = {}\nbackend_key_file = {}\n{hosts_and_rules}\n",
-                s(&data_dir),
-                s(&server_cert),
-                s(&server_key),
-                s(&ca),
-                s(&backend.join("clientcert.pem")),
-                s(&backend.join("clientkey.pem")),
-            ),
-        )
-        .unwrap();
+        let (config, data_dir) = write_up_config(
+            dir,
+            libvirtd,
+            port,
+            api,
+            &format!("discovery = false\n{broker_toml}"),
+            hosts_and_rules,
+        );
         let mut cmd = Command::new(VIRTGATE);
         cmd.args(["--config", config.to_str().unwrap(), "up"])
             .env("RUST_LOG", "info");
@@ -166,6 +141,53 @@ impl Gateway {
     pub fn metrics(&self) -> String {
         self.get("/metrics").unwrap().1
     }
+}
+
+/// Writes the configuration of a `virtgate up` gateway in front of `libvirtd` (certificates from
+/// its CA) to `dir/virtgate.toml`: the gateway on loopback `port`, the API on `api`,
+/// `broker_extra` added to `[broker]`. Returns the file and the data directory.
+pub fn write_up_config(
+    dir: &Path,
+    libvirtd: &Libvirtd,
+    port: u16,
+    api: std::net::SocketAddr,
+    broker_extra: &str,
+    hosts_and_rules: &str,
+) -> (PathBuf, PathBuf) {
+    let server = libvirtd
+        .ca()
+        .issue_server(&ServerCertSpec::localhost())
+        .unwrap();
+    let (server_cert, server_key) = (dir.join("gw-cert.pem"), dir.join("gw-key.pem"));
+    std::fs::write(&server_cert, &server.cert_pem).unwrap();
+    std::fs::write(&server_key, &server.key_pem).unwrap();
+    let backend = libvirtd
+        .issue_client_pki_dir(
+            "gateway",
+            &ClientCertSpec::new("O=virtgate-test,CN=gateway"),
+        )
+        .unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, libvirtd.ca().cert_pem()).unwrap();
+    let data_dir = dir.join("data");
+    let config = dir.join("virtgate.toml");
+    let s = |p: &Path| format!("{:?}", p.display().to_string());
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\ndata_dir = {}\nlisten = \"{api}\"\n{broker_extra}\n\
+             [proxy]\nlisten = [\"127.0.0.1:{port}\", \"[::1]:{port}\"]\nserver_cert_file = {}\nserver_key_file = {}\n\
+             client_ca_files = [{}]\nbackend_cert_file = {}\nbackend_key_file = {}\n{hosts_and_rules}\n",
+            s(&data_dir),
+            s(&server_cert),
+            s(&server_key),
+            s(&ca),
+            s(&backend.join("clientcert.pem")),
+            s(&backend.join("clientkey.pem")),
+        ),
+    )
+    .unwrap();
+    (config, data_dir)
 }
 
 pub fn virsh(uri: &str, args: &[&str]) -> Output {

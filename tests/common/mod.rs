@@ -2,6 +2,7 @@
 #![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod fake_broker;
 pub mod gateway;
 pub mod raw;

@@ -88,7 +88,24 @@ impl Drop for Tap {
     }
 }
 
-fn copy(mut from: TcpStream, mut to: TcpStream, swallow: Option<Arc<AtomicBool>>) {
+/// A stream whose writing half can be closed.
+trait HalfClose: Read + Write {
+    fn close_write(&self);
+}
+
+impl HalfClose for TcpStream {
+    fn close_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+impl HalfClose for std::os::unix::net::UnixStream {
+    fn close_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+fn copy<S: HalfClose>(mut from: S, mut to: S, swallow: Option<Arc<AtomicBool>>) {
     let mut buf = [0u8; 65536];
     loop {
         let n = match from.read(&mut buf) {
@@ -102,5 +119,57 @@ fn copy(mut from: TcpStream, mut to: TcpStream, swallow: Option<Arc<AtomicBool>>
             break;
         }
     }
-    let _ = to.shutdown(Shutdown::Write);
+    to.close_write();
+}
+
+/// A UNIX-socket tap between a host agent and libvirtd: counts the connections libvirtd is
+/// offered (the host-side observation of "no connection").
+pub struct UnixTap {
+    pub path: std::path::PathBuf,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl UnixTap {
+    /// Listens at `path` and forwards every connection to the socket at `target`.
+    pub fn start(path: &std::path::Path, target: &std::path::Path) -> UnixTap {
+        use std::os::unix::net::{UnixListener, UnixStream};
+        let listener = UnixListener::bind(path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, stp, target) = (accepted.clone(), stop.clone(), target.to_path_buf());
+        std::thread::spawn(move || {
+            while !stp.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                client.set_nonblocking(false).unwrap();
+                let Ok(server) = UnixStream::connect(&target) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || copy(c2, s2, None));
+                std::thread::spawn(move || copy(server, client, None));
+            }
+        });
+        UnixTap {
+            path: path.to_path_buf(),
+            accepted,
+            stop,
+        }
+    }
+
+    /// Connections libvirtd was offered so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for UnixTap {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
 }

@@ -8,6 +8,7 @@
 //! record, the input and the time ([`announce`], [`probe`], [`trust`]); the clock is injected.
 
 mod announce;
+mod enrolled;
 mod probe;
 mod trust;
 
@@ -64,6 +65,8 @@ pub enum InventoryError {
         given: Pin,
         presented: Pin,
     },
+    #[error("host {0} is a virtgate agent: its key is trusted by enrollment, not by approval; run `virtgate enroll {0}` and the command it prints on the host")]
+    AgentHost(String),
     #[error("{0:?} is not a SPKI SHA-256 pin: expected 64 hex digits (or sha256:HEX, pin-sha256:BASE64)")]
     BadPin(String),
     #[error(transparent)]
@@ -371,6 +374,9 @@ impl Inventory {
         let mut host = w
             .get(name)
             .ok_or_else(|| InventoryError::UnknownHost(name.into()))?;
+        if host.agent || trust::announces_agent(&host) {
+            return Err(InventoryError::AgentHost(name.into()));
+        }
         let presented = host
             .presented_pin
             .ok_or_else(|| InventoryError::NothingPresented { host: name.into() })?;

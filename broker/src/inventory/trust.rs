@@ -36,6 +36,18 @@ pub(crate) fn decide(
     let ca_ok = *verdict == ChainVerdict::Trusted;
     let new = short(presented);
     let name = &previous.name;
+    if previous.agent {
+        return enrolled(previous, presented);
+    }
+    if previous.pin.is_none() && announces_agent(previous) {
+        return TrustDecision {
+            trust: TrustState::Pending,
+            pin: None,
+            detail: format!("announces itself as a virtgate agent: enroll it with `virtgate enroll {name}` (its key {new}… is trusted by enrollment, never by approval or on first use)"),
+            event: (previous.trust != TrustState::Pending)
+                .then(|| (EventKind::Pending, format!("agent key {presented} awaits enrollment"))),
+        };
+    }
     match previous.pin {
         None if ca_ok => TrustDecision {
             trust: TrustState::TrustedCa,
@@ -93,6 +105,37 @@ pub(crate) fn decide(
                 (
                     EventKind::KeyChanged,
                     format!("approved pin {pin}, presented {presented}"),
+                )
+            }),
+        },
+    }
+}
+
+/// Whether a host announces `virtgate agent` in its TXT. Untrusted like all TXT, so it can only
+/// withhold trust: such a host is never pinned on first use or by approval, only by enrollment.
+pub(crate) fn announces_agent(host: &Host) -> bool {
+    host.txt.contains_key("virtgate-agent")
+}
+
+/// A host enrolled through its agent keeps the key enrollment pinned; any other key is
+/// `changed` until it is enrolled again (a CA never vouches for an agent's key).
+fn enrolled(previous: &Host, presented: Pin) -> TrustDecision {
+    let name = &previous.name;
+    match previous.pin {
+        Some(pin) if pin == presented => TrustDecision {
+            trust: TrustState::Enrolled,
+            pin: Some(pin),
+            detail: "presents the key pinned at enrollment".into(),
+            event: None,
+        },
+        pin => TrustDecision {
+            trust: TrustState::Changed,
+            pin,
+            detail: format!("presents key {presented}, not the key its agent enrolled with; if the host was reinstalled, enroll it again: `virtgate enroll {name}`"),
+            event: (previous.trust != TrustState::Changed).then(|| {
+                (
+                    EventKind::KeyChanged,
+                    format!("enrolled key {}, presented {presented}", pin.map_or_else(|| "(none)".into(), |p| p.to_string())),
                 )
             }),
         },
@@ -173,6 +216,40 @@ mod tests {
             assert_eq!(d.pin, pin_after, "{case}");
             assert_eq!(d.event.map(|(k, _)| k), event, "{case}");
         }
+    }
+
+    #[test]
+    fn an_enrolled_host_keeps_its_key_and_no_ca_or_first_sight_rule_changes_that() {
+        let mut h = host(PinBefore::Same, TrustState::Enrolled);
+        h.agent = true;
+        for verdict in [ChainVerdict::Trusted, ChainVerdict::NoAnchors] {
+            for first_sight in [FirstSight::Approve, FirstSight::Tofu] {
+                let same = decide(&h, APPROVED, &verdict, first_sight);
+                assert_eq!(
+                    (same.trust, same.pin),
+                    (TrustState::Enrolled, Some(APPROVED))
+                );
+                let other = decide(&h, OTHER, &verdict, first_sight);
+                assert_eq!(
+                    (other.trust, other.pin),
+                    (TrustState::Changed, Some(APPROVED))
+                );
+                assert!(
+                    other.detail.contains("`virtgate enroll h1`"),
+                    "{}",
+                    other.detail
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_host_announcing_an_agent_is_never_pinned_on_first_use() {
+        let mut h = host(PinBefore::None, TrustState::Unknown);
+        h.txt.insert("virtgate-agent".into(), "1".into());
+        let d = decide(&h, APPROVED, &ChainVerdict::NoAnchors, FirstSight::Tofu);
+        assert_eq!((d.trust, d.pin), (TrustState::Pending, None));
+        assert!(d.detail.contains("`virtgate enroll h1`"), "{}", d.detail);
     }
 
     #[test]

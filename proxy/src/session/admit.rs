@@ -124,6 +124,8 @@ pub(crate) struct Admitted {
     pub target: HostTarget,
     pub pin: Option<Pin>,
     pub allow_ca: bool,
+    /// The check after TLS (a host enrolled through its agent).
+    pub secondary: Option<crate::directory::Secondary>,
 }
 
 const NO_HOST: &str = "virtgate: the connection URI names no host; add ?name=DRIVER://HOST/PATH, e.g. qemu+tls://GATEWAY/system?name=qemu://HOST/system";
@@ -200,8 +202,12 @@ pub(crate) fn decide(
             "not in the inventory",
         ));
     };
-    let (pin, allow_ca) = match &target.admission {
-        Admission::Connect { pin, allow_ca } => (*pin, *allow_ca),
+    let (pin, allow_ca, secondary) = match &target.admission {
+        Admission::Connect {
+            pin,
+            allow_ca,
+            secondary,
+        } => (*pin, *allow_ca, *secondary),
         Admission::Refuse {
             reason,
             message,
@@ -221,6 +227,7 @@ pub(crate) fn decide(
         target,
         pin,
         allow_ca,
+        secondary,
     })
 }
 

@@ -43,6 +43,7 @@ pub(crate) async fn connect(
     admitted: &Admitted,
     budget: Duration,
     key_mismatch: impl FnOnce(),
+    check: Option<&super::secondary::Check>,
 ) -> Result<Backend, Refusal> {
     let host = &admitted.host;
     let mut target = admitted.target.clone();
@@ -90,6 +91,9 @@ pub(crate) async fn connect(
         }
         Err(_) => return Err(unreachable(format!("no TLS handshake within {budget:?}"))),
     };
+    if let Some(check) = check {
+        check.run(&mut tls, deadline).await?;
+    }
     let mut byte = [0u8; 1];
     let left = deadline
         .saturating_duration_since(Instant::now())

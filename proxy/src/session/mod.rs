@@ -19,6 +19,7 @@ mod admit;
 mod backend;
 mod outcome;
 mod preopen;
+pub(crate) mod secondary;
 #[cfg(test)]
 mod specs;
 
@@ -160,8 +161,9 @@ impl Steps<'_> {
     ) -> Result<backend::Opened<backend::Backend>, outcome::Refusal> {
         let started = Instant::now();
         let limit = self.gateway.config.backend_connect_timeout;
+        let check = secondary::prepare(self.gateway, admitted)?;
         let report = || drop(self.gateway.key_mismatch.try_send(admitted.host.clone()));
-        let tls = backend::connect(material, admitted, limit, report).await?;
+        let tls = backend::connect(material, admitted, limit, report, check.as_ref()).await?;
         self.gateway
             .metrics
             .backend_connect_duration

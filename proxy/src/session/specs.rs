@@ -225,10 +225,12 @@ fn admitted(mode: Mode) -> Admitted {
             admission: Admission::Connect {
                 pin: None,
                 allow_ca: false,
+                secondary: None,
             },
         },
         pin: None,
         allow_ca: false,
+        secondary: None,
     }
 }
 

@@ -10,7 +10,8 @@
 //! - `relay-server-cert.pem` / `relay-server-key.pem`: a relay's front-door certificate
 //!   (CN=localhost, SAN DNS localhost, IP 127.0.0.1, IP ::1);
 //! - `relay-client-cert.pem` / `relay-client-key.pem`: a relay's backend identity towards libvirtd;
-//! - `lab.env`: `LIBVIRTD_PORT=…` and `LIBVIRTD_PID=…` (shell syntax),
+//! - `lab.env`: `LIBVIRTD_PORT=…`, `LIBVIRTD_PID=…` and `LIBVIRTD_SOCKET=…` (its read-write UNIX
+//!   socket, for a host agent) in shell syntax,
 //!
 //! then prints `READY` and keeps the daemon running until its stdin reaches end of file (the
 //! script closes the pipe, or dies), and then stops libvirtd by its PID and removes its scratch
@@ -53,9 +54,10 @@ fn main() -> Result<()> {
     write_file(
         &out.join("lab.env"),
         &format!(
-            "LIBVIRTD_PORT={}\nLIBVIRTD_PID={}\n",
+            "LIBVIRTD_PORT={}\nLIBVIRTD_PID={}\nLIBVIRTD_SOCKET={}\n",
             daemon.port(),
-            daemon.pid().context("libvirtd has no PID")?
+            daemon.pid().context("libvirtd has no PID")?,
+            daemon.unix_socket().display()
         ),
         0o644,
     )?;

@@ -397,6 +397,12 @@ impl Libvirtd {
         self.dir.path()
     }
 
+    /// The daemon's read-write UNIX socket (`unix_sock_dir/libvirt-sock`, 0700, no auth): what
+    /// a host agent relays to.
+    pub fn unix_socket(&self) -> PathBuf {
+        self.dir.path().join("run/libvirt-sock")
+    }
+
     /// libvirt `pkipath` directory of a client this daemon trusts.
     pub fn client_pki_dir(&self) -> PathBuf {
         self.dir.path().join("client")

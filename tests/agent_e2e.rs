@@ -1,0 +1,379 @@
+//! `virtgate agent` in front of a real libvirtd's UNIX socket, enrolled by `virtgate up` with a
+//! pasted one-time command, reached by real virsh and python3-libvirt through the gateway. On
+//! loopback: the broker finds the agent by `--address` (`agent_lab.rs` does it over mDNS in a
+//! namespace lab).
+#![allow(clippy::disallowed_types)] // synchronous test code: std's clock is the right one
+
+mod common;
+
+use std::time::Duration;
+
+use common::agent::{enroll, enroll_cli, token_state, Agent};
+use common::gateway::{identity, python, text, virsh, Gateway};
+use common::sample;
+use common::tap::UnixTap;
+use virtgate_testlab::libvirtd::{Libvirtd, LibvirtdOptions};
+
+const RULES: &str = r#"
+[[proxy.rules]]
+identity = "*CN=alice"
+hosts = ["*"]
+mode = "rw"
+[[proxy.rules]]
+identity = "*CN=bob"
+hosts = ["h1"]
+mode = "ro"
+"#;
+
+fn libvirtd() -> Libvirtd {
+    Libvirtd::start(LibvirtdOptions::default()).unwrap()
+}
+
+/// virsh output without the line that changes by itself (the test driver's CPU time is the clock).
+fn stable(out: &[u8]) -> String {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter(|l| !l.starts_with("CPU time:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const PY_SUMMARY: &str = r#"
+import libvirt, os
+libvirt.registerErrorHandler(lambda *a: None, None)
+c = libvirt.open(os.environ["URI"])
+print(c.getLibVersion(), c.getVersion(), c.getHostname(), sorted(d.name() for d in c.listAllDomains()))
+c.close()
+"#;
+
+#[test]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
+fn an_enrolled_agent_gives_virsh_and_python_the_same_results_as_libvirtd_directly() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &libvirtd, RULES);
+    let mut agent = Agent::new(dir.path(), &libvirtd);
+    let enrollment = agent.enroll_and_start(&gw, "h1");
+    assert_eq!(token_state(&gw, &enrollment.id).0, "spent");
+
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let via = gw.uri("127.0.0.1", "h1", &alice);
+    for args in [
+        &["list", "--all"][..],
+        &["dominfo", "test"],
+        &["version"],
+        &["hostname"],
+    ] {
+        let direct = libvirtd.virsh(args).unwrap();
+        let through = virsh(&via, args);
+        assert!(
+            through.status.success(),
+            "virsh {args:?} via gateway and agent: {}\ngateway:\n{}",
+            text(&through),
+            gw.process.stderr_text()
+        );
+        assert_eq!(
+            stable(&through.stdout),
+            stable(&direct.stdout),
+            "virsh {args:?}"
+        );
+    }
+
+    let session = virsh(
+        &via,
+        &["suspend test; domstate test; resume test; domstate test"],
+    );
+    assert!(session.status.success(), "{}", text(&session));
+    let states: Vec<String> = String::from_utf8_lossy(&session.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| *l == "paused" || *l == "running")
+        .map(str::to_string)
+        .collect();
+    assert_eq!(states, vec!["paused", "running"], "{}", text(&session));
+
+    let (a, b) = (dir.path().join("direct.img"), dir.path().join("via.img"));
+    let direct = libvirtd
+        .virsh(&["screenshot", "test", a.to_str().unwrap()])
+        .unwrap();
+    let through = virsh(&via, &["screenshot", "test", b.to_str().unwrap()]);
+    assert!(
+        direct.status.success() && through.status.success(),
+        "{}\n{}",
+        text(&direct),
+        text(&through)
+    );
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "screenshot stream relayed byte for byte"
+    );
+
+    let direct = python(&libvirtd.uri("127.0.0.1"), PY_SUMMARY);
+    let through = python(&via, PY_SUMMARY);
+    assert!(through.status.success(), "{}", text(&through));
+    assert_eq!(
+        String::from_utf8_lossy(&through.stdout),
+        String::from_utf8_lossy(&direct.stdout)
+    );
+
+    // Lifecycle events reach an event loop through gateway and agent.
+    let mut cmd = std::process::Command::new("/usr/bin/virsh");
+    cmd.args(["-c", &via, "event", "--all", "--loop"]);
+    let events = virtgate_testlab::LabProcess::spawn(cmd).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(libvirtd
+        .virsh(&["suspend", "test"])
+        .unwrap()
+        .status
+        .success());
+    events
+        .wait_for_line(Duration::from_secs(10), |l| {
+            l.contains("lifecycle") && l.contains("Suspended")
+        })
+        .expect("suspend event relayed");
+    assert!(libvirtd
+        .virsh(&["resume", "test"])
+        .unwrap()
+        .status
+        .success());
+    drop(events);
+
+    // A read-only identity reads and is refused writes.
+    let bob = identity(&libvirtd, "bob", "C=GB,O=virtgate-test,CN=bob");
+    let ro = gw.uri("127.0.0.1", "h1", &bob);
+    assert!(virsh(&ro, &["list", "--all"]).status.success());
+    let write = virsh(&ro, &["suspend test; domstate test"]);
+    assert!(
+        text(&write).contains("read only access prevents virDomainSuspend"),
+        "{}",
+        text(&write)
+    );
+
+    let metrics = gw.metrics();
+    let ok = sample(
+        &metrics,
+        "virtgate_proxy_secondary_checks_total",
+        &[("host", "h1"), ("result", "ok")],
+    )
+    .unwrap_or_default();
+    assert!(
+        ok >= 8.0,
+        "every connection made the agent check: {ok}\n{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "virtgate_proxy_secondary_checks_total",
+            &[("host", "h1"), ("result", "failed")]
+        ),
+        Some(0.0)
+    );
+    assert!(metrics.contains("virtgate_host_trust{host=\"h1\",state=\"enrolled\"} 1"));
+    let own = agent.metrics();
+    assert!(
+        sample(&own, "virtgate_agent_checks_total", &[("result", "ok")]).unwrap_or_default() >= 8.0,
+        "{own}"
+    );
+    assert!(
+        sample(
+            &own,
+            "virtgate_agent_connections_total",
+            &[("result", "relayed")]
+        )
+        .unwrap_or_default()
+            >= 1.0
+    );
+}
+
+/// Runs the pasted command with `token` instead of the printed one; returns (exit ok, output).
+fn enroll_with(agent: &Agent, command: &[String], token: &str) -> (bool, String) {
+    let command: Vec<String> = command
+        .iter()
+        .map(|a| {
+            if a.contains('.') && a.len() == 41 {
+                token.to_string()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    let (ok, stdout, stderr) = agent.run_enrollment(&command, Duration::from_secs(30));
+    (ok, format!("{stdout}\n{stderr}"))
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one scenario per kind of bad token, read top to bottom
+fn wrong_revoked_expired_and_reused_tokens_fail_clearly_on_both_sides_and_pin_nothing() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &libvirtd, RULES);
+    let mut agent = Agent::new(dir.path(), &libvirtd);
+    // The host side: every connection libvirtd is offered goes through this tap.
+    let libvirt = UnixTap::start(&dir.path().join("libvirt-tap.sock"), &agent.socket);
+    agent.socket = libvirt.path.clone();
+    let addr = agent.address();
+
+    // A token typed wrong: same id, another secret.
+    let first = enroll(&gw, "h1", &addr, "10m");
+    let wrong = format!("{}.{}", first.id, "0".repeat(32));
+    let (ok, out) = enroll_with(&agent, &first.command, &wrong);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!("could not prove it issued token {}", first.id))
+            && out.contains("paste the command `virtgate enroll` printed again"),
+        "the agent says what is wrong: {out}"
+    );
+    let (state, detail) = token_state(&gw, &first.id);
+    assert_eq!(state, "pending", "a wrong attempt does not spend the token");
+    assert!(
+        detail.contains("did not prove the token"),
+        "the broker says it too: {detail}"
+    );
+
+    // Revoked.
+    let revoked = enroll_cli(&gw, &["--revoke", &first.id]);
+    assert!(revoked.status.success(), "{}", text(&revoked));
+    let (ok, out) = enroll_with(&agent, &first.command, &first.token);
+    assert!(!ok);
+    assert!(
+        out.contains(&format!("token {} was revoked", first.id))
+            && out.contains("`virtgate enroll h1`"),
+        "{out}"
+    );
+
+    // Expired.
+    let short = enroll(&gw, "h1", &addr, "1s");
+    std::thread::sleep(Duration::from_millis(2100));
+    let (ok, out) = enroll_with(&agent, &short.command, &short.token);
+    assert!(!ok);
+    assert!(
+        out.contains(&format!("token {} expired", short.id)),
+        "{out}"
+    );
+    assert_eq!(token_state(&gw, &short.id).0, "expired");
+
+    // Nothing was pinned by any of them, on either side, and libvirtd saw nothing.
+    let host = gw.get("/v1/hosts/h1").unwrap();
+    assert!(
+        host.0 == 404 || !host.1.contains("\"enrolled\""),
+        "{host:?}"
+    );
+    assert!(
+        !agent.state_dir.join("enrollment.json").exists(),
+        "the agent stored no enrollment"
+    );
+    assert_eq!(libvirt.accepted(), 0, "no connection reached libvirtd");
+
+    // A wrong --gateway-pin: the agent refuses the broker's key in the TLS handshake, before
+    // any PAKE message, and waits on.
+    let pinned = enroll(&gw, "h1", &addr, "10m");
+    let mut command = pinned.command.clone();
+    let at = command.iter().position(|a| a == "--gateway-pin").unwrap();
+    command[at + 1] = format!("sha256:{}", "ab".repeat(32));
+    let mut waiting = agent.spawn(&command);
+    waiting
+        .wait_for_stderr("refused before any PAKE message", Duration::from_secs(15))
+        .unwrap_or_else(|_| panic!("agent log:\n{}", waiting.stderr_text()));
+    assert!(
+        !waiting.stderr_text().contains("check"),
+        "{}",
+        waiting.stderr_text()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !token_state(&gw, &pinned.id)
+        .1
+        .contains("refused the broker's key")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            token_state(&gw, &pinned.id)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        waiting.is_running(),
+        "a wrong key is not the end: the right broker may still come"
+    );
+    waiting.stop(Duration::from_secs(2));
+
+    assert_eq!(libvirt.accepted(), 0, "no connection reached libvirtd");
+
+    // The right command enrolls; the same command again is told the token was used.
+    let (ok, out) = enroll_with(&agent, &pinned.command, &pinned.token);
+    assert!(ok, "{out}\n{}", gw.process.stderr_text());
+    gw.wait_trust("h1", "enrolled");
+    let (ok, out) = enroll_with(&agent, &pinned.command, &pinned.token);
+    assert!(!ok);
+    assert!(
+        out.contains(&format!("token {} was used already", pinned.id)),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_agent_killed_mid_call_gives_the_client_an_error_and_comes_back_with_its_key_still_enrolled() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(dir.path(), &libvirtd, RULES);
+    let mut agent = Agent::new(dir.path(), &libvirtd);
+    agent.enroll_and_start(&gw, "h1");
+    let pin_before = host_pin(&gw);
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+    let script = r#"
+import libvirt, os, sys, time
+libvirt.registerErrorHandler(lambda *a: None, None)
+c = libvirt.open(os.environ["URI"])
+print("open", c.getLibVersion(), flush=True)
+sys.stdin.readline()
+t = time.monotonic()
+try:
+    c.getHostname()
+    print("answered")
+except libvirt.libvirtError as e:
+    print("error after %.1fs: %s" % (time.monotonic() - t, e.get_error_message()))
+"#;
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(script)
+        .env("URI", gw.uri("127.0.0.1", "h1", &alice))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert!(line.starts_with("open"), "{line}");
+
+    // The agent freezes with the call in flight, then dies.
+    let process = agent.process.as_mut().unwrap();
+    process.signal(virtgate_testlab::Signal::SIGSTOP);
+    use std::io::Write;
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    process.kill9();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        rest.contains("virtgate: host h1 closed the connection while this call was in progress"),
+        "{rest}"
+    );
+
+    // Restarted: the same key, still enrolled, serving at once.
+    agent.process = None;
+    agent.start();
+    assert_eq!(host_pin(&gw), pin_before);
+    gw.wait_trust("h1", "enrolled");
+    let listed = virsh(&gw.uri("127.0.0.1", "h1", &alice), &["list", "--all"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+}
+
+fn host_pin(gw: &Gateway) -> String {
+    let (_, body) = gw.get("/v1/hosts/h1").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["host"]["pin"].as_str().unwrap().to_string()
+}

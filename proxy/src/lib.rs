@@ -10,6 +10,7 @@
 //! is authenticated and authorised for it, or log secrets.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod calls;
 pub mod config;
 pub mod directory;

@@ -18,6 +18,8 @@ pub struct ProxyMetrics {
     pub protocol_errors: IntCounterVec,
     pub calls_refused: IntCounterVec,
     pub crl_next_update: prometheus::Gauge,
+    /// The gateway's own SASL logins to hosts that failed, by reason.
+    pub backend_login_failures: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -104,6 +106,14 @@ impl ProxyMetrics {
             registry.register(collector)?;
         }
         let (calls_refused, crl_next_update) = guard_metrics(registry)?;
+        let backend_login_failures = IntCounterVec::new(
+            Opts::new(
+                "virtgate_proxy_backend_login_failures_total",
+                "The gateway's own SASL logins to hosts that demand one (auth_tls = \"sasl\") which failed, by reason (no_credentials, rejected, stale_credentials, ...); the client got an error naming `virtgate hosts credentials`.",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(backend_login_failures.clone()))?;
         let metrics = Self {
             connections_active,
             connections_total,
@@ -116,6 +126,7 @@ impl ProxyMetrics {
             protocol_errors,
             calls_refused,
             crl_next_update,
+            backend_login_failures,
         };
         metrics.initialise_labels();
         Ok(metrics)
@@ -136,6 +147,14 @@ impl ProxyMetrics {
             ("policy", "denied"),
         ] {
             self.auth_failures.with_label_values(&[stage, reason]);
+        }
+        for failure in crate::session::LoginFailure::ALL {
+            self.auth_failures
+                .with_label_values(&["sasl", failure.as_str()]);
+        }
+        for failure in crate::session::HostLoginFailure::ALL {
+            self.backend_login_failures
+                .with_label_values(&[failure.as_str()]);
         }
         for side in ["client", "host"] {
             for reason in ["length_too_small", "length_too_large", "stalled"] {

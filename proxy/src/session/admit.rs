@@ -8,8 +8,7 @@ use virtgate_rpc::{ErrorDomain, ErrorNumber};
 use super::outcome::{ConnectionResult, Refusal};
 use super::Gateway;
 use crate::directory::{Admission, HostTarget, RefuseReason};
-use crate::policy::Mode;
-use crate::tls::cn_of;
+use crate::policy::{Identity, Mode};
 
 /// A routing decision taken from the `name` a client sent in CONNECT_OPEN.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,11 +155,11 @@ fn target_of(
     }
 }
 
-/// Decides whether `identity` may open `name`, and how. `on_host` and `on_mode` record the
+/// Decides whether a connection with `identities` may open `name`, and how. `on_host` and `on_mode` record the
 /// decision as soon as it is known, for the connection's log line.
 pub(crate) fn decide(
     gateway: &Gateway,
-    identity: &str,
+    identities: &[Identity],
     name: &str,
     bound_host: Option<&str>,
     mut on_host: impl FnMut(&str),
@@ -173,7 +172,8 @@ pub(crate) fn decide(
         &gateway.uri_rules,
     )?;
     on_host(&host);
-    let Some(mode) = gateway.policy.decide(identity, &host) else {
+    let Some(mode) = gateway.policy.decide_for(identities, &host) else {
+        let who: Vec<String> = identities.iter().map(Identity::short).collect();
         gateway
             .metrics
             .auth_failures
@@ -185,7 +185,7 @@ pub(crate) fn decide(
             domain: ErrorDomain::FROM_ACCESS,
             message: format!(
                 "virtgate: access to host {host} denied for {}",
-                cn_of(identity)
+                who.join(" & ")
             ),
             detail: "no proxy.rules entry allows this identity on this host".into(),
         });

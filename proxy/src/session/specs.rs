@@ -279,6 +279,7 @@ async fn the_host_sees_its_own_name_and_the_read_only_bit_for_ro_identities() {
         &admitted(Mode::Ro),
         &open_request(true),
         Duration::from_secs(5),
+        None,
     )
     .await
     .unwrap_or_else(|r| panic!("refused: {r:?}"));
@@ -296,7 +297,7 @@ async fn the_host_sees_its_own_name_and_the_read_only_bit_for_ro_identities() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_host_that_insists_on_sasl_is_refused_without_forwarding_the_open() {
+async fn a_host_that_demands_sasl_without_credentials_is_refused_naming_the_command_and_gets_no_open() {
     let (gateway_end, host_end) = pipe();
     let host = tokio::spawn(fake_host(host_end, vec![AuthType::Sasl]));
     let refusal = backend::open(
@@ -304,12 +305,18 @@ async fn a_host_that_insists_on_sasl_is_refused_without_forwarding_the_open() {
         &admitted(Mode::Rw),
         &open_request(false),
         Duration::from_secs(5),
+        None,
     )
     .await
     .err()
     .expect("refused");
-    assert_eq!(refusal.result, ConnectionResult::BackendRejected);
+    assert_eq!(refusal.result, ConnectionResult::BackendLoginFailed);
     assert_eq!(refusal.code, ErrorNumber::AUTH_UNAVAILABLE);
+    assert!(
+        refusal.message.contains("`virtgate hosts credentials h1 --user NAME`"),
+        "{}",
+        refusal.message
+    );
     assert!(
         host.await.unwrap().is_empty(),
         "no CONNECT_OPEN reached the host"
@@ -325,6 +332,7 @@ async fn a_silent_host_is_refused_within_the_budget() {
         &admitted(Mode::Rw),
         &open_request(false),
         Duration::from_secs(5),
+        None,
     )
     .await
     .err()

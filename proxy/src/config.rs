@@ -248,10 +248,17 @@ impl ProxyConfig {
                 dir.display()
             ));
         }
-        for rule in self.rules.iter().filter(|r| r.identity.starts_with(crate::policy::USER_PREFIX)) {
+        for rule in self
+            .rules
+            .iter()
+            .filter(|r| r.identity.starts_with(crate::policy::USER_PREFIX))
+        {
             let name = &rule.identity[crate::policy::USER_PREFIX.len()..];
             if name.is_empty() {
-                problems.push("proxy.rules: identity \"user:\" names no user; write user:NAME or user:GLOB".into());
+                problems.push(
+                    "proxy.rules: identity \"user:\" names no user; write user:NAME or user:GLOB"
+                        .into(),
+                );
             }
         }
         if self.max_handshakes_per_source == 0 {

@@ -121,11 +121,15 @@ pub enum ScramError {
     TooLong,
     #[error("the client asked for channel binding, which libvirt's SASL cannot carry")]
     ChannelBinding,
-    #[error("the client asked to act for another user (authzid), which the gateway does not allow")]
+    #[error(
+        "the client asked to act for another user (authzid), which the gateway does not allow"
+    )]
     Authzid,
     #[error("the client sent a mandatory SCRAM extension the gateway does not know")]
     Extension,
-    #[error("the nonce or channel-binding data of the final message does not continue the exchange")]
+    #[error(
+        "the nonce or channel-binding data of the final message does not continue the exchange"
+    )]
     Continuity,
     #[error("wrong proof: the password does not match")]
     WrongProof,
@@ -137,7 +141,9 @@ pub enum ScramError {
     Iterations { got: u32, max: u32 },
     #[error("the stored SaltedPassword was made for another salt, iteration count or mechanism than the host uses now (its user was created again?); set the credentials again with `virtgate hosts credentials`")]
     StaleSalted,
-    #[error("the password cannot be prepared with SASLprep (RFC 4013): it holds prohibited characters")]
+    #[error(
+        "the password cannot be prepared with SASLprep (RFC 4013): it holds prohibited characters"
+    )]
     BadPassword,
 }
 
@@ -241,7 +247,11 @@ fn is_printable(s: &str) -> bool {
 }
 
 /// The value of attribute `key` (`k=value`), or `what` as the error.
-fn attribute<'a>(part: Option<&'a str>, key: char, what: &'static str) -> Result<&'a str, ScramError> {
+fn attribute<'a>(
+    part: Option<&'a str>,
+    key: char,
+    what: &'static str,
+) -> Result<&'a str, ScramError> {
     part.and_then(|p| p.strip_prefix(key))
         .and_then(|p| p.strip_prefix('='))
         .ok_or(ScramError::Malformed(what))
@@ -443,7 +453,9 @@ impl ServerFirst {
             .parse()
             .map_err(|_| ScramError::Malformed("the iteration count is not a number"))?;
         if !is_printable(nonce) || salt.is_empty() || iterations == 0 {
-            return Err(ScramError::Malformed("empty nonce or salt, or no iterations"));
+            return Err(ScramError::Malformed(
+                "empty nonce or salt, or no iterations",
+            ));
         }
         Ok(Self {
             nonce: nonce.to_string(),
@@ -501,7 +513,11 @@ impl ClientExchange {
                 Salted {
                     mechanism: m,
                     iterations: parsed.iterations,
-                    salted_password: m.salted_password(password, &parsed.salt, parsed.iterations)?,
+                    salted_password: m.salted_password(
+                        password,
+                        &parsed.salt,
+                        parsed.iterations,
+                    )?,
                     salt: parsed.salt.clone(),
                 }
             }

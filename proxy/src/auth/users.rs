@@ -181,7 +181,10 @@ impl Users {
     /// A verifier nobody can log in with, the same for the same name every time.
     fn fake(&self, name: &str, m: Mechanism) -> Verifier {
         let derive = |label: &[u8], len: usize| {
-            let mut out = m.hmac(&self.fake_key, &[label, m.name().as_bytes(), b"\0", name.as_bytes()]);
+            let mut out = m.hmac(
+                &self.fake_key,
+                &[label, m.name().as_bytes(), b"\0", name.as_bytes()],
+            );
             out.truncate(len);
             out
         };
@@ -233,7 +236,10 @@ mod tests {
         let first = users.lookup("mallory", Mechanism::Sha256);
         let again = Users::new([], b"key").lookup("mallory", Mechanism::Sha256);
         assert!(!first.known);
-        assert_eq!(first.verifier, again.verifier, "deterministic per name and key");
+        assert_eq!(
+            first.verifier, again.verifier,
+            "deterministic per name and key"
+        );
         assert_eq!(first.verifier.iterations, real.verifier.iterations);
         assert_eq!(first.verifier.salt.len(), real.verifier.salt.len());
         assert!(first.verifier.is_well_formed());
@@ -248,7 +254,16 @@ mod tests {
         for good in ["alice", "ops.bob", "svc-nova_1", "carol@example.org"] {
             assert!(is_valid_name(good), "{good}");
         }
-        for bad in ["", "-rf", "a,b", "a=b", "a b", "ålice", "x*", &"a".repeat(65)] {
+        for bad in [
+            "",
+            "-rf",
+            "a,b",
+            "a=b",
+            "a b",
+            "ålice",
+            "x*",
+            &"a".repeat(65),
+        ] {
             assert!(!is_valid_name(bad), "{bad}");
         }
     }

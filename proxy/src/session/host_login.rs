@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use virtgate_rpc::remote::{
-    SaslInitReply, SaslStartArgs, SaslStartReply, SaslStepArgs, SaslStepReply,
-    PROC_AUTH_SASL_INIT, PROC_AUTH_SASL_START, PROC_AUTH_SASL_STEP,
+    SaslInitReply, SaslStartArgs, SaslStartReply, SaslStepArgs, SaslStepReply, PROC_AUTH_SASL_INIT,
+    PROC_AUTH_SASL_START, PROC_AUTH_SASL_STEP,
 };
 use virtgate_rpc::{ErrorDomain, ErrorNumber, ErrorReply, PacketStream, Reader, Status, Xdr};
 

@@ -114,7 +114,12 @@ impl FrontLogin {
     /// AUTH_SASL_INIT: the mechanisms.
     pub(crate) fn init(&mut self, h: &Header) -> Answer {
         if !matches!(self.state, State::Waiting) {
-            return self.fail(h, Failure::NoLogin, None, "AUTH_SASL_INIT out of order".into());
+            return self.fail(
+                h,
+                Failure::NoLogin,
+                None,
+                "AUTH_SASL_INIT out of order".into(),
+            );
         }
         self.state = State::Initialised;
         Answer::Reply(ok_reply(
@@ -129,7 +134,12 @@ impl FrontLogin {
     /// user's verifier or, for an unknown name, a fake one made the same way every time.
     pub(crate) fn start(&mut self, h: &Header, payload: &[u8]) -> Answer {
         if !matches!(self.state, State::Initialised) {
-            return self.fail(h, Failure::NoLogin, None, "AUTH_SASL_START out of order".into());
+            return self.fail(
+                h,
+                Failure::NoLogin,
+                None,
+                "AUTH_SASL_START out of order".into(),
+            );
         }
         let args = SaslStartArgs::decode(&mut Reader::new(payload));
         let Ok(SaslStartArgs {
@@ -137,7 +147,12 @@ impl FrontLogin {
             data: Some(data),
         }) = args
         else {
-            return self.fail(h, Failure::BadMessage, None, "AUTH_SASL_START without data".into());
+            return self.fail(
+                h,
+                Failure::BadMessage,
+                None,
+                "AUTH_SASL_START without data".into(),
+            );
         };
         let Some(mechanism) = Mechanism::from_name(&mech) else {
             let why = format!("mechanism {mech:?} is not offered");
@@ -155,7 +170,8 @@ impl FrontLogin {
             return self.fail(h, Failure::RateLimited, Some(&first.user), why.into());
         }
         let lookup = self.users.lookup(&first.user, mechanism);
-        let (exchange, server_first) = ServerExchange::start(&first, lookup.verifier, &scram::nonce());
+        let (exchange, server_first) =
+            ServerExchange::start(&first, lookup.verifier, &scram::nonce());
         self.state = State::Started {
             exchange,
             user: first.user,
@@ -178,13 +194,23 @@ impl FrontLogin {
             known,
         } = std::mem::replace(&mut self.state, State::Failed)
         else {
-            return self.fail(h, Failure::NoLogin, None, "AUTH_SASL_STEP out of order".into());
+            return self.fail(
+                h,
+                Failure::NoLogin,
+                None,
+                "AUTH_SASL_STEP out of order".into(),
+            );
         };
         let data = SaslStepArgs::decode(&mut Reader::new(payload))
             .ok()
             .and_then(|a| a.data);
         let Some(data) = data else {
-            return self.fail(h, Failure::BadMessage, Some(&user), "AUTH_SASL_STEP without data".into());
+            return self.fail(
+                h,
+                Failure::BadMessage,
+                Some(&user),
+                "AUTH_SASL_STEP without data".into(),
+            );
         };
         let (failure, why) = match (exchange.finish(&data), known) {
             (Ok(server_final), true) => {
@@ -213,7 +239,12 @@ impl FrontLogin {
 
     /// CONNECT_OPEN before a successful login.
     pub(crate) fn open_too_early(&mut self, h: &Header) -> Answer {
-        let reply = error_reply(h, ErrorNumber::AUTH_FAILED, ErrorDomain::FROM_RPC, LOGIN_FIRST);
+        let reply = error_reply(
+            h,
+            ErrorNumber::AUTH_FAILED,
+            ErrorDomain::FROM_RPC,
+            LOGIN_FIRST,
+        );
         self.count(Failure::NoLogin);
         Answer::Refuse(
             reply,
@@ -235,7 +266,12 @@ impl FrontLogin {
     fn fail(&mut self, h: &Header, failure: Failure, user: Option<&str>, why: String) -> Answer {
         self.state = State::Failed;
         self.count(failure);
-        let reply = error_reply(h, ErrorNumber::AUTH_FAILED, ErrorDomain::FROM_RPC, LOGIN_FAILED);
+        let reply = error_reply(
+            h,
+            ErrorNumber::AUTH_FAILED,
+            ErrorDomain::FROM_RPC,
+            LOGIN_FAILED,
+        );
         let user = user.unwrap_or("-");
         let detail = format!(
             "password login failed ({}) for user {user:?}: {why}",

@@ -37,17 +37,17 @@ use tokio_util::sync::CancellationToken;
 use virtgate_rpc::PacketStream;
 
 pub use admit::{canonical, Route, UriError, UriRules};
-pub use outcome::ConnectionResult;
 pub(crate) use host_login::LoginFailure as HostLoginFailure;
 pub(crate) use login::Failure as LoginFailure;
+pub use outcome::ConnectionResult;
 
+use crate::auth::{FailedLogins, FrontAuth, Logins};
 use crate::calls::CallGuard;
 use crate::config::ProxyConfig;
 use crate::directory::HostTableWatch;
 use crate::directory::{Admission, RefuseReason};
 use crate::handshakes::HandshakeSlot;
 use crate::metrics::ProxyMetrics;
-use crate::auth::{FailedLogins, FrontAuth, Logins};
 use crate::policy::{DnAllowList, Identity, Policy};
 use crate::relay::{relay, RelayContext, RelayEnd, RelayLimits};
 use crate::tls::TlsMaterial;

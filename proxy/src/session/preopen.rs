@@ -92,7 +92,11 @@ fn answer(
     match call {
         PreOpenCall::Ping => Some(pong()),
         PreOpenCall::AuthList => {
-            let kind = if password { AuthType::Sasl } else { AuthType::None };
+            let kind = if password {
+                AuthType::Sasl
+            } else {
+                AuthType::None
+            };
             Some(ok_reply(h, &AuthListReply(vec![kind])))
         }
         PreOpenCall::Authenticate if password => Some(error_reply(

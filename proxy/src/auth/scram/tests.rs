@@ -61,7 +61,13 @@ fn the_client_sends_rfc_7677s_messages_and_accepts_its_server_signature() {
     // The SaltedPassword it returns logs in as the password did, without PBKDF2.
     let (exchange, _) = ClientExchange::start(Mechanism::Sha256, USER, CLIENT_NONCE);
     let (waiting, again) = exchange
-        .respond(SERVER_FIRST.as_bytes(), &ClientSecret { password: None, salted: vec![salted] })
+        .respond(
+            SERVER_FIRST.as_bytes(),
+            &ClientSecret {
+                password: None,
+                salted: vec![salted],
+            },
+        )
         .unwrap();
     assert_eq!(String::from_utf8(again).unwrap(), CLIENT_FINAL);
     waiting.verify(SERVER_FINAL.as_bytes()).unwrap();
@@ -111,10 +117,20 @@ fn the_server_refuses_channel_binding_other_authzids_extensions_and_a_changed_no
         ("n,a=root,n=user,r=abc", ScramError::Authzid),
         ("n,,m=ext,n=user,r=abc", ScramError::Extension),
         ("n,,n=user", ScramError::Malformed("no r= nonce")),
-        ("n,,n=us=er,r=abc", ScramError::Malformed("a user name with a stray '='")),
-        ("x,,n=user,r=abc", ScramError::Malformed("no channel-binding flag")),
+        (
+            "n,,n=us=er,r=abc",
+            ScramError::Malformed("a user name with a stray '='"),
+        ),
+        (
+            "x,,n=user,r=abc",
+            ScramError::Malformed("no channel-binding flag"),
+        ),
     ] {
-        assert_eq!(ClientFirst::parse(message.as_bytes()), Err(error), "{message}");
+        assert_eq!(
+            ClientFirst::parse(message.as_bytes()),
+            Err(error),
+            "{message}"
+        );
     }
     assert!(ClientFirst::parse(b"n,a=user,n=user,r=abc").is_ok());
     assert!(ClientFirst::parse(b"y,,n=user,r=abc").is_ok());
@@ -156,7 +172,9 @@ fn the_client_bounds_the_work_a_host_can_ask_for_and_refuses_a_stale_salted_pass
     );
     let (exchange, _) = ClientExchange::start(Mechanism::Sha256, USER, CLIENT_NONCE);
     assert_eq!(
-        exchange.respond(b"r=someone-else,s=W22Z,i=4096", &secret).err(),
+        exchange
+            .respond(b"r=someone-else,s=W22Z,i=4096", &secret)
+            .err(),
         Some(ScramError::Continuity)
     );
     let (exchange, _) = ClientExchange::start(Mechanism::Sha256, USER, CLIENT_NONCE);

@@ -10,6 +10,7 @@
 //! and every other request waits at most [`SLOT_WAIT`] for one of [`MAX_REQUESTS`] slots.
 
 mod tls;
+mod users;
 
 pub use tls::server_config;
 
@@ -67,6 +68,10 @@ pub struct ApiState {
     pub requests: Semaphore,
     /// How long a request waits for one of `requests` ([`SLOT_WAIT`]).
     pub slot_wait: Duration,
+    /// The users who may log in at the gateway with a password.
+    pub users: Arc<crate::users::UsersStore>,
+    /// The gateway's credentials for hosts that demand SASL.
+    pub credentials: virtgate_api::users::CredentialsDir,
 }
 
 type Body = Full<Bytes>;
@@ -298,6 +303,7 @@ async fn admit(
             };
             watch(state, since, timeout, epoch.as_deref()).await
         }
+        Endpoint::Users(endpoint) => users::handle(state, caller, endpoint, req).await,
         endpoint => {
             let wait = state.slot_wait;
             let Ok(Ok(_slot)) = tokio::time::timeout(wait, state.requests.acquire()).await else {
@@ -342,12 +348,14 @@ async fn route(state: &ApiState, endpoint: Endpoint, req: Request<Incoming>) -> 
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed; see docs/openapi.yaml",
         ),
-        Endpoint::NotFound | Endpoint::Healthz | Endpoint::Readyz | Endpoint::Watch { .. } => {
-            error(
-                StatusCode::NOT_FOUND,
-                "no such endpoint; see docs/openapi.yaml",
-            )
-        }
+        Endpoint::NotFound
+        | Endpoint::Healthz
+        | Endpoint::Readyz
+        | Endpoint::Watch { .. }
+        | Endpoint::Users(_) => error(
+            StatusCode::NOT_FOUND,
+            "no such endpoint; see docs/openapi.yaml",
+        ),
     }
 }
 
@@ -529,6 +537,8 @@ mod tests {
             max_watchers: watchers,
             requests: Semaphore::new(requests),
             slot_wait: Duration::from_millis(200),
+            users: Arc::new(crate::users::UsersStore::open(dir).unwrap()),
+            credentials: virtgate_api::users::CredentialsDir::open(&dir.join("creds")).unwrap(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

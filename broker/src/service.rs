@@ -40,6 +40,12 @@ pub struct RunningBroker {
     /// `https`, or `http` (loopback only).
     pub api_scheme: &'static str,
     pub admin_token_path: PathBuf,
+    /// The users who may log in at the gateway with a password.
+    pub users: Arc<crate::users::UsersStore>,
+    /// Where the gateway's credentials for hosts that demand SASL are kept.
+    pub credentials_dir: PathBuf,
+    /// Random per start; gateways following the users long-poll resynchronise when it changes.
+    pub epoch: String,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -135,7 +141,25 @@ pub async fn start_with(
     }
 
     let admin_token_path = tokens.admin_path.clone();
-    let state = tokens.api_state(config, inventory.clone(), metrics.clone())?;
+    let users = Arc::new(
+        crate::users::UsersStore::open(&config.data_dir)
+            .map_err(|e| BrokerError::Config(e.to_string()))?,
+    );
+    let credentials_dir = config.data_dir.join(virtgate_api::users::CREDENTIALS_DIR);
+    let credentials = virtgate_api::users::CredentialsDir::open(&credentials_dir).map_err(|e| {
+        BrokerError::DataDir {
+            path: credentials_dir.display().to_string(),
+            source: e,
+        }
+    })?;
+    let state = tokens.api_state(
+        config,
+        inventory.clone(),
+        metrics.clone(),
+        users.clone(),
+        credentials,
+    )?;
+    let epoch = state.epoch.clone();
     let scheme = if api_tls.is_some() { "https" } else { "http" };
     tasks.spawn(api::serve(listener, api_tls, state, shutdown.clone()));
     tasks.spawn(
@@ -178,6 +202,9 @@ pub async fn start_with(
         api_addr,
         api_scheme: scheme,
         admin_token_path,
+        users,
+        credentials_dir,
+        epoch,
         shutdown,
         tasks,
     })
@@ -211,6 +238,8 @@ impl Tokens {
         config: &BrokerConfig,
         inventory: Arc<Inventory>,
         metrics: Arc<Metrics>,
+        users: Arc<crate::users::UsersStore>,
+        credentials: virtgate_api::users::CredentialsDir,
     ) -> Result<Arc<ApiState>, BrokerError> {
         let epoch =
             random_hex(16).map_err(|e| BrokerError::Config(format!("no randomness: {e}")))?;
@@ -227,6 +256,8 @@ impl Tokens {
             max_watchers,
             requests: Semaphore::new(api::MAX_REQUESTS),
             slot_wait: api::SLOT_WAIT,
+            users,
+            credentials,
         }))
     }
 }

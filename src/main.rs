@@ -6,6 +6,7 @@ mod cmd;
 mod config;
 mod directory;
 mod logging;
+mod logins;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,8 @@ enum Command {
     Hosts(cmd::inventory::HostsArgs),
     /// List the certificates hosts present, soonest expiry first.
     Certs(cmd::inventory::CertsArgs),
+    /// Users who may log in at the gateway with a password: add, passwd, list, remove.
+    Users(cmd::users::Args),
     /// Certificates for virtgate and libvirt: a CA, server and client certificates, checks.
     Pki(cmd::pki::Args),
     /// Print the effective configuration as TOML (secrets redacted).
@@ -86,6 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hosts(_)
         | Command::Certs(_)
         | Command::Pki(_)
+        | Command::Users(_)
         | Command::Proxy(_)
         | Command::Config => {}
     }
@@ -126,6 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Hosts(args) => cmd::inventory::hosts(&loaded.config, args).await,
             Command::Certs(args) => cmd::inventory::certs(&loaded.config, args).await,
             Command::Pki(args) => cmd::pki::run(&loaded.config, args).await,
+            Command::Users(args) => cmd::users::run(&loaded.config, args).await,
             Command::Config => unreachable!("handled before the runtime starts"),
         }
     })?;

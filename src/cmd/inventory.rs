@@ -33,6 +33,21 @@ enum HostsAction {
     },
     /// Remove a host, its certificate history and its metrics.
     Forget { name: String },
+    /// Set (or with --remove, remove) the user name and password the gateway logs in with when
+    /// the host's libvirtd demands SASL (auth_tls = "sasl"); the password is asked for without
+    /// echo, or read from stdin.
+    Credentials {
+        name: String,
+        /// The user name in the host's SASL database (`saslpasswd2 -a libvirt NAME`).
+        #[arg(long, value_name = "NAME", required_unless_present = "remove")]
+        user: Option<String>,
+        /// Read the password from the first line of stdin instead of a prompt.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Remove the host's credentials instead.
+        #[arg(long, conflicts_with_all = ["user", "password_stdin"])]
+        remove: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -73,6 +88,26 @@ pub async fn hosts(config: &Config, args: HostsArgs) -> anyhow::Result<()> {
                 .forget(&name)
                 .await?;
             println!("forgotten: {name}");
+        }
+        Some(HostsAction::Credentials {
+            name,
+            user,
+            password_stdin,
+            remove,
+        }) => {
+            let client = api_client::admin(config, &args.client)?;
+            if remove {
+                client.remove_host_credentials(&name).await?;
+                println!("credentials removed: {name}");
+            } else {
+                super::users::set_host_credentials(
+                    &client,
+                    &name,
+                    user.as_deref().unwrap_or_default(),
+                    password_stdin,
+                )
+                .await?;
+            }
         }
     }
     Ok(())
@@ -143,7 +178,7 @@ fn days_left(seconds: i64) -> String {
     }
 }
 
-fn date(unix: i64) -> String {
+pub fn date(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| {

@@ -12,6 +12,7 @@ pub mod pki;
 pub mod proxy;
 pub mod table;
 pub mod up;
+pub mod users;
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() -> anyhow::Result<()> {

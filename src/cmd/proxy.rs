@@ -83,7 +83,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let url = client.url().to_string();
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let (follower, followed) = Follower::new(client);
+    let (follower, followed) = Follower::new(client.clone());
     tasks.spawn(follower.run(shutdown.child_token()));
     // Start with the broker's inventory when it answers promptly; otherwise start anyway (every
     // host unknown) and pick it up as soon as it arrives.
@@ -91,8 +91,21 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(FIRST_COPY_WAIT, first.wait_for(Option::is_some)).await;
     let (hosts, publish) = crate::directory::from_broker(followed.clone(), shutdown.child_token());
     tasks.spawn(publish);
+    let (users, publish) = crate::logins::from_broker(client.clone(), shutdown.child_token());
+    tasks.spawn(publish);
+    let host_credentials: Arc<dyn virtgate_proxy::auth::HostCredentials> =
+        match &config.proxy.host_credentials_dir {
+            Some(dir) => Arc::new(crate::logins::DirCredentials::new(
+                virtgate_api::users::CredentialsDir::at(dir),
+            )),
+            None => Arc::new(virtgate_proxy::auth::NoHostCredentials),
+        };
+    let logins = virtgate_proxy::auth::Logins {
+        users,
+        host_credentials,
+    };
     let registry = Arc::new(prometheus::Registry::new());
-    let proxy = virtgate_proxy::start(&config.proxy, files, hosts, &registry)
+    let proxy = virtgate_proxy::start_with_logins(&config.proxy, files, hosts, logins, &registry)
         .await
         .context("cannot start the proxy")?;
     let listener = tokio::net::TcpListener::bind(config.proxy.metrics_listen)

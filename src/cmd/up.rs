@@ -34,10 +34,33 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
             let (hosts, publish) =
                 crate::directory::from_inventory(broker.inventory.clone(), shutdown.child_token());
             tasks.spawn(publish);
+            let (users, publish) = crate::logins::from_store(
+                broker.users.clone(),
+                broker.epoch.clone(),
+                shutdown.child_token(),
+            );
+            tasks.spawn(publish);
+            let dir = config
+                .proxy
+                .host_credentials_dir
+                .clone()
+                .unwrap_or_else(|| broker.credentials_dir.clone());
+            let logins = virtgate_proxy::auth::Logins {
+                users,
+                host_credentials: std::sync::Arc::new(crate::logins::DirCredentials::new(
+                    virtgate_api::users::CredentialsDir::at(&dir),
+                )),
+            };
             Some(
-                virtgate_proxy::start(&config.proxy, files, hosts, broker.metrics.registry())
-                    .await
-                    .context("cannot start the proxy")?,
+                virtgate_proxy::start_with_logins(
+                    &config.proxy,
+                    files,
+                    hosts,
+                    logins,
+                    broker.metrics.registry(),
+                )
+                .await
+                .context("cannot start the proxy")?,
             )
         }
         None => None,

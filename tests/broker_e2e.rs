@@ -441,8 +441,11 @@ fn every_endpoint_in_the_openapi_file_is_served() {
                 Some(body),
             )
             .unwrap();
+            // 404 for a missing thing (no user h1, no credentials) is an answer of the endpoint;
+            // an unrouted path says "no such endpoint".
+            let unrouted = status == 404 && text.contains("no such endpoint");
             assert!(
-                status != 404 && status != 405 && status != 0,
+                !unrouted && status != 405 && status != 0,
                 "{method} {path} → {status}: {text}"
             );
         }

@@ -391,3 +391,137 @@ fn the_gateway_logs_in_to_a_sasl_libvirtd_with_the_stored_credentials() {
         text(&out)
     );
 }
+
+#[test]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
+fn a_separate_proxy_follows_the_brokers_users_and_logs_in_to_a_sasl_host_from_the_credentials_directory(
+) {
+    let libvirtd = Libvirtd::start(LibvirtdOptions::with_sasl_user("nova", HOST_PASSWORD)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = "\nfront_auth = \"certificate_or_password\"\n\
+                 [[proxy.rules]]\nidentity = \"user:alice\"\nhosts = [\"h1\"]\nmode = \"rw\"\n";
+    // The gateway's config file, its two halves run as separate processes.
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!("{rules}{}", host_toml(libvirtd.port())),
+    );
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+    let (config, api, data_dir) = (gw.config.clone(), gw.api, gw.data_dir.clone());
+    drop(gw);
+    let mut broker_cmd = Command::new(VIRTGATE);
+    broker_cmd.args(["--config", config.to_str().unwrap(), "broker"]);
+    let broker = virtgate_testlab::LabProcess::spawn(broker_cmd).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !common::http(api, "GET", "/readyz", None, None).is_ok_and(|(s, _)| s == 200) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            broker.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let plain = format!("http://{api}");
+    let admin = |args: &[&str], stdin: &str| {
+        let mut child = Command::new(VIRTGATE)
+            .args(["--config", config.to_str().unwrap()])
+            .args(args)
+            .args(["--broker", &plain])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+        child.wait_with_output().unwrap()
+    };
+    let out = admin(
+        &["users", "add", "alice", "--password-stdin"],
+        &format!("{ALICE_PASSWORD}\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let out = admin(
+        &[
+            "hosts",
+            "credentials",
+            "h1",
+            "--user",
+            "nova",
+            "--password-stdin",
+        ],
+        &format!("{HOST_PASSWORD}\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    let (port, metrics_port) = (common::free_port(), common::free_port());
+    let token = data_dir.join("admin.token");
+    let mut proxy_cmd = Command::new(VIRTGATE);
+    proxy_cmd
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "proxy",
+            "--broker",
+            &plain,
+        ])
+        .args(["--broker-token-file", token.to_str().unwrap()])
+        .env("VIRTGATE_PROXY__LISTEN", format!("[\"127.0.0.1:{port}\"]"))
+        .env(
+            "VIRTGATE_PROXY__METRICS_LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        )
+        .env(
+            "VIRTGATE_PROXY__HOST_CREDENTIALS_DIR",
+            data_dir.join("host-credentials"),
+        );
+    let mut proxy = virtgate_testlab::LabProcess::spawn(proxy_cmd).unwrap();
+    proxy
+        .wait_for_stderr("following the broker's users", Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("{}", proxy.stderr_text()));
+    let pki = no_certificate_pki(dir.path(), &libvirtd);
+    let via = format!(
+        "test+tls://127.0.0.1:{port}/default?name=test://h1/default&pkipath={}",
+        pki.display()
+    );
+    // Both directions at once: alice's password at the door, nova's SCRAM login at the host.
+    let good_file = libvirtd.write_auth_file("alice", ALICE_PASSWORD).unwrap();
+    let out = virsh_login(&via, Some(&good_file), "", &["dominfo", "test"]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out),
+        proxy.stderr_text()
+    );
+    let py = python_login(&via, "alice", ALICE_PASSWORD);
+    assert!(py.contains("domains ['test'] 1"), "{py}");
+
+    // A new password reaches the proxy through the long-poll, without a restart.
+    let out = admin(
+        &["users", "passwd", "alice", "--password-stdin"],
+        "the second password\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let new_file = libvirtd
+        .write_auth_file("alice", "the second password")
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = virsh_login(&via, Some(&new_file), "", &["list"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new password never worked: {}",
+            text(&out)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let old = virsh_login(&via, Some(&good_file), "", &["list"]);
+    assert!(!old.status.success(), "{}", text(&old));
+    let logs = format!("{}{}", proxy.stderr_text(), broker.stderr_text());
+    for secret in [ALICE_PASSWORD, HOST_PASSWORD, "the second password"] {
+        assert!(!logs.contains(secret), "{secret:?} in the logs");
+    }
+}

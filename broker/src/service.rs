@@ -85,6 +85,45 @@ pub async fn start(
     start_with(config, discovery, Vec::new()).await
 }
 
+/// The probes' TLS client configuration, with `broker.client_cert_file` / `client_key_file`.
+fn probe_tls_config(config: &BrokerConfig) -> Result<Arc<ClientConfig>, BrokerError> {
+    let client_identity = match (&config.client_cert_file, &config.client_key_file) {
+        (Some(cert), Some(key)) => Some((tls::read_certs(cert)?, tls::read_key(key)?)),
+        (None, None) => None,
+        _ => {
+            return Err(BrokerError::Config(
+                "set both broker.client_cert_file and broker.client_key_file, or neither".into(),
+            ))
+        }
+    };
+    Ok(tls::probe_client_config(client_identity)?)
+}
+
+/// The users (`users.json`) and the host-credentials directory under `broker.data_dir`.
+fn open_passwords(
+    config: &BrokerConfig,
+) -> Result<
+    (
+        Arc<crate::users::UsersStore>,
+        PathBuf,
+        virtgate_api::users::CredentialsDir,
+    ),
+    BrokerError,
+> {
+    let users = Arc::new(
+        crate::users::UsersStore::open(&config.data_dir)
+            .map_err(|e| BrokerError::Config(e.to_string()))?,
+    );
+    let credentials_dir = config.data_dir.join(virtgate_api::users::CREDENTIALS_DIR);
+    let credentials = virtgate_api::users::CredentialsDir::open(&credentials_dir).map_err(|e| {
+        BrokerError::DataDir {
+            path: credentials_dir.display().to_string(),
+            source: e,
+        }
+    })?;
+    Ok((users, credentials_dir, credentials))
+}
+
 /// Like [`start`], with more of virtgate's own certificates (role, PEM file) whose expiry the
 /// metrics should show (the proxy's, in `virtgate up`).
 pub async fn start_with(
@@ -97,16 +136,7 @@ pub async fn start_with(
     let tokens = Tokens::load(config)?;
     let store = Store::open(&config.data_dir.join(DATABASE_FILE))?;
     let anchors = TrustAnchors::from_files(&config.trusted_ca_files)?;
-    let client_identity = match (&config.client_cert_file, &config.client_key_file) {
-        (Some(cert), Some(key)) => Some((tls::read_certs(cert)?, tls::read_key(key)?)),
-        (None, None) => None,
-        _ => {
-            return Err(BrokerError::Config(
-                "set both broker.client_cert_file and broker.client_key_file, or neither".into(),
-            ))
-        }
-    };
-    let tls_config = tls::probe_client_config(client_identity)?;
+    let tls_config = probe_tls_config(config)?;
     let policy = TrustPolicy {
         windows: Windows {
             warning: config.warning_window,
@@ -141,17 +171,7 @@ pub async fn start_with(
     }
 
     let admin_token_path = tokens.admin_path.clone();
-    let users = Arc::new(
-        crate::users::UsersStore::open(&config.data_dir)
-            .map_err(|e| BrokerError::Config(e.to_string()))?,
-    );
-    let credentials_dir = config.data_dir.join(virtgate_api::users::CREDENTIALS_DIR);
-    let credentials = virtgate_api::users::CredentialsDir::open(&credentials_dir).map_err(|e| {
-        BrokerError::DataDir {
-            path: credentials_dir.display().to_string(),
-            source: e,
-        }
-    })?;
+    let (users, credentials_dir, credentials) = open_passwords(config)?;
     let state = tokens.api_state(
         config,
         inventory.clone(),

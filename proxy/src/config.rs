@@ -235,6 +235,31 @@ impl ProxyConfig {
         if self.max_connections == 0 {
             problems.push("proxy.max_connections: must be at least 1".into());
         }
+        self.validate_passwords(&mut problems);
+        if self.max_handshakes_per_source == 0 {
+            problems.push("proxy.max_handshakes_per_source: must be at least 1".into());
+        }
+        for driver in &self.allowed_drivers {
+            if driver.is_empty() || !driver.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                problems.push(format!(
+                    "proxy.allowed_drivers: {driver:?} is not a driver name (letters and digits, e.g. qemu)"
+                ));
+            }
+        }
+        for path in self
+            .allowed_test_paths
+            .iter()
+            .filter(|p| !p.starts_with('/'))
+        {
+            problems.push(format!(
+                "proxy.allowed_test_paths: {path:?} must start with / (as in test:///default)"
+            ));
+        }
+        problems
+    }
+
+    /// The keys about passwords: limits, the host-credentials directory, `user:` rules.
+    fn validate_passwords(&self, problems: &mut Vec<String>) {
         if self.login_failures_per_user == 0 || self.login_failures_per_source == 0 {
             problems.push(
                 "proxy.login_failures_per_user / login_failures_per_source: must be at least 1"
@@ -261,26 +286,6 @@ impl ProxyConfig {
                 );
             }
         }
-        if self.max_handshakes_per_source == 0 {
-            problems.push("proxy.max_handshakes_per_source: must be at least 1".into());
-        }
-        for driver in &self.allowed_drivers {
-            if driver.is_empty() || !driver.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                problems.push(format!(
-                    "proxy.allowed_drivers: {driver:?} is not a driver name (letters and digits, e.g. qemu)"
-                ));
-            }
-        }
-        for path in self
-            .allowed_test_paths
-            .iter()
-            .filter(|p| !p.starts_with('/'))
-        {
-            problems.push(format!(
-                "proxy.allowed_test_paths: {path:?} must start with / (as in test:///default)"
-            ));
-        }
-        problems
     }
 
     /// The TLS files as the gateway reads them; every one must be set (`virtgate up` sets unset

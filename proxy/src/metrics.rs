@@ -106,14 +106,7 @@ impl ProxyMetrics {
             registry.register(collector)?;
         }
         let (calls_refused, crl_next_update) = guard_metrics(registry)?;
-        let backend_login_failures = IntCounterVec::new(
-            Opts::new(
-                "virtgate_proxy_backend_login_failures_total",
-                "The gateway's own SASL logins to hosts that demand one (auth_tls = \"sasl\") which failed, by reason (no_credentials, rejected, stale_credentials, ...); the client got an error naming `virtgate hosts credentials`.",
-            ),
-            &["reason"],
-        )?;
-        registry.register(Box::new(backend_login_failures.clone()))?;
+        let backend_login_failures = login_metrics(registry)?;
         let metrics = Self {
             connections_active,
             connections_total,
@@ -166,6 +159,19 @@ impl ProxyMetrics {
     pub fn bytes_counter(&self, host: &str, direction: &str) -> IntCounter {
         self.bytes.with_label_values(&[host, direction])
     }
+}
+
+/// The gateway's own SASL logins to hosts, registered into `registry`.
+fn login_metrics(registry: &Registry) -> Result<IntCounterVec, prometheus::Error> {
+    let backend_login_failures = IntCounterVec::new(
+        Opts::new(
+            "virtgate_proxy_backend_login_failures_total",
+            "The gateway's own SASL logins to hosts that demand one (auth_tls = \"sasl\") which failed, by reason (no_credentials, rejected, stale_credentials, ...); the client got an error naming `virtgate hosts credentials`.",
+        ),
+        &["reason"],
+    )?;
+    registry.register(Box::new(backend_login_failures.clone()))?;
+    Ok(backend_login_failures)
 }
 
 /// The calls the gateway refuses itself, and the freshness of its CRL.

@@ -241,10 +241,16 @@ mod tests {
         .unwrap();
         let alice = Identity::User("alice".into());
         let cert = Identity::Dn("CN=alice".into());
-        assert_eq!(policy.decide_for(&[alice.clone()], "h1"), Some(Mode::Rw));
-        assert_eq!(policy.decide_for(&[alice.clone()], "h2"), None);
-        assert_eq!(policy.decide_for(&[cert.clone()], "h1"), None);
-        assert_eq!(policy.decide_for(&[cert.clone()], "h2"), Some(Mode::Rw));
+        assert_eq!(
+            policy.decide_for(std::slice::from_ref(&alice), "h1"),
+            Some(Mode::Rw)
+        );
+        assert_eq!(policy.decide_for(std::slice::from_ref(&alice), "h2"), None);
+        assert_eq!(policy.decide_for(std::slice::from_ref(&cert), "h1"), None);
+        assert_eq!(
+            policy.decide_for(std::slice::from_ref(&cert), "h2"),
+            Some(Mode::Rw)
+        );
         // Both identities: the first rule either of them matches.
         assert_eq!(policy.decide_for(&[cert, alice], "h2"), Some(Mode::Rw));
         let ops = Identity::User("ops-bob".into());

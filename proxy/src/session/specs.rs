@@ -754,14 +754,13 @@ mod passwords {
         [192, 0, 2, 7].into()
     }
 
+    /// The front door's step: the open (or the error), the user who logged in, the metrics.
+    type FrontDoorStep =
+        tokio::task::JoinHandle<(Result<OpenRequest, String>, Option<String>, ProxyMetrics)>;
+
     /// A front door that wants a password; returns the client's end and the step's result
     /// (the open, and the user who logged in).
-    fn front_door(
-        failures: Arc<FailedLogins>,
-    ) -> (
-        PacketStream<DuplexStream>,
-        tokio::task::JoinHandle<(Result<OpenRequest, String>, Option<String>, ProxyMetrics)>,
-    ) {
+    fn front_door(failures: Arc<FailedLogins>) -> (PacketStream<DuplexStream>, FrontDoorStep) {
         let (client, mut gateway) = pipe();
         let m = metrics();
         let step = tokio::spawn(async move {

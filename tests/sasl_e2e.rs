@@ -43,6 +43,20 @@ fn cli(gw: &Gateway, args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// A libvirt auth file of its own (`<dir>/auth-<label>.conf`, 0600) for `user` / `password`.
+fn auth_file(dir: &Path, label: &str, user: &str, password: &str) -> PathBuf {
+    let path = dir.join(format!("auth-{label}.conf"));
+    virtgate_testlab::pki::write_file(
+        &path,
+        &format!(
+            "[credentials-t]\nauthname={user}\npassword={password}\n\n[auth-libvirt-default]\ncredentials=t\n"
+        ),
+        0o600,
+    )
+    .unwrap();
+    path
+}
+
 /// A libvirt pkipath with only the CA: the client presents no certificate.
 fn no_certificate_pki(dir: &Path, libvirtd: &Libvirtd) -> PathBuf {
     let pki = dir.join("pki-none");
@@ -176,7 +190,7 @@ mode = "rw"
 
     let pki = no_certificate_pki(dir.path(), &libvirtd);
     let via = uri(&gw, &pki);
-    let good_file = libvirtd.write_auth_file("alice", ALICE_PASSWORD).unwrap();
+    let good_file = auth_file(dir.path(), "1", "alice", ALICE_PASSWORD);
 
     // The auth file: list and dominfo.
     for args in [&["list", "--all"][..], &["dominfo", "test"]] {
@@ -206,11 +220,9 @@ mode = "rw"
     let probes_before = probes(&gw);
 
     // Refusals: wrong password, unknown user, a user without a rule for h1.
-    let wrong_file = libvirtd
-        .write_auth_file("alice", "not the password")
-        .unwrap();
+    let wrong_file = auth_file(dir.path(), "2", "alice", "not the password");
     let wrong = virsh_login(&via, Some(&wrong_file), "", &["list"]);
-    let unknown_file = libvirtd.write_auth_file("mallory", ALICE_PASSWORD).unwrap();
+    let unknown_file = auth_file(dir.path(), "3", "mallory", ALICE_PASSWORD);
     let unknown = virsh_login(&via, Some(&unknown_file), "", &["list"]);
     for (what, out) in [("wrong password", &wrong), ("unknown user", &unknown)] {
         assert!(!out.status.success(), "{what}: {}", text(out));
@@ -232,7 +244,7 @@ mode = "rw"
     let py_unknown = python_login(&via, "mallory", "nope nope nope");
     assert!(py_wrong.starts_with("refused 45"), "{py_wrong}");
     assert_eq!(py_wrong, py_unknown, "one and the same refusal");
-    let carol_file = libvirtd.write_auth_file("carol", CAROL_PASSWORD).unwrap();
+    let carol_file = auth_file(dir.path(), "4", "carol", CAROL_PASSWORD);
     let carol = virsh_login(&via, Some(&carol_file), "", &["list"]);
     assert!(!carol.status.success());
     assert!(
@@ -269,6 +281,9 @@ mode = "rw"
     assert!(out.status.success(), "{}", text(&out));
     let old = virsh_login(&via, Some(&good_file), "", &["list"]);
     assert!(!old.status.success(), "the old password: {}", text(&old));
+    let new_file = auth_file(dir.path(), "new", "alice", "a brand new password");
+    let new = virsh_login(&via, Some(&new_file), "", &["list"]);
+    assert!(new.status.success(), "the new password: {}", text(&new));
     let out = cli(&gw, &["users", "remove", "carol"], "");
     assert!(out.status.success(), "{}", text(&out));
     assert!(!text(&cli(&gw, &["users", "list"], "")).contains("carol"));
@@ -485,7 +500,7 @@ fn a_separate_proxy_follows_the_brokers_users_and_logs_in_to_a_sasl_host_from_th
         pki.display()
     );
     // Both directions at once: alice's password at the door, nova's SCRAM login at the host.
-    let good_file = libvirtd.write_auth_file("alice", ALICE_PASSWORD).unwrap();
+    let good_file = auth_file(dir.path(), "5", "alice", ALICE_PASSWORD);
     let out = virsh_login(&via, Some(&good_file), "", &["dominfo", "test"]);
     assert!(
         out.status.success(),
@@ -502,9 +517,7 @@ fn a_separate_proxy_follows_the_brokers_users_and_logs_in_to_a_sasl_host_from_th
         "the second password\n",
     );
     assert!(out.status.success(), "{}", text(&out));
-    let new_file = libvirtd
-        .write_auth_file("alice", "the second password")
-        .unwrap();
+    let new_file = auth_file(dir.path(), "6", "alice", "the second password");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let out = virsh_login(&via, Some(&new_file), "", &["list"]);

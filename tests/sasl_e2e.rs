@@ -168,6 +168,11 @@ mode = "rw"
     );
     gw.wait_trust("h1", "pending");
     gw.approve("h1");
+    let (_, body) = gw.get("/v1/hosts/h1").unwrap();
+    assert!(
+        body.contains("\"auth\": \"none\""),
+        "a host without SASL: {body}"
+    );
 
     for (name, password) in [("alice", ALICE_PASSWORD), ("carol", CAROL_PASSWORD)] {
         let out = cli(
@@ -321,6 +326,26 @@ fn the_gateway_logs_in_to_a_sasl_libvirtd_with_the_stored_credentials() {
     gw.approve("h1");
     let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
     let via = gw.uri("127.0.0.1", "h1", &alice);
+
+    // The broker's probe notes that the host demands SASL, and `virtgate hosts` shows it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !gw
+        .get("/v1/hosts/h1")
+        .is_ok_and(|(_, body)| body.contains("\"auth\": \"sasl\""))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            gw.get("/v1/hosts/h1")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let hosts = text(&cli(&gw, &["hosts"], ""));
+    let row = hosts
+        .lines()
+        .find(|l| l.starts_with("h1 "))
+        .unwrap_or_default();
+    assert!(row.contains(" sasl "), "{hosts}");
 
     // No credentials: the error names the command that sets them.
     let out = virsh(&via, &["list"]);

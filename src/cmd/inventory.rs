@@ -198,6 +198,7 @@ fn hosts_table(hosts: &[Host]) -> String {
         "STATE",
         "TRUST",
         "PORT",
+        "AUTH",
         "ADDRESSES",
         "LEAF EXPIRES",
         "FINDINGS",
@@ -215,6 +216,12 @@ fn hosts_table(hosts: &[Host]) -> String {
             h.state.as_str().to_string(),
             h.trust.as_str().to_string(),
             h.port.to_string(),
+            // What the host demands of clients (the probe's AUTH_LIST): `sasl` needs
+            // `virtgate hosts credentials`.
+            h.endpoints
+                .iter()
+                .find_map(|e| e.auth.clone())
+                .unwrap_or_else(|| "-".into()),
             addresses.join(" "),
             expiry,
             list_or_dash(&findings),

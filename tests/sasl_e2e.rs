@@ -91,6 +91,40 @@ fn virsh_login(uri: &str, auth_file: Option<&Path>, stdin: &str, args: &[&str]) 
     child.wait_with_output().unwrap()
 }
 
+/// `virtgate users add NAME` at a terminal (a pseudo-terminal from python's `pty`): answers both
+/// password prompts and prints everything the terminal showed.
+const PY_PTY_ADD: &str = r#"
+import os, pty, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[1], [sys.argv[1], "--config", sys.argv[2], "users", "add", sys.argv[3]])
+seen = b""
+def until(text):
+    global seen
+    deadline = time.time() + 20
+    while text not in seen and time.time() < deadline:
+        try:
+            seen += os.read(fd, 1024)
+        except OSError:
+            break
+until(b"password for")
+os.write(fd, os.environ["PASSWORD"].encode() + b"\n")
+until(b"(again): ")
+os.write(fd, os.environ["PASSWORD"].encode() + b"\n")
+until(b"added:")
+_, status = os.waitpid(pid, 0)
+try:
+    while True:
+        chunk = os.read(fd, 1024)
+        if not chunk:
+            break
+        seen += chunk
+except OSError:
+    pass
+print(seen.decode(errors="replace"))
+print("exit", os.waitstatus_to_exitcode(status))
+"#;
+
 const PY_OPEN_AUTH: &str = r#"
 import libvirt, os
 libvirt.registerErrorHandler(lambda *a: None, None)
@@ -182,6 +216,21 @@ mode = "rw"
         );
         assert!(out.status.success(), "users add {name}: {}", text(&out));
     }
+    // At a terminal: two prompts, and the password is never echoed.
+    let typed = "typed at a terminal";
+    let out = Command::new("timeout")
+        .args(["60", "/usr/bin/python3", "-c", PY_PTY_ADD, VIRTGATE])
+        .arg(&gw.config)
+        .arg("dave")
+        .env("PASSWORD", typed)
+        .output()
+        .unwrap();
+    let shown = text(&out);
+    assert!(
+        shown.contains("added: dave") && shown.contains("exit 0"),
+        "{shown}"
+    );
+    assert!(!shown.contains(typed), "the password was echoed: {shown}");
     let listed = cli(&gw, &["users", "list"], "");
     let listed = text(&listed);
     assert!(

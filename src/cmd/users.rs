@@ -179,11 +179,12 @@ fn prompt(text: &str) -> anyhow::Result<String> {
             .status()
             .is_ok_and(|s| s.success())
     };
-    eprint!("{text}");
-    std::io::stderr().flush()?;
+    // Echo goes off before the prompt shows: whatever is typed after it is never echoed.
     if !stty("-echo") {
         bail!("cannot turn off echo on this terminal (stty); pipe the password on stdin with --password-stdin instead");
     }
+    eprint!("{text}");
+    std::io::stderr().flush()?;
     let mut line = String::new();
     let read = std::io::stdin().lock().read_line(&mut line);
     stty("echo");

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::gateway::{identity, text, virsh, Gateway};
+use common::gateway::{broker_alone, identity, text, virsh, Gateway};
 use common::tap::Tap;
 use common::{sample, VIRTGATE};
 use virtgate_testlab::libvirtd::{Libvirtd, LibvirtdOptions};
@@ -153,6 +153,15 @@ fn python_login(uri: &str, user: &str, password: &str) -> String {
         .output()
         .unwrap();
     text(&out)
+}
+
+/// Asserts that `out` failed and told the user `words`.
+fn refused_with(out: &Output, words: &str) {
+    assert!(
+        !out.status.success() && text(out).contains(words),
+        "expected a refusal saying {words:?}: {}",
+        text(out)
+    );
 }
 
 fn auth_failures(gw: &Gateway, reason: &str) -> f64 {
@@ -397,12 +406,9 @@ fn the_gateway_logs_in_to_a_sasl_libvirtd_with_the_stored_credentials() {
     assert!(row.contains(" sasl "), "{hosts}");
 
     // No credentials: the error names the command that sets them.
-    let out = virsh(&via, &["list"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("virtgate hosts credentials h1 --user NAME"),
-        "{}",
-        text(&out)
+    refused_with(
+        &virsh(&via, &["list"]),
+        "virtgate hosts credentials h1 --user NAME",
     );
 
     // Wrong credentials: a clear error, counted.
@@ -419,13 +425,7 @@ fn the_gateway_logs_in_to_a_sasl_libvirtd_with_the_stored_credentials() {
         "not-the-host-password\n",
     );
     assert!(out.status.success(), "{}", text(&out));
-    let out = virsh(&via, &["list"]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("refused the gateway's SASL login"),
-        "{}",
-        text(&out)
-    );
+    refused_with(&virsh(&via, &["list"]), "refused the gateway's SASL login");
     let failures = sample(
         &gw.metrics(),
         "virtgate_proxy_backend_login_failures_total",
@@ -499,18 +499,7 @@ fn a_separate_proxy_follows_the_brokers_users_and_logs_in_to_a_sasl_host_from_th
     gw.approve("h1");
     let (config, api, data_dir) = (gw.config.clone(), gw.api, gw.data_dir.clone());
     drop(gw);
-    let mut broker_cmd = Command::new(VIRTGATE);
-    broker_cmd.args(["--config", config.to_str().unwrap(), "broker"]);
-    let broker = virtgate_testlab::LabProcess::spawn(broker_cmd).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !common::http(api, "GET", "/readyz", None, None).is_ok_and(|(s, _)| s == 200) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            broker.stderr_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let broker = broker_alone(&config, api);
     let plain = format!("http://{api}");
     let admin = |args: &[&str], stdin: &str| {
         let mut child = Command::new(VIRTGATE)

@@ -190,6 +190,7 @@ fn virsh_and_python_log_in_with_a_password_and_refused_logins_never_reach_the_ho
     let rules = r#"
 [proxy]
 front_auth = "certificate_or_password"
+login_failures_per_user = 5
 [[proxy.rules]]
 identity = "user:alice"
 hosts = ["h1"]
@@ -315,6 +316,27 @@ mode = "rw"
         "carol: {}",
         text(&carol)
     );
+    // Five failures lock a name for the window: then even the right password gets the same reply.
+    let out = cli(
+        &gw,
+        &["users", "add", "erin", "--password-stdin"],
+        "erin's real password\n",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let erin_wrong = auth_file(dir.path(), "erin-wrong", "erin", "guess guess");
+    for _ in 0..5 {
+        refused_with(
+            &virsh_login(&via, Some(&erin_wrong), "", &["list"]),
+            "wrong user name or password",
+        );
+    }
+    let erin_right = auth_file(dir.path(), "erin-right", "erin", "erin's real password");
+    refused_with(
+        &virsh_login(&via, Some(&erin_right), "", &["list"]),
+        "wrong user name or password",
+    );
+    assert!(auth_failures(&gw, "rate_limited") >= 1.0);
+
     // No password, no certificate: told how to log in.
     let none = virsh_login(&via, None, "", &["list"]);
     assert!(!none.status.success());
@@ -363,6 +385,8 @@ mode = "rw"
         CAROL_PASSWORD,
         "not the password",
         "a brand new password",
+        "erin's real password",
+        typed,
     ] {
         assert!(!logs.contains(secret), "{secret:?} in the gateway's log");
     }

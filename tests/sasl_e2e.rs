@@ -625,3 +625,50 @@ fn a_separate_proxy_follows_the_brokers_users_and_logs_in_to_a_sasl_host_from_th
         assert!(!logs.contains(secret), "{secret:?} in the logs");
     }
 }
+
+#[test]
+fn with_certificate_and_password_both_are_needed_and_the_rule_names_the_user() {
+    let libvirtd = Libvirtd::start(LibvirtdOptions::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = "\nfront_auth = \"certificate_and_password\"\n\
+                 [[proxy.rules]]\nidentity = \"user:alice\"\nhosts = [\"h1\"]\nmode = \"rw\"\n";
+    let gw = Gateway::start(
+        dir.path(),
+        &libvirtd,
+        &format!("{rules}{}", host_toml(libvirtd.port())),
+    );
+    gw.wait_trust("h1", "pending");
+    gw.approve("h1");
+    let out = cli(
+        &gw,
+        &["users", "add", "alice", "--password-stdin"],
+        &format!("{ALICE_PASSWORD}\n"),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let password = auth_file(dir.path(), "alice", "alice", ALICE_PASSWORD);
+    // bob's certificate has no rule of its own; with alice's password the user rule applies.
+    let bob = identity(&libvirtd, "bob", "C=GB,O=virtgate-test,CN=bob");
+    let with_cert = gw.uri("127.0.0.1", "h1", &bob);
+    let out = virsh_login(&with_cert, Some(&password), "", &["dominfo", "test"]);
+    assert!(
+        out.status.success(),
+        "certificate and password: {}",
+        text(&out)
+    );
+    // The certificate alone: told to log in.
+    let out = virsh_login(&with_cert, None, "", &["list"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    // The password alone: no certificate, no connection.
+    let pki = no_certificate_pki(dir.path(), &libvirtd);
+    let out = virsh_login(&uri(&gw, &pki), Some(&password), "", &["list"]);
+    assert!(
+        !out.status.success(),
+        "password without certificate: {}",
+        text(&out)
+    );
+    let wrong = auth_file(dir.path(), "wrong", "alice", "nope nope nope");
+    refused_with(
+        &virsh_login(&with_cert, Some(&wrong), "", &["list"]),
+        "wrong user name or password",
+    );
+}

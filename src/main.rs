@@ -9,6 +9,7 @@ mod cmd;
 mod config;
 mod directory;
 mod logging;
+mod logins;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,6 +69,8 @@ enum Command {
     Hosts(cmd::hosts::HostsArgs),
     /// List the certificates hosts and the gateway present, soonest expiry first.
     Certs(cmd::certs::CertsArgs),
+    /// Users who may log in at the gateway with a password: add, passwd, list, remove.
+    Users(cmd::users::Args),
     /// Certificates for virtgate and libvirt: a CA, server and client certificates, checks.
     Pki(cmd::pki::Args),
     /// Run the host agent on a libvirt host: enroll it once (--enroll), then serve the gateway.
@@ -181,6 +184,8 @@ fn running_broker(cli: &Cli) -> Option<cmd::runtime::RuntimeInfo> {
     let broker_given = match &cli.command {
         Command::Hosts(a) => a.client.broker.is_some(),
         Command::Certs(a) => a.client.broker.is_some(),
+        Command::Users(a) => a.client.broker.is_some(),
+        Command::Enroll(a) => a.client.broker.is_some(),
         Command::Pki(_) => false,
         _ => return None,
     };
@@ -264,6 +269,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Hosts(args) => done(cmd::hosts::run(config, args).await),
             Command::Certs(args) => cmd::certs::run(config, args).await,
             Command::Pki(args) => cmd::pki::run(config, args).await,
+            Command::Users(args) => done(cmd::users::run(config, args).await),
             Command::Agent(args) => done(cmd::agent::run(config, args).await),
             Command::Enroll(args) => done(cmd::enroll::run(config, args).await),
             Command::Config(_) | Command::Completion { .. } | Command::Man { .. } => {

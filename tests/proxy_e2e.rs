@@ -254,7 +254,7 @@ fn read_only_identities_cannot_write_and_others_are_denied_with_a_message() {
     assert!(!denied.status.success());
     assert!(
         text(&denied).contains(
-            "virtgate: access to host h1 denied for CN=carol (subject C=GB,O=virtgate-test,CN=carol: no proxy.rules entry allows it)"
+            "virtgate: access to host h1 denied for CN=carol (C=GB,O=virtgate-test,CN=carol: no proxy.rules entry allows it)"
         ),
         "the full subject, which rules match, is shown: {}",
         text(&denied)
@@ -664,18 +664,7 @@ fn a_separate_proxy_follows_the_brokers_inventory_over_the_watch_api() {
     let config = gw.config.clone();
     let api = gw.api;
     drop(gw);
-    let mut broker_cmd = std::process::Command::new(common::VIRTGATE);
-    broker_cmd.args(["--config", config.to_str().unwrap(), "broker"]);
-    let broker = virtgate_testlab::LabProcess::spawn(broker_cmd).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !common::http(api, "GET", "/readyz", None, None).is_ok_and(|(s, _)| s == 200) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            broker.stderr_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let _broker = common::gateway::broker_alone(&config, api);
     let port = common::free_port();
     let metrics_port = common::free_port();
     // `virtgate broker` on loopback speaks plain HTTP; the data directory still holds the API

@@ -20,7 +20,7 @@ use crate::tls::{BrokerTrust, ClientIdentity};
 /// How long reaching the broker (TCP connect) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an ordinary request may take, headers and body.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest answer read: the whole inventory of a large fleet fits many times over.
 const MAX_ANSWER: usize = 64 * 1024 * 1024;
 
@@ -355,6 +355,22 @@ impl Client {
         let body = Bytes::from(serde_json::to_vec(body)?);
         self.request(Method::POST, path, body, REQUEST_TIMEOUT)
             .await
+    }
+
+    /// A request with a JSON body (none for GET and DELETE) and a JSON answer.
+    pub(crate) async fn json<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+        limit: Duration,
+    ) -> Result<T, ClientError> {
+        let body = if method == Method::GET || method == Method::DELETE {
+            Bytes::new()
+        } else {
+            Bytes::from(serde_json::to_vec(body)?)
+        };
+        self.request(method, path, body, limit).await
     }
 
     async fn request<T: DeserializeOwned>(

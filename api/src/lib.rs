@@ -2,12 +2,13 @@
 //!
 //! Owns: the wire vocabulary of the inventory (hosts, endpoints, certificates, findings, events,
 //! trust and host states, watch answers), the typed client the CLI uses (hosts, certificates,
-//! approve, forget) and the follower a separate proxy uses to keep a copy of the inventory; how
+//! approve, forget, users, host credentials) and the follower a separate proxy uses to keep a
+//! copy of the inventory (and of the users); the host-credentials directory layout; how
 //! that client reaches the broker: HTTPS verified by CA or SPKI pin, a client certificate, a
 //! bearer token (plain HTTP only to loopback).
 //! Must not: decide trust or admission (the broker decides trust; the binary maps it to what the
 //! proxy does), link the broker, its store, SQLite or discovery, accept a broker it has not
-//! verified, or log a token.
+//! verified, or log a token, a password or a verifier.
 #![forbid(unsafe_code)]
 
 pub mod cert;
@@ -16,6 +17,7 @@ pub mod enroll;
 pub mod follow;
 pub mod model;
 pub mod tls;
+pub mod users;
 
 pub use cert::{CertInfo, Finding, FindingKind, Pin};
 pub use client::{BrokerUrl, Client, ClientError, Scheme, DEFAULT_PORT};

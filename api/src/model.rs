@@ -137,6 +137,10 @@ pub struct Endpoint {
     pub error_reason: Option<ProbeErrorReason>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_version: Option<String>,
+    /// What the host's libvirtd answered the probe's AUTH_LIST: `none`, `sasl` or `polkit`
+    /// (absent when it sent no answer, e.g. it refused the probe's certificate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
     /// Leaf first.
     #[serde(default)]
     pub chain: Vec<CertInfo>,

@@ -11,6 +11,7 @@
 
 mod enroll;
 mod tls;
+mod users;
 
 pub use tls::server_config;
 
@@ -74,6 +75,10 @@ pub struct ApiState {
     pub slot_wait: Duration,
     /// Enrollment of hosts through `virtgate agent`.
     pub enrollments: Option<Arc<crate::enroll::Enrollments>>,
+    /// The users who may log in at the gateway with a password.
+    pub users: Arc<crate::users::UsersStore>,
+    /// The gateway's credentials for hosts that demand SASL.
+    pub credentials: virtgate_api::users::CredentialsDir,
 }
 
 type Body = Full<Bytes>;
@@ -306,6 +311,7 @@ async fn admit(
             };
             watch(state, since, timeout, epoch.as_deref()).await
         }
+        Endpoint::Users(endpoint) => users::handle(state, caller, endpoint, req).await,
         endpoint => {
             let wait = state.slot_wait;
             let Ok(Ok(_slot)) = tokio::time::timeout(wait, state.requests.acquire()).await else {
@@ -364,7 +370,8 @@ async fn route(state: &ApiState, endpoint: Endpoint, req: Request<Incoming>) -> 
         | Endpoint::Index
         | Endpoint::Healthz
         | Endpoint::Readyz
-        | Endpoint::Watch { .. } => error(
+        | Endpoint::Watch { .. }
+        | Endpoint::Users(_) => error(
             StatusCode::NOT_FOUND,
             "no such endpoint; GET / lists them (docs/openapi.yaml describes each)",
         ),
@@ -449,6 +456,57 @@ pub const ENDPOINTS: &[(&str, &str, &str)] = &[
         "GET",
         "/v1/watch?since=&epoch=&timeout=",
         "long-poll for inventory changes (proxies follow it)",
+    ),
+    (
+        "GET",
+        "/v1/enrollments",
+        "enrollment tokens of hosts running `virtgate agent` (admin token)",
+    ),
+    (
+        "POST",
+        "/v1/enrollments",
+        "a one-time token to enroll a host's agent (admin token)",
+    ),
+    (
+        "POST",
+        "/v1/enrollments/{id}/revoke",
+        "revoke a token that has not been used (admin token)",
+    ),
+    (
+        "POST",
+        "/v1/hosts/{name}/rotate",
+        "replace an enrolled host's secret (admin token)",
+    ),
+    (
+        "GET",
+        "/v1/users",
+        "users who may log in at the gateway with a password (admin token)",
+    ),
+    (
+        "POST",
+        "/v1/users",
+        "add a user with its SCRAM verifiers (admin token)",
+    ),
+    (
+        "PUT",
+        "/v1/users/{name}",
+        "replace a user's verifiers (admin token)",
+    ),
+    ("DELETE", "/v1/users/{name}", "remove a user (admin token)"),
+    (
+        "GET",
+        "/v1/gateway/users?since=&epoch=&timeout=",
+        "long-poll for users (gateways follow it)",
+    ),
+    (
+        "PUT",
+        "/v1/hosts/{name}/credentials",
+        "set the gateway's SASL login for a host (admin token)",
+    ),
+    (
+        "DELETE",
+        "/v1/hosts/{name}/credentials",
+        "remove a host's SASL login (admin token)",
     ),
     ("GET", "/metrics", "Prometheus metrics"),
     ("GET", "/healthz", "liveness"),
@@ -679,6 +737,8 @@ mod tests {
             requests: Semaphore::new(requests),
             slot_wait: Duration::from_millis(200),
             enrollments: None,
+            users: Arc::new(crate::users::UsersStore::open(dir).unwrap()),
+            credentials: virtgate_api::users::CredentialsDir::open(&dir.join("creds")).unwrap(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

@@ -147,6 +147,7 @@ mod tests {
             error: None,
             error_reason: None,
             tls_version: None,
+            auth: None,
             chain: vec![virtgate_pki::parse_certificate(&test_certificate(), 0).unwrap()],
         });
         mark_bypass(&mut host, &previous, None);

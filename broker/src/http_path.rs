@@ -3,7 +3,11 @@
 //! answer out, never a panic — so a fuzz target can call [`parse_request`] (and the helpers)
 //! directly.
 
+mod users;
+
 use std::time::Duration;
+
+pub use users::UsersEndpoint;
 
 /// Largest `limit` of `GET /v1/events`.
 pub const MAX_EVENTS: usize = 10_000;
@@ -56,6 +60,8 @@ pub enum Endpoint {
     },
     /// Enrollment of hosts through `virtgate agent` (admin token).
     Enroll(EnrollCall),
+    /// Users, the gateways' users long-poll, host credentials (`users.rs`).
+    Users(UsersEndpoint),
     /// A known path with a method it does not serve.
     MethodNotAllowed,
     NotFound,
@@ -160,6 +166,10 @@ pub fn parse_request(method: &str, target: &str) -> Endpoint {
         ("POST", ["v1", "hosts", name, "rotate"]) => Endpoint::Enroll(EnrollCall::Rotate {
             host: (*name).to_string(),
         }),
+        (method, segments) if users::is_users_path(segments) => {
+            users::parse(method, segments, query)
+                .map_or(Endpoint::MethodNotAllowed, Endpoint::Users)
+        }
         (_, segments) if is_known_path(segments) => Endpoint::MethodNotAllowed,
         _ => Endpoint::NotFound,
     }

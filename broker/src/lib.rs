@@ -5,10 +5,14 @@
 //! (findings), deciding trust (CA, approved SPKI pins, `changed` alarms) in a pure state machine,
 //! the durable SQLite store and event log, serving the `/v1` contract of `virtgate-api` with its
 //! long-poll watch, and `/metrics` — over HTTPS (plain HTTP on loopback only), with reads
-//! authenticated by client certificate or token beyond loopback and changes by the admin token.
+//! authenticated by client certificate or token beyond loopback and changes by the admin token;
+//! the users who may log in at the gateway with a password (their verifiers only, in a 0600
+//! file, served to gateways) and the gateway's credentials for hosts that demand SASL (one 0600
+//! file per host, never served back).
 //! Must not: relay libvirt traffic (that is `virtgate-proxy`); trust anything a host announces
 //! about itself over mDNS (names and TXT are labels, keys are verified); log secrets (tokens are
-//! only ever written to their 0600 files); serve plain HTTP beyond loopback.
+//! only ever written to their 0600 files; passwords and verifiers are never logged); serve plain
+//! HTTP beyond loopback; keep a user's password (only its verifiers).
 #![forbid(unsafe_code)]
 
 mod api;
@@ -25,6 +29,7 @@ mod service;
 mod store;
 mod tls;
 mod token;
+pub mod users;
 
 pub use config::{BrokerConfig, FirstSight, StaticHost};
 pub use inventory::{Clock, SystemClock};

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::ClientConfig;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 pub use virtgate_api::ProbeErrorReason;
 
@@ -24,7 +25,14 @@ pub struct ProbeError {
 pub struct Presented {
     pub chain: Vec<CertificateDer<'static>>,
     pub tls_version: String,
+    /// The host's answer to AUTH_LIST (`none`, `sasl`, `polkit`), if it gave one in time.
+    pub auth: Option<String>,
 }
+
+/// How long the probe waits for libvirtd's confirmation byte and its AUTH_LIST answer after the
+/// handshake. Not part of the probe's duration, and no answer is no failure: a host that refuses
+/// the probe's certificate closes at once, a TLS server that is not libvirtd never answers.
+const AUTH_LIST_WAIT: Duration = Duration::from_millis(500);
 
 pub struct ProbeResult {
     pub address: IpAddr,
@@ -45,7 +53,20 @@ pub async fn probe(
 ) -> ProbeResult {
     let started = Instant::now();
     let outcome = match tokio::time::timeout(timeout, handshake(config, address, port)).await {
-        Ok(result) => result,
+        Ok(Ok((mut presented, tls))) => {
+            let duration = started.elapsed();
+            presented.auth = tokio::time::timeout(AUTH_LIST_WAIT, auth_list(tls))
+                .await
+                .ok()
+                .flatten();
+            return ProbeResult {
+                address,
+                duration,
+                outcome: Ok(presented),
+                bypass: None,
+            };
+        }
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(ProbeError {
             reason: ProbeErrorReason::Timeout,
             message: format!(
@@ -62,11 +83,44 @@ pub async fn probe(
     }
 }
 
+/// libvirtd's confirmation byte, then one AUTH_LIST call: what the host demands of clients.
+async fn auth_list(tls: TlsStream<TcpStream>) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    use virtgate_rpc::remote::{AuthListReply, AuthType, PROC_AUTH_LIST};
+    use virtgate_rpc::{call, Packet, PacketStream, Program, Reader, Status, Xdr};
+    let mut tls = tls;
+    if tls.read_u8().await.ok()? != 1 {
+        return None;
+    }
+    let mut stream = PacketStream::new(tls);
+    stream
+        .write_packet(&call(Program::Remote, PROC_AUTH_LIST, 1, &[]))
+        .await
+        .ok()?;
+    let bytes = stream.read_packet(64 * 1024).await.ok()??;
+    let packet = Packet::parse(bytes).ok()?;
+    if packet.header.status != Status::Ok {
+        return None;
+    }
+    let reply = AuthListReply::decode(&mut Reader::new(packet.payload)).ok()?;
+    let names: Vec<&str> = reply
+        .0
+        .iter()
+        .map(|t| match t {
+            AuthType::None => "none",
+            AuthType::Sasl => "sasl",
+            AuthType::Polkit => "polkit",
+            _ => "other",
+        })
+        .collect();
+    Some(names.join(","))
+}
+
 async fn handshake(
     config: Arc<ClientConfig>,
     address: IpAddr,
     port: u16,
-) -> Result<Presented, ProbeError> {
+) -> Result<(Presented, TlsStream<TcpStream>), ProbeError> {
     let target = SocketAddr::new(address, port);
     let tcp = TcpStream::connect(target).await.map_err(|e| {
         let reason = match e.kind() {
@@ -104,5 +158,12 @@ async fn handshake(
         .protocol_version()
         .map(|v| format!("{v:?}"))
         .unwrap_or_default();
-    Ok(Presented { chain, tls_version })
+    Ok((
+        Presented {
+            chain,
+            tls_version,
+            auth: None,
+        },
+        tls,
+    ))
 }

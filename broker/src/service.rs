@@ -43,6 +43,12 @@ pub struct RunningBroker {
     pub admin_token_path: PathBuf,
     /// Asks for a host to be probed now (a gateway saw a key other than its pin).
     pub probes: ProbeRequests,
+    /// The users who may log in at the gateway with a password.
+    pub users: Arc<crate::users::UsersStore>,
+    /// Where the gateway's credentials for hosts that demand SASL are kept.
+    pub credentials_dir: PathBuf,
+    /// Random per start; gateways following the users long-poll resynchronise when it changes.
+    pub epoch: String,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -151,6 +157,31 @@ fn open_enrollments(
     )))
 }
 
+/// The users (`users.json`) and the host-credentials directory under `broker.data_dir`.
+fn open_passwords(
+    config: &BrokerConfig,
+) -> Result<
+    (
+        Arc<crate::users::UsersStore>,
+        PathBuf,
+        virtgate_api::users::CredentialsDir,
+    ),
+    BrokerError,
+> {
+    let users = Arc::new(
+        crate::users::UsersStore::open(&config.data_dir)
+            .map_err(|e| BrokerError::Config(e.to_string()))?,
+    );
+    let credentials_dir = config.data_dir.join(virtgate_api::users::CREDENTIALS_DIR);
+    let credentials = virtgate_api::users::CredentialsDir::open(&credentials_dir).map_err(|e| {
+        BrokerError::DataDir {
+            path: credentials_dir.display().to_string(),
+            source: e,
+        }
+    })?;
+    Ok((users, credentials_dir, credentials))
+}
+
 /// Like [`start`], with more of virtgate's own certificates (role, PEM file) whose expiry the
 /// metrics should show (the proxy's, in `virtgate up`).
 pub async fn start_with(
@@ -201,10 +232,19 @@ pub async fn start_with(
     let enrollments = open_enrollments(config, inventory.clone(), enroll_identity)?;
     tasks.spawn(enrollments.clone().run(shutdown.clone()));
     let admin_token_path = tokens.admin_path.clone();
-    let mut state = tokens.api_state(config, inventory.clone(), metrics.clone(), probes.clone())?;
+    let (users, credentials_dir, credentials) = open_passwords(config)?;
+    let mut state = tokens.api_state(
+        config,
+        inventory.clone(),
+        metrics.clone(),
+        probes.clone(),
+        users.clone(),
+        credentials,
+    )?;
     Arc::get_mut(&mut state)
         .expect("the API state is not shared yet")
         .enrollments = Some(enrollments);
+    let epoch = state.epoch.clone();
     let scheme = if api_tls.is_some() { "https" } else { "http" };
     tasks.spawn(api::serve(listener, api_tls, state, shutdown.clone()));
     let scheduler = ProbeScheduler::new(
@@ -244,6 +284,9 @@ pub async fn start_with(
         api_scheme: scheme,
         admin_token_path,
         probes,
+        users,
+        credentials_dir,
+        epoch,
         shutdown,
         tasks,
     })
@@ -278,6 +321,8 @@ impl Tokens {
         inventory: Arc<Inventory>,
         metrics: Arc<Metrics>,
         probes: ProbeRequests,
+        users: Arc<crate::users::UsersStore>,
+        credentials: virtgate_api::users::CredentialsDir,
     ) -> Result<Arc<ApiState>, BrokerError> {
         let epoch =
             random_hex(16).map_err(|e| BrokerError::Config(format!("no randomness: {e}")))?;
@@ -297,6 +342,8 @@ impl Tokens {
             requests: Semaphore::new(api::MAX_REQUESTS),
             slot_wait: api::SLOT_WAIT,
             enrollments: None,
+            users,
+            credentials,
         }))
     }
 }

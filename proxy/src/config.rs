@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{FrontAuth, LoginLimits};
 use crate::policy::Rule;
 
 /// A listener bound to one host, for clients that cannot set `?name=`.
@@ -100,6 +101,19 @@ pub struct ProxyConfig {
     /// after it (`v1 GENERATION HEX`), read at each connect. `virtgate up` uses the broker's
     /// `<broker.data_dir>/agent-secrets`; in Kubernetes, a Secret mounted here.
     pub agent_secret_dir: Option<PathBuf>,
+    /// How clients authenticate: a certificate (the default), a certificate or a password, or
+    /// both.
+    pub front_auth: FrontAuth,
+    /// Failed password logins of one user name within `login_failure_window` after which its
+    /// logins are refused until the window has passed.
+    pub login_failures_per_user: u32,
+    /// The same per source address.
+    pub login_failures_per_source: u32,
+    #[serde(with = "humantime_serde")]
+    pub login_failure_window: Duration,
+    /// Credentials of hosts whose libvirtd demands a SASL login, one file per host
+    /// (`virtgate hosts credentials`); `virtgate up` uses `<broker.data_dir>/host-credentials`.
+    pub host_credentials_dir: Option<PathBuf>,
 }
 
 /// A list of `HOST:PORT` addresses, or one address on its own: what an operator writes in
@@ -187,6 +201,11 @@ impl Default for ProxyConfig {
             broker_pin: None,
             broker_token_file: None,
             agent_secret_dir: None,
+            front_auth: FrontAuth::Certificate,
+            login_failures_per_user: 10,
+            login_failures_per_source: 30,
+            login_failure_window: Duration::from_secs(300),
+            host_credentials_dir: None,
         }
     }
 }
@@ -264,6 +283,7 @@ impl ProxyConfig {
             ("backend_connect_timeout", self.backend_connect_timeout),
             ("idle_timeout", self.idle_timeout),
             ("write_timeout", self.write_timeout),
+            ("login_failure_window", self.login_failure_window),
         ] {
             if value.is_zero() {
                 problems.push(format!("proxy.{key}: must be longer than 0s"));
@@ -272,6 +292,7 @@ impl ProxyConfig {
         if self.max_connections == 0 {
             problems.push("proxy.max_connections: must be at least 1".into());
         }
+        self.validate_passwords(&mut problems);
         if self.max_handshakes_per_source == 0 {
             problems.push("proxy.max_handshakes_per_source: must be at least 1".into());
         }
@@ -292,6 +313,36 @@ impl ProxyConfig {
             ));
         }
         problems
+    }
+
+    /// The keys about passwords: limits, the host-credentials directory, `user:` rules.
+    fn validate_passwords(&self, problems: &mut Vec<String>) {
+        if self.login_failures_per_user == 0 || self.login_failures_per_source == 0 {
+            problems.push(
+                "proxy.login_failures_per_user / login_failures_per_source: must be at least 1"
+                    .into(),
+            );
+        }
+        if let Some(dir) = self.host_credentials_dir.as_ref().filter(|d| !d.is_dir()) {
+            problems.push(format!(
+                "proxy.host_credentials_dir: {} is not a directory (the broker keeps one file per \
+                 host in <broker.data_dir>/host-credentials; `virtgate hosts credentials` writes them)",
+                dir.display()
+            ));
+        }
+        for rule in self
+            .rules
+            .iter()
+            .filter(|r| r.identity.starts_with(crate::policy::USER_PREFIX))
+        {
+            let name = &rule.identity[crate::policy::USER_PREFIX.len()..];
+            if name.is_empty() {
+                problems.push(
+                    "proxy.rules: identity \"user:\" names no user; write user:NAME or user:GLOB"
+                        .into(),
+                );
+            }
+        }
     }
 
     /// The TLS files as the gateway reads them; every one must be set (`virtgate up` sets unset
@@ -316,6 +367,15 @@ impl ProxyConfig {
 }
 
 impl ProxyConfig {
+    /// The limits on failed password logins.
+    pub fn login_limits(&self) -> LoginLimits {
+        LoginLimits {
+            per_user: self.login_failures_per_user,
+            per_source: self.login_failures_per_source,
+            window: self.login_failure_window,
+        }
+    }
+
     /// The connection names the gateway forwards.
     pub fn uri_rules(&self) -> crate::UriRules {
         crate::UriRules {

@@ -1,15 +1,19 @@
 //! The proxy: the TLS front door that relays libvirt RPC from authenticated clients to hosts.
 //!
-//! Owns: client TLS termination and authentication (certificate, DN allow-list), the part of the
-//! libvirt RPC protocol the gateway answers itself before CONNECT_OPEN (AUTH_LIST, keepalive
-//! feature, PINGs), routing CONNECT_OPEN by the host named in the URI, per-identity policy
-//! (deny / read-only / read-write), backend mTLS with host keys checked against the pins of its
-//! host table, the frame relay and its metrics.
+//! Owns: client TLS termination and authentication (certificate, DN allow-list, and SCRAM
+//! password logins against users' verifiers, with failed logins limited), the part of the
+//! libvirt RPC protocol the gateway answers itself before CONNECT_OPEN (AUTH_LIST, SASL,
+//! keepalive feature, PINGs), routing CONNECT_OPEN by the host named in the URI, per-identity
+//! policy (deny / read-only / read-write, for DNs and `user:` names), backend mTLS with host keys
+//! checked against the pins of its host table, the gateway's own SCRAM login to hosts that
+//! demand SASL, the frame relay and its metrics; SCRAM itself ([`auth::scram`]) for both roles.
 //! Must not: decide host trust itself (its host table says, fed by its owner from the broker's
 //! inventory), depend on the broker, its store or discovery, contact any host before the client
-//! is authenticated and authorised for it, or log secrets.
+//! is authenticated and authorised for it, log secrets (passwords, verifiers, SaltedPasswords),
+//! tell an unknown user from a wrong password on the wire, or hand-roll crypto primitives.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod calls;
 pub mod config;
 pub mod directory;
@@ -145,11 +149,24 @@ impl RunningProxy {
 }
 
 /// Starts the listeners. `files` locates the TLS material; `hosts` is the table of hosts the
-/// gateway may reach, kept current by its owner.
+/// gateway may reach, kept current by its owner. No users and no host credentials: see
+/// [`start_with_logins`].
 pub async fn start(
     config: &ProxyConfig,
     files: TlsFiles,
     hosts: HostTableWatch,
+    registry: &prometheus::Registry,
+) -> Result<RunningProxy, ProxyError> {
+    start_with_logins(config, files, hosts, auth::Logins::none(), registry).await
+}
+
+/// [`start`], with the users who may log in with a password at the front door and the
+/// credentials of hosts that demand a SASL login, both kept current by the owner.
+pub async fn start_with_logins(
+    config: &ProxyConfig,
+    files: TlsFiles,
+    hosts: HostTableWatch,
+    logins: auth::Logins,
     registry: &prometheus::Registry,
 ) -> Result<RunningProxy, ProxyError> {
     for identity in policy::Policy::unanchored(&config.rules) {
@@ -164,7 +181,7 @@ pub async fn start(
         );
     }
     let seen = Reloader::contents(&files);
-    let material = Arc::new(TlsMaterial::load(&files)?);
+    let material = Arc::new(TlsMaterial::load_for(&files, config.front_auth)?);
     let metrics = ProxyMetrics::register(registry)?;
     report_crl(&material, &metrics);
     let (tls_tx, tls_rx) = watch::channel(material);
@@ -179,11 +196,15 @@ pub async fn start(
         hosts,
         tls: tls_rx,
         metrics: metrics.clone(),
+        front_auth: config.front_auth,
+        logins,
+        failed_logins: Arc::new(auth::FailedLogins::new(config.login_limits())),
     });
     let shutdown = CancellationToken::new();
     let accepting = shutdown.child_token();
     let reloader = Arc::new(Reloader {
         files,
+        front_auth: config.front_auth,
         tls: tls_tx,
         seen: std::sync::Mutex::new(seen),
     });
@@ -250,6 +271,8 @@ const SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 /// theirs.
 struct Reloader {
     files: TlsFiles,
+    /// Whether client certificates are optional (password logins allowed).
+    front_auth: auth::FrontAuth,
     tls: watch::Sender<Arc<TlsMaterial>>,
     /// The files' contents when they were last loaded.
     seen: std::sync::Mutex<Vec<Option<Vec<u8>>>>,
@@ -268,7 +291,7 @@ impl Reloader {
 
     fn reload(&self, metrics: &ProxyMetrics) -> Result<(), ProxyError> {
         let seen = Self::contents(&self.files);
-        let material = TlsMaterial::load(&self.files)?;
+        let material = TlsMaterial::load_for(&self.files, self.front_auth)?;
         report_crl(&material, metrics);
         self.tls.send_replace(Arc::new(material));
         *self.seen.lock().expect("reload lock poisoned") = seen;

@@ -20,6 +20,8 @@ pub struct ProxyMetrics {
     pub crl_next_update: prometheus::Gauge,
     pub secondary_checks: IntCounterVec,
     pub secondary_check_duration: Histogram,
+    /// The gateway's own SASL logins to hosts that failed, by reason.
+    pub backend_login_failures: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -107,6 +109,7 @@ impl ProxyMetrics {
         }
         let (calls_refused, crl_next_update) = guard_metrics(registry)?;
         let (secondary_checks, secondary_check_duration) = secondary_metrics(registry)?;
+        let backend_login_failures = login_metrics(registry)?;
         let metrics = Self {
             connections_active,
             connections_total,
@@ -121,6 +124,7 @@ impl ProxyMetrics {
             crl_next_update,
             secondary_checks,
             secondary_check_duration,
+            backend_login_failures,
         };
         metrics.initialise_labels();
         Ok(metrics)
@@ -142,6 +146,14 @@ impl ProxyMetrics {
         ] {
             self.auth_failures.with_label_values(&[stage, reason]);
         }
+        for failure in crate::session::LoginFailure::ALL {
+            self.auth_failures
+                .with_label_values(&["sasl", failure.as_str()]);
+        }
+        for failure in crate::session::HostLoginFailure::ALL {
+            self.backend_login_failures
+                .with_label_values(&[failure.as_str()]);
+        }
         for side in ["client", "host"] {
             for reason in ["length_too_small", "length_too_large", "stalled"] {
                 self.protocol_errors.with_label_values(&[side, reason]);
@@ -152,6 +164,19 @@ impl ProxyMetrics {
     pub fn bytes_counter(&self, host: &str, direction: &str) -> IntCounter {
         self.bytes.with_label_values(&[host, direction])
     }
+}
+
+/// The gateway's own SASL logins to hosts, registered into `registry`.
+fn login_metrics(registry: &Registry) -> Result<IntCounterVec, prometheus::Error> {
+    let backend_login_failures = IntCounterVec::new(
+        Opts::new(
+            "virtgate_proxy_backend_login_failures_total",
+            "The gateway's own SASL logins to hosts that demand one (auth_tls = \"sasl\") which failed, by reason (no_credentials, rejected, stale_credentials, ...); the client got an error naming `virtgate hosts credentials`.",
+        ),
+        &["reason"],
+    )?;
+    registry.register(Box::new(backend_login_failures.clone()))?;
+    Ok(backend_login_failures)
 }
 
 /// The calls the gateway refuses itself, and the freshness of its CRL.

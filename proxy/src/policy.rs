@@ -1,6 +1,8 @@
 //! Who may reach which host, and how: rules of `{identity, hosts, mode}`, first match wins,
 //! default deny. Identities are certificate subject DNs, matched with globs the way libvirt's
-//! `tls_allowed_dn_list` matches them (`*` also matches `,` and `=`).
+//! `tls_allowed_dn_list` matches them (`*` also matches `,` and `=`), or the names of users who
+//! logged in with a password, written `user:NAME` (globs too: `user:ops-*`). A connection
+//! authenticated both ways has both identities; a rule's identity says which one it needs.
 
 use globset::{Glob, GlobMatcher};
 use serde::{Deserialize, Serialize};
@@ -23,10 +25,49 @@ impl Mode {
     }
 }
 
+/// Who a connection is: the subject DN of its certificate, or a user who logged in with a
+/// password.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    Dn(String),
+    User(String),
+}
+
+/// How rules name users: `user:NAME`.
+pub const USER_PREFIX: &str = "user:";
+
+impl Identity {
+    /// The identity as rules and log lines write it: the DN, or `user:NAME`.
+    pub fn as_rule_text(&self) -> String {
+        match self {
+            Self::Dn(dn) => dn.clone(),
+            Self::User(name) => format!("{USER_PREFIX}{name}"),
+        }
+    }
+
+    /// A short form for messages the client prints: the DN's CN, or `user:NAME`.
+    pub fn short(&self) -> String {
+        match self {
+            Self::Dn(dn) => crate::tls::cn_of(dn).to_string(),
+            Self::User(name) => format!("{USER_PREFIX}{name}"),
+        }
+    }
+}
+
+/// Every identity of a connection, for log lines: `DN`, `user:NAME`, or both joined by ` & `.
+pub fn describe(identities: &[Identity]) -> String {
+    identities
+        .iter()
+        .map(Identity::as_rule_text)
+        .collect::<Vec<_>>()
+        .join(" & ")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
-    /// Glob over the client's subject DN, e.g. `O=Example,CN=*` or `*CN=alice`.
+    /// Glob over the client's subject DN, e.g. `O=Example,CN=*`, or `user:` and a glob over
+    /// the names of users who logged in with a password, e.g. `user:alice`.
     pub identity: String,
     /// Globs over host names.
     pub hosts: Vec<String>,
@@ -49,8 +90,31 @@ pub(crate) fn glob(pattern: &str) -> Result<GlobMatcher, PolicyError> {
         })
 }
 
+/// What a rule's identity matches.
+enum Matcher {
+    Dn(GlobMatcher),
+    User(GlobMatcher),
+}
+
+impl Matcher {
+    fn new(identity: &str) -> Result<Self, PolicyError> {
+        Ok(match identity.strip_prefix(USER_PREFIX) {
+            Some(user) => Self::User(glob(user)?),
+            None => Self::Dn(glob(identity)?),
+        })
+    }
+
+    fn matches(&self, identity: &Identity) -> bool {
+        match (self, identity) {
+            (Self::Dn(g), Identity::Dn(dn)) => g.is_match(dn),
+            (Self::User(g), Identity::User(name)) => g.is_match(name),
+            _ => false,
+        }
+    }
+}
+
 struct CompiledRule {
-    identity: GlobMatcher,
+    identity: Matcher,
     hosts: Vec<GlobMatcher>,
     mode: Mode,
 }
@@ -68,6 +132,7 @@ impl Policy {
             .iter()
             .map(|r| r.identity.as_str())
             .filter(|identity| identity.starts_with('*') && *identity != "*")
+            .filter(|identity| !identity.starts_with(USER_PREFIX))
     }
 
     pub fn new(rules: &[Rule]) -> Result<Self, PolicyError> {
@@ -75,7 +140,7 @@ impl Policy {
             .iter()
             .map(|r| {
                 Ok(CompiledRule {
-                    identity: glob(&r.identity)?,
+                    identity: Matcher::new(&r.identity)?,
                     hosts: r
                         .hosts
                         .iter()
@@ -88,13 +153,22 @@ impl Policy {
         Ok(Self { rules })
     }
 
-    /// The mode of the first rule matching both identity and host; `None` means denied.
-    pub fn decide(&self, identity: &str, host: &str) -> Option<Mode> {
+    /// The mode of the first rule matching one of the identities and the host; `None` means
+    /// denied.
+    pub fn decide_for(&self, identities: &[Identity], host: &str) -> Option<Mode> {
         let host = host.to_ascii_lowercase();
         self.rules
             .iter()
-            .find(|r| r.identity.is_match(identity) && r.hosts.iter().any(|h| h.is_match(&host)))
+            .find(|r| {
+                identities.iter().any(|i| r.identity.matches(i))
+                    && r.hosts.iter().any(|h| h.is_match(&host))
+            })
             .map(|r| r.mode)
+    }
+
+    /// [`Policy::decide_for`] a certificate's subject DN alone.
+    pub fn decide(&self, dn: &str, host: &str) -> Option<Mode> {
+        self.decide_for(&[Identity::Dn(dn.to_string())], host)
     }
 }
 
@@ -154,6 +228,39 @@ mod tests {
         assert_eq!(
             Policy::unanchored(&suffix).collect::<Vec<_>>(),
             vec!["*CN=alice"]
+        );
+    }
+
+    #[test]
+    fn user_rules_match_password_logins_and_dn_rules_certificates_never_each_other() {
+        let policy = Policy::new(&[
+            rule("user:alice", &["h1"], Mode::Rw),
+            rule("user:ops-*", &["*"], Mode::Ro),
+            rule("CN=alice", &["h2"], Mode::Rw),
+        ])
+        .unwrap();
+        let alice = Identity::User("alice".into());
+        let cert = Identity::Dn("CN=alice".into());
+        assert_eq!(
+            policy.decide_for(std::slice::from_ref(&alice), "h1"),
+            Some(Mode::Rw)
+        );
+        assert_eq!(policy.decide_for(std::slice::from_ref(&alice), "h2"), None);
+        assert_eq!(policy.decide_for(std::slice::from_ref(&cert), "h1"), None);
+        assert_eq!(
+            policy.decide_for(std::slice::from_ref(&cert), "h2"),
+            Some(Mode::Rw)
+        );
+        // Both identities: the first rule either of them matches.
+        assert_eq!(policy.decide_for(&[cert, alice], "h2"), Some(Mode::Rw));
+        let ops = Identity::User("ops-bob".into());
+        assert_eq!(policy.decide_for(&[ops], "db1"), Some(Mode::Ro));
+        // A DN that reads like a user rule is still a DN.
+        let lookalike = Identity::Dn("user:alice".into());
+        assert_eq!(policy.decide_for(&[lookalike], "h1"), None);
+        assert_eq!(
+            describe(&[Identity::Dn("CN=a".into()), Identity::User("a".into())]),
+            "CN=a & user:a"
         );
     }
 

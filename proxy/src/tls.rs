@@ -62,7 +62,17 @@ pub struct TlsMaterial {
 }
 
 impl TlsMaterial {
+    /// Loads `files`; client certificates are required.
     pub fn load(files: &TlsFiles) -> Result<Self, ProxyTlsError> {
+        Self::load_for(files, crate::auth::FrontAuth::Certificate)
+    }
+
+    /// Loads `files`; client certificates are optional when `front_auth` lets clients log in
+    /// with a password instead (one that is presented must still verify).
+    pub fn load_for(
+        files: &TlsFiles,
+        front_auth: crate::auth::FrontAuth,
+    ) -> Result<Self, ProxyTlsError> {
         let provider = provider();
         let server_chain = read_certs(&files.server_cert)?;
         let server_key = read_key(&files.server_key)?;
@@ -89,6 +99,9 @@ impl TlsMaterial {
             let crls = read_crls(crl)?;
             crl_next_update = earliest_next_update(&crls);
             verifier = verifier.with_crls(crls);
+        }
+        if front_auth.certificate_optional() {
+            verifier = verifier.allow_unauthenticated();
         }
         let verifier = verifier.build().map_err(|e| ProxyTlsError::Invalid {
             what: "client CA / CRL".into(),

@@ -43,7 +43,7 @@ pub struct Args {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    client: ClientArgs,
+    pub client: ClientArgs,
 }
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {

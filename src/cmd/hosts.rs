@@ -52,6 +52,22 @@ enum HostsAction {
         /// The host's name, as `virtgate hosts` lists it.
         name: String,
     },
+    /// Set (or with --remove, remove) the user name and password the gateway logs in with when
+    /// the host's libvirtd demands SASL (auth_tls = "sasl"); the password is asked for without
+    /// echo, or read from stdin. Needs the admin token.
+    Credentials {
+        /// The host's name, as `virtgate hosts` lists it.
+        name: String,
+        /// The user name in the host's SASL database (`saslpasswd2 -a libvirt NAME`).
+        #[arg(long, value_name = "NAME", required_unless_present = "remove")]
+        user: Option<String>,
+        /// Read the password from the first line of stdin instead of a prompt.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Remove the host's credentials instead.
+        #[arg(long, conflicts_with_all = ["user", "password_stdin"])]
+        remove: bool,
+    },
 }
 
 pub async fn run(config: &Config, args: HostsArgs) -> anyhow::Result<()> {
@@ -111,6 +127,26 @@ pub async fn run(config: &Config, args: HostsArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&gone)?);
             } else {
                 println!("forgotten: {name} (its pin and history are gone; if it still announces itself or is configured, it comes back as new, awaiting approval)");
+            }
+        }
+        Some(HostsAction::Credentials {
+            name,
+            user,
+            password_stdin,
+            remove,
+        }) => {
+            let client = api_client::admin(config, &args.client)?;
+            if remove {
+                client.remove_host_credentials(&name).await?;
+                println!("credentials removed: {name}");
+            } else {
+                super::users::set_host_credentials(
+                    &client,
+                    &name,
+                    user.as_deref().unwrap_or_default(),
+                    password_stdin,
+                )
+                .await?;
             }
         }
     }
@@ -240,6 +276,7 @@ fn hosts_table(hosts: &[Host]) -> String {
         "STATE",
         "TRUST",
         "PORT",
+        "AUTH",
         "ADDRESSES",
         "LEAF EXPIRES",
         "FINDINGS",
@@ -257,6 +294,12 @@ fn hosts_table(hosts: &[Host]) -> String {
             state_with_addresses(h),
             h.trust.as_str().to_string(),
             h.port.to_string(),
+            // What the host demands of clients (the probe's AUTH_LIST): `sasl` needs
+            // `virtgate hosts credentials`.
+            h.endpoints
+                .iter()
+                .find_map(|e| e.auth.clone())
+                .unwrap_or_else(|| "-".into()),
             addresses.join(" "),
             expiry,
             list_or_dash(&findings),

@@ -20,6 +20,7 @@ pub mod show_config;
 pub mod table;
 pub mod tls_check;
 pub mod up;
+pub mod users;
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() -> anyhow::Result<()> {

@@ -108,7 +108,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let url = client.url().to_string();
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let (mut follower, followed) = Follower::new(client);
+    let (mut follower, followed) = Follower::new(client.clone());
     if let Some(file) = &config.proxy.directory_cache_file {
         if let Err(e) = follower.with_cache(file.clone()) {
             warn!(error = %e, "starting without the cached inventory");
@@ -122,13 +122,27 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(FIRST_COPY_WAIT, first.wait_for(Option::is_some)).await;
     let (hosts, publish) = crate::directory::from_broker(followed.clone(), shutdown.child_token());
     tasks.spawn(publish);
+    let (users, publish) = crate::logins::from_broker(client.clone(), shutdown.child_token());
+    tasks.spawn(publish);
+    let host_credentials: Arc<dyn virtgate_proxy::auth::HostCredentials> =
+        match &config.proxy.host_credentials_dir {
+            Some(dir) => Arc::new(crate::logins::DirCredentials::new(
+                virtgate_api::users::CredentialsDir::at(dir),
+            )),
+            None => Arc::new(virtgate_proxy::auth::NoHostCredentials),
+        };
+    let logins = virtgate_proxy::auth::Logins {
+        users,
+        host_credentials,
+    };
     let registry = Arc::new(prometheus::Registry::new());
     registry.register(Box::new(
         prometheus::process_collector::ProcessCollector::for_self(),
     ))?;
-    let mut proxy = virtgate_proxy::start(&config.proxy, files, hosts, &registry)
-        .await
-        .context("cannot start the proxy")?;
+    let mut proxy =
+        virtgate_proxy::start_with_logins(&config.proxy, files, hosts, logins, &registry)
+            .await
+            .context("cannot start the proxy")?;
     if let Some(mismatches) = proxy.key_mismatches() {
         tasks.spawn(super::gateway_flags::report_mismatches(
             mismatches,

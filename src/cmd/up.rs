@@ -62,23 +62,7 @@ pub async fn run(config: &Config, config_file: Option<&Path>) -> anyhow::Result<
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let proxy = match files {
-        Some(files) => {
-            let (hosts, publish) =
-                crate::directory::from_inventory(broker.inventory.clone(), shutdown.child_token());
-            tasks.spawn(publish);
-            let mut proxy =
-                virtgate_proxy::start(&config.proxy, files, hosts, broker.metrics.registry())
-                    .await
-                    .context("cannot start the proxy")?;
-            if let Some(mismatches) = proxy.key_mismatches() {
-                tasks.spawn(reprobe(
-                    mismatches,
-                    broker.probes.clone(),
-                    shutdown.child_token(),
-                ));
-            }
-            Some(proxy)
-        }
+        Some(files) => Some(start_gateway(&config, files, &broker, &mut tasks, &shutdown).await?),
         None => None,
     };
     let published = super::broker::publish_runtime(&config, &broker, config_file, "up");
@@ -159,4 +143,52 @@ async fn reprobe(
             () = shutdown.cancelled() => return,
         }
     }
+}
+
+/// The gateway of `up`: its host table fed by the broker's inventory, its logins by the broker's
+/// users and host credentials, and key mismatches it sees re-probed at once.
+async fn start_gateway(
+    config: &Config,
+    files: virtgate_proxy::TlsFiles,
+    broker: &virtgate_broker::RunningBroker,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<virtgate_proxy::RunningProxy> {
+    let (hosts, publish) =
+        crate::directory::from_inventory(broker.inventory.clone(), shutdown.child_token());
+    tasks.spawn(publish);
+    let (users, publish) = crate::logins::from_store(
+        broker.users.clone(),
+        broker.epoch.clone(),
+        shutdown.child_token(),
+    );
+    tasks.spawn(publish);
+    let dir = config
+        .proxy
+        .host_credentials_dir
+        .clone()
+        .unwrap_or_else(|| broker.credentials_dir.clone());
+    let logins = virtgate_proxy::auth::Logins {
+        users,
+        host_credentials: std::sync::Arc::new(crate::logins::DirCredentials::new(
+            virtgate_api::users::CredentialsDir::at(&dir),
+        )),
+    };
+    let mut proxy = virtgate_proxy::start_with_logins(
+        &config.proxy,
+        files,
+        hosts,
+        logins,
+        broker.metrics.registry(),
+    )
+    .await
+    .context("cannot start the proxy")?;
+    if let Some(mismatches) = proxy.key_mismatches() {
+        tasks.spawn(reprobe(
+            mismatches,
+            broker.probes.clone(),
+            shutdown.child_token(),
+        ));
+    }
+    Ok(proxy)
 }

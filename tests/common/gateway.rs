@@ -190,6 +190,20 @@ pub fn write_up_config(
     (config, data_dir)
 }
 
+/// Runs `virtgate --config CONFIG broker` alone (the broker half of a gateway's configuration)
+/// and waits until its API at `api` is ready.
+pub fn broker_alone(config: &Path, api: std::net::SocketAddr) -> LabProcess {
+    let mut cmd = Command::new(VIRTGATE);
+    cmd.args(["--config", config.to_str().unwrap(), "broker"]);
+    let broker = LabProcess::spawn(cmd).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !super::http(api, "GET", "/readyz", None, None).is_ok_and(|(s, _)| s == 200) {
+        assert!(Instant::now() < deadline, "{}", broker.stderr_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    broker
+}
+
 pub fn virsh(uri: &str, args: &[&str]) -> Output {
     Command::new("/usr/bin/virsh")
         .arg("-c")

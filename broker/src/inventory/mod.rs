@@ -695,6 +695,7 @@ mod tests {
             outcome: Ok(crate::probe::Presented {
                 chain: vec![der],
                 tls_version: "TLSv1_3".into(),
+                auth: None,
             }),
             bypass: None,
         }

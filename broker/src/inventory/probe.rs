@@ -68,6 +68,7 @@ fn endpoint(
         error: None,
         error_reason: None,
         tls_version: None,
+        auth: None,
         chain: Vec::new(),
     };
     match r.outcome {
@@ -85,6 +86,7 @@ fn endpoint(
                     }
                     endpoint.chain = chain;
                     endpoint.tls_version = Some(presented.tls_version);
+                    endpoint.auth = presented.auth;
                     chains.push((r.address, presented.chain));
                 }
                 Err(e) => {

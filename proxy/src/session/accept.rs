@@ -13,14 +13,15 @@ use crate::tls::{subject_dn, TlsMaterial};
 pub(crate) type ClientTls = TlsStream<TcpStream>;
 
 /// Completes the TLS handshake by `deadline` and checks who the client is; returns the stream
-/// with the confirmation byte sent, and records the identity in `out`.
+/// with the confirmation byte sent and the certificate's subject DN (none only where
+/// `proxy.front_auth` lets a password stand in for it), and records the identity in `out`.
 pub(crate) async fn identify(
     gateway: &Gateway,
     material: &TlsMaterial,
     tcp: TcpStream,
     deadline: tokio::time::Instant,
     out: &mut Outcome,
-) -> Result<ClientTls, Ended> {
+) -> Result<(ClientTls, Option<String>), Ended> {
     let m = &gateway.metrics;
     let limit = gateway.config.handshake_timeout;
     let _ = tcp.set_nodelay(true);
@@ -47,7 +48,12 @@ pub(crate) async fn identify(
         .1
         .peer_certificates()
         .and_then(|c| c.first());
-    let Some(dn) = certificate.and_then(subject_dn) else {
+    let dn = certificate.and_then(subject_dn);
+    let no_certificate_allowed = certificate.is_none() && gateway.front_auth.certificate_optional();
+    let Some(dn) = dn else {
+        if no_certificate_allowed {
+            return confirm(client, deadline).await.map(|c| (c, None));
+        }
         m.auth_failures
             .with_label_values(&["tls", "no_certificate"])
             .inc();
@@ -63,6 +69,14 @@ pub(crate) async fn identify(
         let detail = "subject DN not in proxy.allowed_dn";
         return Err(Ended::new(ConnectionResult::DnNotAllowed, detail));
     }
+    confirm(client, deadline).await.map(|c| (c, Some(dn)))
+}
+
+/// Sends the `0x01` byte libvirt clients wait for.
+async fn confirm(
+    mut client: ClientTls,
+    deadline: tokio::time::Instant,
+) -> Result<ClientTls, Ended> {
     let confirm = async {
         client.write_all(&[1]).await?;
         client.flush().await

@@ -8,8 +8,7 @@ use virtgate_rpc::{ErrorDomain, ErrorNumber};
 use super::outcome::{ConnectionResult, Refusal};
 use super::Gateway;
 use crate::directory::{Admission, HostTarget, RefuseReason};
-use crate::policy::Mode;
-use crate::tls::cn_of;
+use crate::policy::{Identity, Mode};
 
 /// A routing decision taken from the `name` a client sent in CONNECT_OPEN.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,11 +157,11 @@ fn target_of(
     }
 }
 
-/// Decides whether `identity` may open `name`, and how. `on_host` and `on_mode` record the
+/// Decides whether a connection with `identities` may open `name`, and how. `on_host` and `on_mode` record the
 /// decision as soon as it is known, for the connection's log line.
 pub(crate) fn decide(
     gateway: &Gateway,
-    identity: &str,
+    identities: &[Identity],
     name: &str,
     bound_host: Option<&str>,
     mut on_host: impl FnMut(&str),
@@ -175,7 +174,8 @@ pub(crate) fn decide(
         &gateway.uri_rules,
     )?;
     on_host(&host);
-    let Some(mode) = gateway.policy.decide(identity, &host) else {
+    let Some(mode) = gateway.policy.decide_for(identities, &host) else {
+        let who: Vec<String> = identities.iter().map(Identity::short).collect();
         gateway
             .metrics
             .auth_failures
@@ -186,8 +186,9 @@ pub(crate) fn decide(
             code: ErrorNumber::ACCESS_DENIED,
             domain: ErrorDomain::FROM_ACCESS,
             message: format!(
-                "virtgate: access to host {host} denied for {} (subject {identity}: no proxy.rules entry allows it)",
-                cn_of(identity)
+                "virtgate: access to host {host} denied for {} ({}: no proxy.rules entry allows it)",
+                who.join(" & "),
+                crate::policy::describe(identities)
             ),
             detail: "no proxy.rules entry allows this identity on this host".into(),
         });

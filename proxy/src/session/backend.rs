@@ -1,6 +1,7 @@
 //! Step 4: reaching the host. TCP to every address (happy eyeballs), TLS with the gateway's own
 //! certificate checking the host's pin (or CA), the confirmation byte, then the host's own
-//! handshake: AUTH_LIST, keepalive if the client asked for it, and the client's CONNECT_OPEN
+//! handshake: AUTH_LIST (and, for a host that demands SASL, the gateway's own login:
+//! [`super::host_login`]), keepalive if the client asked for it, and the client's CONNECT_OPEN
 //! with the name the host should open and the read-only bit for `ro` identities.
 
 use std::net::{IpAddr, SocketAddr};
@@ -172,13 +173,15 @@ async fn happy_eyeballs(addresses: &[IpAddr], port: u16) -> Result<TcpStream, St
     Err(errors.join("; "))
 }
 
-/// The host's own handshake, each exchange within `limit`: AUTH_LIST, keepalive if the client
-/// asked for it, then the client's CONNECT_OPEN as the host should see it.
+/// The host's own handshake, each exchange within `limit`: AUTH_LIST (a SASL login with
+/// `side`'s credentials when the host demands one), keepalive if the client asked for it, then
+/// the client's CONNECT_OPEN as the host should see it.
 pub(crate) async fn open<S: AsyncRead + AsyncWrite + Unpin>(
     backend: S,
     admitted: &Admitted,
     open: &OpenRequest,
     limit: Duration,
+    side: Option<super::host_login::HostSide<'_>>,
 ) -> Result<Opened<S>, Refusal> {
     let host = &admitted.host;
     let mut backend = PacketStream::new(backend);
@@ -195,12 +198,14 @@ pub(crate) async fn open<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(rejected(message, "AUTH_LIST failed"));
         }
     };
-    if !types.is_empty() && !types.contains(&AuthType::None) {
+    if types.contains(&AuthType::Sasl) && !types.contains(&AuthType::None) {
+        super::host_login::log_in(&mut backend, host, side, limit).await?;
+    } else if !types.is_empty() && !types.contains(&AuthType::None) {
         return Err(Refusal {
             result: ConnectionResult::BackendRejected,
             code: ErrorNumber::AUTH_UNAVAILABLE,
             domain: ErrorDomain::FROM_REMOTE,
-            message: format!("virtgate: host {host} requires SASL/polkit authentication from the gateway, which it cannot do yet; set auth_tls = \"none\" with a tls_allowed_dn_list on the host"),
+            message: format!("virtgate: host {host} requires polkit authentication from the gateway, which it cannot do; set auth_tls = \"none\" (with a tls_allowed_dn_list) or \"sasl\" on the host"),
             detail: format!("host offers auth types {types:?}"),
         });
     }
@@ -242,13 +247,13 @@ async fn bounded<T>(limit: Duration, f: impl std::future::Future<Output = T>) ->
 
 /// Why a call of the gateway's own to the host got no reply.
 #[derive(Debug)]
-enum HostCallError {
+pub(crate) enum HostCallError {
     Io,
     Closed,
 }
 
 /// One call of the gateway's own to the host; answers the host's PINGs meanwhile.
-async fn call_host<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn call_host<S: AsyncRead + AsyncWrite + Unpin>(
     backend: &mut PacketStream<S>,
     procedure: u32,
     serial: u32,

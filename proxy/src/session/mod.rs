@@ -1,14 +1,16 @@
 //! One client connection, from TLS accept to close, in the steps its files are named after:
 //!
-//! 1. [`accept`]: TLS handshake (client certificate required), DN allow-list, the `0x01` byte.
+//! 1. [`accept`]: TLS handshake (client certificate required, or optional where
+//!    `proxy.front_auth` lets a password stand in), DN allow-list, the `0x01` byte.
 //! 2. [`preopen`]: until CONNECT_OPEN the gateway answers the client itself (AUTH_LIST,
-//!    keepalive feature, PINGs). No host is contacted before the client is authenticated and
-//!    authorised for that host.
+//!    keepalive feature, PINGs, and the password login of [`login`] when one is needed). No
+//!    host is contacted before the client is authenticated and authorised for that host.
 //! 3. [`admit`]: CONNECT_OPEN names the host; the policy decides rw/ro; the host table says
 //!    whether and how the host may be reached.
 //! 4. [`backend`]: the gateway connects with its own certificate, checks the host's key, runs
-//!    the host's AUTH_LIST, replays keepalive, and forwards CONNECT_OPEN (the host's own name,
-//!    read-only bit for `ro`) with the client's serial.
+//!    the host's AUTH_LIST (and its own SASL login, [`host_login`], when the host demands one),
+//!    replays keepalive, and forwards CONNECT_OPEN (the host's own name, read-only bit for
+//!    `ro`) with the client's serial.
 //! 5. Frames are relayed both ways ([`crate::relay`]); [`outcome`] records how it ended.
 //!
 //! Every refusal after step 1 is a libvirt error REPLY the client prints, sent and recorded in
@@ -17,6 +19,8 @@
 mod accept;
 mod admit;
 mod backend;
+mod host_login;
+mod login;
 mod outcome;
 mod preopen;
 pub(crate) mod secondary;
@@ -34,15 +38,18 @@ use tokio_util::sync::CancellationToken;
 use virtgate_rpc::PacketStream;
 
 pub use admit::{canonical, Route, UriError, UriRules};
+pub(crate) use host_login::LoginFailure as HostLoginFailure;
+pub(crate) use login::Failure as LoginFailure;
 pub use outcome::ConnectionResult;
 
+use crate::auth::{FailedLogins, FrontAuth, Logins};
 use crate::calls::CallGuard;
 use crate::config::ProxyConfig;
 use crate::directory::HostTableWatch;
 use crate::directory::{Admission, RefuseReason};
 use crate::handshakes::HandshakeSlot;
 use crate::metrics::ProxyMetrics;
-use crate::policy::{DnAllowList, Policy};
+use crate::policy::{DnAllowList, Identity, Policy};
 use crate::relay::{relay, RelayContext, RelayEnd, RelayLimits};
 use crate::tls::TlsMaterial;
 use admit::Admitted;
@@ -63,6 +70,12 @@ pub(crate) struct Gateway {
     pub handshakes: crate::handshakes::PerSource,
     /// Hosts that presented a key other than their pin (`RunningProxy::key_mismatches`).
     pub key_mismatch: tokio::sync::mpsc::Sender<String>,
+    /// How clients authenticate (`proxy.front_auth`).
+    pub front_auth: FrontAuth,
+    /// Users and host credentials, kept current by the proxy's owner.
+    pub logins: Logins,
+    /// Failed password logins per user and per source.
+    pub failed_logins: Arc<FailedLogins>,
 }
 
 struct ActiveGuard(prometheus::IntGauge);
@@ -108,14 +121,32 @@ impl Steps<'_> {
         let material = gateway.tls.borrow().clone();
         // One budget for the TLS handshake and the pre-open exchange together.
         let deadline = Instant::now() + gateway.config.handshake_timeout;
-        let client = match accept::identify(gateway, &material, tcp, deadline, out).await {
-            Ok(client) => client,
+        let (client, dn) = match accept::identify(gateway, &material, tcp, deadline, out).await {
+            Ok(accepted) => accepted,
             Err(ended) => return ended,
         };
-        let identity = out.identity.clone().unwrap_or_default();
         let chain = client.get_ref().1.peer_certificates().map(<[_]>::to_vec);
         let mut client = PacketStream::new(client);
-        let open = match preopen::until_open(&mut client, deadline, &gateway.metrics).await {
+        let mut login = gateway.front_auth.needs_password(dn.is_some()).then(|| {
+            login::FrontLogin::new(
+                gateway.logins.users.borrow().clone(),
+                gateway.failed_logins.clone(),
+                gateway.metrics.clone(),
+                out.peer.ip(),
+            )
+        });
+        let m = &gateway.metrics;
+        let opened = preopen::until_open_with(&mut client, deadline, m, login.as_mut()).await;
+        let user = login.as_ref().and_then(|l| l.user()).map(String::from);
+        let identities: Vec<Identity> = dn
+            .map(Identity::Dn)
+            .into_iter()
+            .chain(user.clone().map(Identity::User))
+            .collect();
+        if !identities.is_empty() {
+            out.identity = Some(crate::policy::describe(&identities));
+        }
+        let open = match opened {
             Ok(open) => open,
             Err(ended) => return ended,
         };
@@ -123,7 +154,7 @@ impl Steps<'_> {
         let name = open.args.name.clone().unwrap_or_default();
         let decided = admit::decide(
             gateway,
-            &identity,
+            &identities,
             &name,
             self.bound_host,
             |host| out.host = Some(host.to_string()),
@@ -147,6 +178,8 @@ impl Steps<'_> {
             chain: chain.unwrap_or_default(),
             host: admitted.host.clone(),
             pin: admitted.pin,
+            users: gateway.logins.users.clone(),
+            user,
         };
         self.relay(client, opened.host, &admitted, grounds, out)
             .await
@@ -168,7 +201,11 @@ impl Steps<'_> {
             .metrics
             .backend_connect_duration
             .observe(started.elapsed().as_secs_f64());
-        backend::open(tls, admitted, open, limit).await
+        let side = host_login::HostSide {
+            credentials: self.gateway.logins.host_credentials.as_ref(),
+            metrics: &self.gateway.metrics,
+        };
+        backend::open(tls, admitted, open, limit, Some(side)).await
     }
 
     async fn relay<C, B>(
@@ -252,6 +289,9 @@ struct Grounds {
     chain: Vec<rustls::pki_types::CertificateDer<'static>>,
     host: String,
     pin: Option<virtgate_pki::Pin>,
+    users: crate::auth::UsersWatch,
+    /// The user who logged in with a password, if one did.
+    user: Option<String>,
 }
 
 impl Grounds {
@@ -276,8 +316,10 @@ impl Grounds {
     async fn lost(&self) -> String {
         let mut tls = self.tls.clone();
         let mut hosts = self.hosts.clone();
+        let mut users = self.users.clone();
         tls.mark_unchanged();
         hosts.mark_unchanged();
+        users.mark_unchanged();
         loop {
             tokio::select! {
                 changed = tls.changed() => {
@@ -285,6 +327,9 @@ impl Grounds {
                         return std::future::pending().await;
                     }
                     let material = tls.borrow_and_update().clone();
+                    if self.chain.is_empty() {
+                        continue; // a password login: no certificate to check again
+                    }
                     if let Err(why) = material.verify_client(&self.chain) {
                         return format!("the client certificate no longer verifies after a reload ({why})");
                     }
@@ -296,6 +341,15 @@ impl Grounds {
                     let table = hosts.borrow_and_update().clone();
                     if let Some(why) = self.host_lost(&table) {
                         return why;
+                    }
+                }
+                changed = users.changed(), if self.user.is_some() => {
+                    if changed.is_err() {
+                        return std::future::pending().await;
+                    }
+                    let table = users.borrow_and_update().clone();
+                    if let Some(user) = self.user.as_deref().filter(|u| !table.contains(u)) {
+                        return format!("user {user} was removed");
                     }
                 }
             }

@@ -37,10 +37,14 @@ pub enum ConnectionResult {
     Revoked,
     /// Too many connections from the client's address are still in their handshake.
     RefusedSource,
+    /// The client's password login failed (or it opened without the login it was asked for).
+    LoginFailed,
+    /// The gateway's own SASL login to the host failed (no, wrong or stale credentials).
+    BackendLoginFailed,
 }
 
 impl ConnectionResult {
-    pub const ALL: [ConnectionResult; 17] = [
+    pub const ALL: [ConnectionResult; 19] = [
         Self::Closed,
         Self::TlsFailed,
         Self::DnNotAllowed,
@@ -58,6 +62,8 @@ impl ConnectionResult {
         Self::CallRefused,
         Self::Revoked,
         Self::RefusedSource,
+        Self::LoginFailed,
+        Self::BackendLoginFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +85,8 @@ impl ConnectionResult {
             Self::CallRefused => "call_refused",
             Self::Revoked => "revoked",
             Self::RefusedSource => "refused_source",
+            Self::LoginFailed => "login_failed",
+            Self::BackendLoginFailed => "backend_login_failed",
         }
     }
 

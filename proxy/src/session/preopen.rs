@@ -1,8 +1,9 @@
 //! Step 2: until CONNECT_OPEN the gateway answers the client itself — AUTH_LIST (`none`: the
-//! certificate authenticated the client), CONNECT_SUPPORTS_FEATURE(keepalive) and keepalive
-//! PINGs — within one budget, in packets of at most 64 KiB. No host is contacted here.
+//! certificate authenticated the client; `sasl` when `proxy.front_auth` wants a password, whose
+//! login [`super::login`] runs), CONNECT_SUPPORTS_FEATURE(keepalive) and keepalive PINGs —
+//! within one budget, in packets of at most 64 KiB. No host is contacted here.
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use virtgate_rpc::remote::{
     AuthListReply, AuthType, ConnectOpenArgs, SupportsFeatureArgs, SupportsFeatureReply,
@@ -14,6 +15,7 @@ use virtgate_rpc::{
     PacketStream, Program, ReadError, Reader, Xdr, KEEPALIVE_PING,
 };
 
+use super::login::{Answer, FrontLogin};
 use super::outcome::{ConnectionResult, Ended};
 use crate::metrics::ProxyMetrics;
 
@@ -35,7 +37,9 @@ enum PreOpenCall {
     Ping,
     AuthList,
     SupportsFeature(u32),
-    /// SASL or polkit: the certificate already authenticated the client.
+    /// AUTH_SASL_INIT, START or STEP (the procedure).
+    Sasl(u32),
+    /// polkit.
     Authenticate,
     Open(ConnectOpenArgs),
     MalformedOpen,
@@ -59,8 +63,9 @@ impl PreOpenCall {
             (
                 Program::Remote,
                 MessageType::Call,
-                PROC_AUTH_SASL_INIT | PROC_AUTH_SASL_START | PROC_AUTH_SASL_STEP | PROC_AUTH_POLKIT,
-            ) => Self::Authenticate,
+                p @ (PROC_AUTH_SASL_INIT | PROC_AUTH_SASL_START | PROC_AUTH_SASL_STEP),
+            ) => Self::Sasl(p),
+            (Program::Remote, MessageType::Call, PROC_AUTH_POLKIT) => Self::Authenticate,
             (Program::Remote, MessageType::Call, PROC_CONNECT_OPEN) => {
                 match ConnectOpenArgs::decode(&mut payload) {
                     Ok(args) => Self::Open(args),
@@ -75,12 +80,31 @@ impl PreOpenCall {
 
 const NOT_OPEN: &str = "internal error: hypervisor connection not open";
 const NO_AUTH_STEP: &str = "virtgate: the gateway authenticated you by your TLS certificate; no SASL or polkit step is needed (drop auth= from the URI)";
+const NO_POLKIT: &str = "virtgate: this gateway logs users in with SASL (SCRAM-SHA-256/512), not polkit; drop auth=polkit from the URI";
 
-/// The gateway's own answer to a pre-open call, if it answers at all.
-fn answer(call: &PreOpenCall, h: &Header, wants_keepalive: &mut bool) -> Option<Vec<u8>> {
+/// The gateway's own answer to a pre-open call other than a login step, if it answers at all.
+fn answer(
+    call: &PreOpenCall,
+    h: &Header,
+    wants_keepalive: &mut bool,
+    password: bool,
+) -> Option<Vec<u8>> {
     match call {
         PreOpenCall::Ping => Some(pong()),
-        PreOpenCall::AuthList => Some(ok_reply(h, &AuthListReply(vec![AuthType::None]))),
+        PreOpenCall::AuthList => {
+            let kind = if password {
+                AuthType::Sasl
+            } else {
+                AuthType::None
+            };
+            Some(ok_reply(h, &AuthListReply(vec![kind])))
+        }
+        PreOpenCall::Authenticate if password => Some(error_reply(
+            h,
+            ErrorNumber::AUTH_UNAVAILABLE,
+            ErrorDomain::FROM_RPC,
+            NO_POLKIT,
+        )),
         PreOpenCall::SupportsFeature(FEATURE_PROGRAM_KEEPALIVE) => {
             *wants_keepalive = true;
             Some(ok_reply(h, &SupportsFeatureReply { supported: true }))
@@ -91,7 +115,7 @@ fn answer(call: &PreOpenCall, h: &Header, wants_keepalive: &mut bool) -> Option<
             ErrorDomain::FROM_RPC,
             NOT_OPEN,
         )),
-        PreOpenCall::Authenticate => Some(error_reply(
+        PreOpenCall::Authenticate | PreOpenCall::Sasl(_) => Some(error_reply(
             h,
             ErrorNumber::AUTH_UNAVAILABLE,
             ErrorDomain::FROM_RPC,
@@ -101,11 +125,25 @@ fn answer(call: &PreOpenCall, h: &Header, wants_keepalive: &mut bool) -> Option<
     }
 }
 
-/// Answers the client until it sends CONNECT_OPEN, or until `deadline`.
+/// Answers the client until it sends CONNECT_OPEN, or until `deadline`; the client's
+/// certificate authenticated it.
+#[cfg(test)]
 pub(crate) async fn until_open<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut PacketStream<S>,
     deadline: Instant,
     metrics: &ProxyMetrics,
+) -> Result<OpenRequest, Ended> {
+    until_open_with(client, deadline, metrics, None).await
+}
+
+/// Answers the client until it sends CONNECT_OPEN, or until `deadline`. With `login`, the
+/// client must first log in with a password: AUTH_LIST says SASL, the SASL calls go to `login`,
+/// and a CONNECT_OPEN before it succeeded is refused.
+pub(crate) async fn until_open_with<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut PacketStream<S>,
+    deadline: Instant,
+    metrics: &ProxyMetrics,
+    mut login: Option<&mut FrontLogin>,
 ) -> Result<OpenRequest, Ended> {
     let mut wants_keepalive = false;
     loop {
@@ -122,6 +160,26 @@ pub(crate) async fn until_open<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let header = packet.header;
         let call = PreOpenCall::parse(&packet);
+        let answered = match (&call, login.as_deref_mut()) {
+            (PreOpenCall::Sasl(procedure), Some(login)) => {
+                Some(sasl_step(login, *procedure, &header, packet.payload))
+            }
+            (PreOpenCall::Open(_) | PreOpenCall::MalformedOpen, Some(login))
+                if login.user().is_none() =>
+            {
+                Some(login.open_too_early(&header))
+            }
+            _ => None,
+        };
+        if let Some(Answer::Refuse(reply, ended)) = answered {
+            let _ = tokio::time::timeout_at(deadline, client.write_packet(&reply)).await;
+            let _ = tokio::time::timeout_at(deadline, client.get_mut().shutdown()).await;
+            return Err(ended);
+        }
+        let login_reply = match answered {
+            Some(Answer::Reply(reply)) => Some(reply),
+            _ => None,
+        };
         match call {
             PreOpenCall::Open(args) => {
                 return Ok(OpenRequest {
@@ -146,7 +204,10 @@ pub(crate) async fn until_open<S: AsyncRead + AsyncWrite + Unpin>(
             }
             _ => {}
         }
-        let Some(reply) = answer(&call, &header, &mut wants_keepalive) else {
+        let password = login.is_some();
+        let Some(reply) =
+            login_reply.or_else(|| answer(&call, &header, &mut wants_keepalive, password))
+        else {
             continue;
         };
         // Within the same budget: a client that sends but never reads cannot hold this.
@@ -155,6 +216,14 @@ pub(crate) async fn until_open<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Err(_)) => return Err(Ended::closed("client left during the pre-open exchange")),
             Err(_) => return Err(Ended::closed("client stopped reading before CONNECT_OPEN")),
         }
+    }
+}
+
+fn sasl_step(login: &mut FrontLogin, procedure: u32, h: &Header, payload: &[u8]) -> Answer {
+    match procedure {
+        PROC_AUTH_SASL_INIT => login.init(h),
+        PROC_AUTH_SASL_START => login.start(h, payload),
+        _ => login.step(h, payload),
     }
 }
 

@@ -281,6 +281,7 @@ async fn the_host_sees_its_own_name_and_the_read_only_bit_for_ro_identities() {
         &admitted(Mode::Ro),
         &open_request(true),
         Duration::from_secs(5),
+        None,
     )
     .await
     .unwrap_or_else(|r| panic!("refused: {r:?}"));
@@ -298,7 +299,8 @@ async fn the_host_sees_its_own_name_and_the_read_only_bit_for_ro_identities() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_host_that_insists_on_sasl_is_refused_without_forwarding_the_open() {
+async fn a_host_that_demands_sasl_without_credentials_is_refused_naming_the_command_and_gets_no_open(
+) {
     let (gateway_end, host_end) = pipe();
     let host = tokio::spawn(fake_host(host_end, vec![AuthType::Sasl]));
     let refusal = backend::open(
@@ -306,12 +308,20 @@ async fn a_host_that_insists_on_sasl_is_refused_without_forwarding_the_open() {
         &admitted(Mode::Rw),
         &open_request(false),
         Duration::from_secs(5),
+        None,
     )
     .await
     .err()
     .expect("refused");
-    assert_eq!(refusal.result, ConnectionResult::BackendRejected);
+    assert_eq!(refusal.result, ConnectionResult::BackendLoginFailed);
     assert_eq!(refusal.code, ErrorNumber::AUTH_UNAVAILABLE);
+    assert!(
+        refusal
+            .message
+            .contains("`virtgate hosts credentials h1 --user NAME`"),
+        "{}",
+        refusal.message
+    );
     assert!(
         host.await.unwrap().is_empty(),
         "no CONNECT_OPEN reached the host"
@@ -327,6 +337,7 @@ async fn a_silent_host_is_refused_within_the_budget() {
         &admitted(Mode::Rw),
         &open_request(false),
         Duration::from_secs(5),
+        None,
     )
     .await
     .err()
@@ -705,4 +716,392 @@ async fn a_failed_open_is_handed_over_and_then_ends_the_session() {
             .await
             .is_none()
     );
+}
+
+mod passwords {
+    //! The password logins, both ways, over in-memory streams: the front door as SCRAM server
+    //! (real virsh and python3-libvirt in `tests/sasl_front.rs` stay the oracle), the gateway as
+    //! SCRAM client of a host that demands SASL (real libvirtd in `tests/sasl_host.rs`).
+
+    use std::net::IpAddr;
+    use std::sync::{Arc, Mutex};
+
+    use virtgate_rpc::remote::{
+        SaslInitReply, SaslStartReply, SaslStepArgs, SaslStepReply, PROC_AUTH_SASL_INIT,
+        PROC_AUTH_SASL_STEP,
+    };
+
+    use super::*;
+    use crate::auth::scram::{self, ClientExchange, ClientFirst, ServerExchange, Verifier};
+    use crate::auth::{
+        ClientSecret, FailedLogins, HostCredentials, HostLogin, LoginLimits, Mechanism, Salted,
+        Users,
+    };
+    use crate::session::host_login::HostSide;
+    use crate::session::login::{FrontLogin, LOGIN_FAILED};
+    use crate::session::preopen::until_open_with;
+
+    const LIMITS: LoginLimits = LoginLimits {
+        per_user: 3,
+        per_source: 100,
+        window: Duration::from_secs(300),
+    };
+
+    fn users() -> Arc<Users> {
+        let alice = crate::auth::verifiers_for("correct horse").unwrap();
+        Arc::new(Users::new([("alice".to_string(), alice)], b"fake key"))
+    }
+
+    fn source() -> IpAddr {
+        [192, 0, 2, 7].into()
+    }
+
+    /// The front door's step: the open (or the error), the user who logged in, the metrics.
+    type FrontDoorStep =
+        tokio::task::JoinHandle<(Result<OpenRequest, String>, Option<String>, ProxyMetrics)>;
+
+    /// A front door that wants a password; returns the client's end and the step's result
+    /// (the open, and the user who logged in).
+    fn front_door(failures: Arc<FailedLogins>) -> (PacketStream<DuplexStream>, FrontDoorStep) {
+        let (client, mut gateway) = pipe();
+        let m = metrics();
+        let step = tokio::spawn(async move {
+            let mut login = FrontLogin::new(users(), failures, m.clone(), source());
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let open = until_open_with(&mut gateway, deadline, &m, Some(&mut login)).await;
+            let user = login.user().map(String::from);
+            (open.map_err(|e| e.detail), user, m)
+        });
+        (client, step)
+    }
+
+    async fn call_gateway(
+        client: &mut PacketStream<DuplexStream>,
+        procedure: u32,
+        serial: u32,
+        payload: &[u8],
+    ) -> (Header, Vec<u8>) {
+        client
+            .write_packet(&call(Program::Remote, procedure, serial, payload))
+            .await
+            .unwrap();
+        next(client).await
+    }
+
+    /// AUTH_LIST, INIT, START and STEP as virsh sends them; the STEP reply.
+    async fn log_in(
+        client: &mut PacketStream<DuplexStream>,
+        user: &str,
+        password: &str,
+    ) -> (Header, Vec<u8>) {
+        let (_, list) = call_gateway(client, PROC_AUTH_LIST, 1, &[]).await;
+        let list = AuthListReply::decode(&mut Reader::new(&list)).unwrap();
+        assert_eq!(list.0, vec![AuthType::Sasl], "a password is asked for");
+        let (_, init) = call_gateway(client, PROC_AUTH_SASL_INIT, 2, &[]).await;
+        let mechlist = SaslInitReply::decode(&mut Reader::new(&init))
+            .unwrap()
+            .mechlist;
+        assert_eq!(
+            mechlist, "SCRAM-SHA-256,SCRAM-SHA-512",
+            "never PLAIN or ANONYMOUS"
+        );
+        let (exchange, first) = ClientExchange::start(Mechanism::Sha512, user, &scram::nonce());
+        let start = SaslStartArgs {
+            mech: "SCRAM-SHA-512".into(),
+            data: Some(first),
+        };
+        let (h, reply) = call_gateway(client, PROC_AUTH_SASL_START, 3, &start.to_xdr()).await;
+        assert_eq!(h.status, Status::Ok, "START is answered for any name");
+        let server_first = SaslStartReply::decode(&mut Reader::new(&reply))
+            .unwrap()
+            .data
+            .unwrap();
+        let secret = ClientSecret {
+            password: Some(password.into()),
+            salted: vec![],
+        };
+        let (_, client_final) = exchange.respond(&server_first, &secret).unwrap();
+        let step = SaslStepArgs {
+            data: Some(client_final),
+        };
+        call_gateway(client, PROC_AUTH_SASL_STEP, 4, &step.to_xdr()).await
+    }
+
+    #[tokio::test]
+    async fn a_user_logs_in_with_scram_and_the_open_is_handed_on_with_the_user() {
+        let (mut client, step) = front_door(Arc::new(FailedLogins::new(LIMITS)));
+        let (h, reply) = log_in(&mut client, "alice", "correct horse").await;
+        assert_eq!(h.status, Status::Ok);
+        let done = SaslStepReply::decode(&mut Reader::new(&reply)).unwrap();
+        assert!(done.complete && done.data.unwrap().starts_with(b"v="));
+        client
+            .write_packet(&open_call(5, "qemu://h1/system", 0))
+            .await
+            .unwrap();
+        let (open, user, _) = step.await.unwrap();
+        assert_eq!(open.unwrap().header.serial, 5);
+        assert_eq!(user.as_deref(), Some("alice"));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_and_a_wrong_password_get_one_and_the_same_reply_and_the_end() {
+        let mut replies = Vec::new();
+        for (user, password) in [("alice", "wrong"), ("mallory", "correct horse")] {
+            let (mut client, step) = front_door(Arc::new(FailedLogins::new(LIMITS)));
+            let (h, reply) = log_in(&mut client, user, password).await;
+            assert_eq!(h.status, Status::Error);
+            let error = error_of(&reply);
+            assert_eq!(error.code, ErrorNumber::AUTH_FAILED);
+            assert_eq!(error.message.as_deref(), Some(LOGIN_FAILED));
+            replies.push(reply);
+            assert!(
+                client.read_packet(MAX_LEN).await.unwrap().is_none(),
+                "closed"
+            );
+            let (open, user, m) = step.await.unwrap();
+            assert!(open.unwrap_err().contains("password login failed"));
+            assert_eq!(user, None);
+            let failed = |reason| m.auth_failures.with_label_values(&["sasl", reason]).get();
+            assert_eq!(failed("unknown_user") + failed("wrong_password"), 1);
+        }
+        assert_eq!(replies[0], replies[1], "byte for byte");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_name_is_answered_with_the_same_salt_every_time() {
+        let mut salts = Vec::new();
+        for _ in 0..2 {
+            let (mut client, _step) = front_door(Arc::new(FailedLogins::new(LIMITS)));
+            call_gateway(&mut client, PROC_AUTH_SASL_INIT, 2, &[]).await;
+            let (_, first) = ClientExchange::start(Mechanism::Sha256, "mallory", "abc");
+            let start = SaslStartArgs {
+                mech: "SCRAM-SHA-256".into(),
+                data: Some(first),
+            };
+            let (_, reply) =
+                call_gateway(&mut client, PROC_AUTH_SASL_START, 3, &start.to_xdr()).await;
+            let data = SaslStartReply::decode(&mut Reader::new(&reply))
+                .unwrap()
+                .data
+                .unwrap();
+            let text = String::from_utf8(data).unwrap();
+            salts.push(text.split_once(",s=").unwrap().1.to_string());
+        }
+        assert_eq!(salts[0], salts[1]);
+        assert!(
+            salts[0].ends_with(",i=4096"),
+            "the real users' count: {}",
+            salts[0]
+        );
+    }
+
+    #[tokio::test]
+    async fn after_too_many_failures_even_the_right_password_is_refused_the_same_way() {
+        let failures = Arc::new(FailedLogins::new(LIMITS));
+        for _ in 0..3 {
+            let (mut client, _) = front_door(failures.clone());
+            log_in(&mut client, "alice", "wrong").await;
+        }
+        let (mut client, _) = front_door(failures);
+        call_gateway(&mut client, PROC_AUTH_SASL_INIT, 2, &[]).await;
+        let (_, first) = ClientExchange::start(Mechanism::Sha256, "alice", "abc");
+        let start = SaslStartArgs {
+            mech: "SCRAM-SHA-256".into(),
+            data: Some(first),
+        };
+        let (h, reply) = call_gateway(&mut client, PROC_AUTH_SASL_START, 3, &start.to_xdr()).await;
+        assert_eq!(h.status, Status::Error);
+        assert_eq!(error_of(&reply).message.as_deref(), Some(LOGIN_FAILED));
+    }
+
+    #[tokio::test]
+    async fn an_open_before_the_login_is_refused_with_what_to_do_and_ends_the_connection() {
+        let (mut client, step) = front_door(Arc::new(FailedLogins::new(LIMITS)));
+        client
+            .write_packet(&open_call(1, "qemu://h1/system", 0))
+            .await
+            .unwrap();
+        let (h, reply) = next(&mut client).await;
+        assert_eq!(h.status, Status::Error);
+        assert!(error_of(&reply).message.unwrap().contains("openAuth"));
+        let (open, _, m) = step.await.unwrap();
+        assert!(open.is_err());
+        assert_eq!(
+            m.auth_failures
+                .with_label_values(&["sasl", "no_login"])
+                .get(),
+            1
+        );
+    }
+
+    /// Host credentials in memory, recording what the gateway learned.
+    struct Credentials {
+        login: Option<HostLogin>,
+        learned: Mutex<Vec<Salted>>,
+    }
+
+    impl HostCredentials for Credentials {
+        fn login(&self, _host: &str) -> Option<HostLogin> {
+            self.login.clone()
+        }
+        fn learned(&self, _host: &str, _user: &str, salted: &Salted) {
+            self.learned.lock().unwrap().push(salted.clone());
+        }
+    }
+
+    /// A host that demands SASL SCRAM-SHA-256 for `user` with `verifier`, as cyrus does: an
+    /// unknown user fails at START, a wrong password at STEP (45).
+    async fn sasl_host(
+        mut host: PacketStream<DuplexStream>,
+        user: &'static str,
+        verifier: Verifier,
+    ) -> Vec<ConnectOpenArgs> {
+        let mut opens = Vec::new();
+        let mut exchange: Option<ServerExchange> = None;
+        while let Ok(Some(bytes)) = host.read_packet(MAX_LEN).await {
+            let p = Packet::parse(bytes).unwrap();
+            let (h, payload) = (p.header, p.payload.to_vec());
+            let failed = || {
+                virtgate_rpc::error_reply(
+                    &h,
+                    ErrorNumber::AUTH_FAILED,
+                    virtgate_rpc::ErrorDomain::FROM_RPC,
+                    "authentication failed: authentication failed",
+                )
+            };
+            let reply = match h.procedure {
+                PROC_AUTH_LIST => ok_reply(&h, &AuthListReply(vec![AuthType::Sasl])),
+                PROC_AUTH_SASL_INIT => ok_reply(
+                    &h,
+                    &SaslInitReply {
+                        mechlist: "SCRAM-SHA-256".into(),
+                    },
+                ),
+                PROC_AUTH_SASL_START => {
+                    let args = SaslStartArgs::decode(&mut Reader::new(&payload)).unwrap();
+                    let first = ClientFirst::parse(&args.data.unwrap()).unwrap();
+                    if first.user != user {
+                        failed()
+                    } else {
+                        let (e, server_first) =
+                            ServerExchange::start(&first, verifier.clone(), "host-nonce");
+                        exchange = Some(e);
+                        ok_reply(
+                            &h,
+                            &SaslStartReply {
+                                complete: false,
+                                data: Some(server_first),
+                            },
+                        )
+                    }
+                }
+                PROC_AUTH_SASL_STEP => {
+                    let args = SaslStepArgs::decode(&mut Reader::new(&payload)).unwrap();
+                    match exchange.take().unwrap().finish(&args.data.unwrap()) {
+                        Ok(v) => ok_reply(
+                            &h,
+                            &SaslStepReply {
+                                complete: true,
+                                data: Some(v),
+                            },
+                        ),
+                        Err(_) => failed(),
+                    }
+                }
+                PROC_CONNECT_OPEN => {
+                    opens.push(ConnectOpenArgs::decode(&mut Reader::new(&payload)).unwrap());
+                    packet(h.reply(Status::Ok), &[])
+                }
+                _ => continue,
+            };
+            host.write_packet(&reply).await.unwrap();
+        }
+        opens
+    }
+
+    fn host_verifier() -> Verifier {
+        Verifier::from_password(Mechanism::Sha256, "host secret", b"stable salt", 4096).unwrap()
+    }
+
+    async fn open_sasl_host(
+        credentials: &Credentials,
+    ) -> (Result<(), Refusal>, Vec<ConnectOpenArgs>, ProxyMetrics) {
+        let (gateway_end, host_end) = pipe();
+        let host = tokio::spawn(sasl_host(host_end, "nova", host_verifier()));
+        let m = metrics();
+        let side = HostSide {
+            credentials,
+            metrics: &m,
+        };
+        let opened = backend::open(
+            gateway_end.into_inner(),
+            &admitted(Mode::Rw),
+            &open_request(false),
+            Duration::from_secs(5),
+            Some(side),
+        )
+        .await
+        .map(drop);
+        (opened, host.await.unwrap(), m)
+    }
+
+    use super::super::outcome::Refusal;
+
+    fn login(user: &str, password: Option<&str>, salted: Vec<Salted>) -> Credentials {
+        Credentials {
+            login: Some(HostLogin {
+                user: user.into(),
+                secret: ClientSecret {
+                    password: password.map(String::from),
+                    salted,
+                },
+            }),
+            learned: Mutex::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_gateway_logs_in_to_a_sasl_host_then_forwards_the_open_and_keeps_the_salted_password(
+    ) {
+        let credentials = login("nova", Some("host secret"), vec![]);
+        let (opened, opens, _) = open_sasl_host(&credentials).await;
+        opened.unwrap_or_else(|r| panic!("refused: {r:?}"));
+        assert_eq!(opens.len(), 1, "CONNECT_OPEN after the login");
+        let learned = credentials.learned.lock().unwrap().clone();
+        assert_eq!(learned.len(), 1);
+        assert_eq!(learned[0].salt, b"stable salt");
+
+        // With only the SaltedPassword it logs in again, and learns nothing new.
+        let again = login("nova", None, learned);
+        let (opened, opens, _) = open_sasl_host(&again).await;
+        opened.unwrap();
+        assert_eq!(opens.len(), 1);
+        assert!(again.learned.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn wrong_host_credentials_are_a_clear_error_counted_once_and_the_open_never_reaches_the_host(
+    ) {
+        for credentials in [
+            login("nova", Some("wrong"), vec![]),
+            login("glance", Some("host secret"), vec![]),
+        ] {
+            let (opened, opens, m) = open_sasl_host(&credentials).await;
+            let refusal = opened.unwrap_err();
+            assert_eq!(refusal.result, ConnectionResult::BackendLoginFailed);
+            assert!(
+                refusal.message.contains("virtgate hosts credentials h1"),
+                "{}",
+                refusal.message
+            );
+            assert!(!refusal.message.contains("wrong") || !refusal.message.contains("host secret"));
+            assert!(opens.is_empty(), "no CONNECT_OPEN reached the host");
+            assert_eq!(
+                m.backend_login_failures
+                    .with_label_values(&["rejected"])
+                    .get(),
+                1
+            );
+        }
+    }
 }

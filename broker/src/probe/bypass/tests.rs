@@ -349,6 +349,7 @@ async fn a_host_whose_key_changed_is_not_checked() {
         outcome: Ok(Presented {
             chain: vec![fake.cert.clone()],
             tls_version: String::new(),
+            auth: None,
         }),
         bypass: None,
     };

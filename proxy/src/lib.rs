@@ -416,6 +416,7 @@ mod tests {
         let metrics = ProxyMetrics::register(&prometheus::Registry::new()).unwrap();
         let reloader = Arc::new(Reloader {
             files,
+            front_auth: auth::FrontAuth::Certificate,
             tls: watch::channel(material).0,
             seen: std::sync::Mutex::new(seen),
         });

@@ -77,23 +77,7 @@ impl ProxyMetrics {
             ),
             &["host", "direction"],
         )?;
-        let backend_connect_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "virtgate_proxy_backend_connect_duration_seconds",
-                "Time to reach a host: TCP (happy eyeballs), TLS and the confirmation byte.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-            ]),
-        )?;
-        let protocol_errors = IntCounterVec::new(
-            Opts::new(
-                "virtgate_proxy_protocol_errors_total",
-                "Connections cut off for protocol violations, by side and reason.",
-            ),
-            &["side", "reason"],
-        )?;
-        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
             Box::new(connections_active.clone()),
             Box::new(connections_total.clone()),
             Box::new(handshake_duration.clone()),
@@ -101,12 +85,11 @@ impl ProxyMetrics {
             Box::new(rpc_calls.clone()),
             Box::new(rpc_duration.clone()),
             Box::new(bytes.clone()),
-            Box::new(backend_connect_duration.clone()),
-            Box::new(protocol_errors.clone()),
         ];
         for collector in collectors {
             registry.register(collector)?;
         }
+        let (backend_connect_duration, protocol_errors) = path_metrics(registry)?;
         let (calls_refused, crl_next_update) = guard_metrics(registry)?;
         let (secondary_checks, secondary_check_duration) = secondary_metrics(registry)?;
         let backend_login_failures = login_metrics(registry)?;
@@ -180,6 +163,29 @@ fn login_metrics(registry: &Registry) -> Result<IntCounterVec, prometheus::Error
 }
 
 /// The calls the gateway refuses itself, and the freshness of its CRL.
+/// The backend connect time and the protocol errors of either side.
+fn path_metrics(registry: &Registry) -> Result<(Histogram, IntCounterVec), prometheus::Error> {
+    let backend_connect_duration = Histogram::with_opts(
+        HistogramOpts::new(
+            "virtgate_proxy_backend_connect_duration_seconds",
+            "Time to reach a host: TCP (happy eyeballs), TLS and the confirmation byte.",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+        ]),
+    )?;
+    let protocol_errors = IntCounterVec::new(
+        Opts::new(
+            "virtgate_proxy_protocol_errors_total",
+            "Connections cut off for protocol violations, by side and reason.",
+        ),
+        &["side", "reason"],
+    )?;
+    registry.register(Box::new(backend_connect_duration.clone()))?;
+    registry.register(Box::new(protocol_errors.clone()))?;
+    Ok((backend_connect_duration, protocol_errors))
+}
+
 fn guard_metrics(
     registry: &Registry,
 ) -> Result<(IntCounterVec, prometheus::Gauge), prometheus::Error> {

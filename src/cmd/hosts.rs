@@ -421,6 +421,7 @@ mod tests {
             error_reason: None,
             tls_version: None,
             chain: vec![],
+            auth: None,
         }
     }
 

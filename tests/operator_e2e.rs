@@ -417,7 +417,19 @@ fn client_commands_find_the_running_broker_from_any_directory_and_nobody_shares_
         up.stderr_text()
     );
     // Without a running broker, a relative data directory is named with the working directory.
-    let lost = client(&["hosts", "approve", "h1", "--pin", &"ab".repeat(32)]);
+    // (The default API address is pointed at a free port: other tests run `up` on the defaults
+    // at the same time.)
+    let lost = Command::new(VIRTGATE)
+        .args(["hosts", "approve", "h1", "--pin", &"ab".repeat(32)])
+        .current_dir(&elsewhere)
+        .env("VIRTGATE_RUNTIME_DIR", &runtime)
+        .env_remove("VIRTGATE_CONFIG")
+        .env(
+            "VIRTGATE_BROKER__LISTEN",
+            format!("127.0.0.1:{}", common::free_port()),
+        )
+        .output()
+        .unwrap();
     assert!(
         text(&lost).contains(&format!("the working directory is {}", elsewhere.display())),
         "{}",

@@ -99,13 +99,15 @@ fn read_live(dir: &Path) -> Option<RuntimeInfo> {
 }
 
 /// The running broker this user's client commands should talk to: the runtime file of this
-/// user, else the system one (`/run/virtgate`, written by a broker running as root).
+/// user, else the system one (`/run/virtgate`, written by a broker running as root). A
+/// `VIRTGATE_RUNTIME_DIR` set explicitly is the only place looked at: whoever sets it means that
+/// broker and no other.
 pub fn find() -> Option<RuntimeInfo> {
+    let explicit = std::env::var_os("VIRTGATE_RUNTIME_DIR").is_some_and(|d| !d.is_empty());
     let mine = runtime_dir();
     let system = PathBuf::from("/run/virtgate");
-    mine.iter()
-        .chain(std::iter::once(&system))
-        .find_map(|dir| read_live(dir))
+    let fallback = (!explicit).then_some(&system);
+    mine.iter().chain(fallback).find_map(|dir| read_live(dir))
 }
 
 static FOUND: OnceLock<RuntimeInfo> = OnceLock::new();

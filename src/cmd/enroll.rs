@@ -89,7 +89,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&created)?);
         return Ok(());
     }
-    let until = date(created.expires_at);
+    let until = super::hosts::date(created.expires_at);
     println!(
         "token {} enrolls host {} once, until {until}. Run this on {} (as root):\n",
         created.id, created.host, created.host
@@ -116,20 +116,10 @@ fn table(tokens: &[virtgate_api::Enrollment]) -> String {
             t.id.clone(),
             t.host.clone(),
             t.state.as_str().to_string(),
-            date(t.expires_at),
+            super::hosts::date(t.expires_at),
             t.address.clone().unwrap_or_else(|| "-".into()),
             t.detail.clone(),
         ]);
     }
     table.render()
-}
-
-fn date(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }

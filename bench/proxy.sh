@@ -6,7 +6,9 @@
 # (`virtgate --config FILE up`) once the binary has a `proxy` subcommand; until then that row says
 # "not available yet", (e) through the virtgate proxy to a host agent (`virtgate agent`, enrolled
 # with `virtgate enroll`) in front of the same libvirtd's UNIX socket: mutual TLS with pinned keys
-# plus the PAKE check on every connect. Prints one table.
+# plus the PAKE check on every connect, and (f) through the virtgate proxy to HAProxy's TCP
+# pass-through in front of libvirtd's TLS port: a host-side hop with no crypto, the floor for (e)
+# and anything else that sits between the network and libvirtd. Prints one table.
 # Loopback only. Needs root (libvirtd) and the packages scripts/test.sh installs; installs
 # haproxy if missing.
 #
@@ -200,7 +202,7 @@ if [ -z "$VG_UNAVAILABLE" ]; then
     while [ "$BROKER_PORT" = "$VG_PORT" ]; do BROKER_PORT=$(free_port); done
     fill "$ROOT/bench/proxy/virtgate.toml.in" "$VG/virtgate.toml" \
         DIR="$VG" BROKER_PORT="$BROKER_PORT" FRONT_PORT="$VG_PORT" LIBVIRTD_PORT="$LIBVIRTD_PORT" \
-        LAB="$LAB" CA="$CA"
+        LAB="$LAB" CA="$CA" PASS_PORT="$PASS_PORT"
     "$VG_BIN" --config "$VG/virtgate.toml" up </dev/null >"$VG/virtgate.log" 2>&1 &
     VG_PID=$!
     VG_URI="test+tls://127.0.0.1:$VG_PORT/default?name=test://h1/default&pkipath=$CLIENT_PKI"
@@ -213,6 +215,14 @@ if [ -z "$VG_UNAVAILABLE" ]; then
         VG_URI=""
         VG_UNAVAILABLE="failed to start (see the log above)"
     fi
+fi
+HOP_URI=""
+if [ -n "$VG_URI" ]; then
+    HOP_URI="test+tls://127.0.0.1:$VG_PORT/default?name=test://h3/default&pkipath=$CLIENT_PKI"
+    "$PY" "$BENCH_PY" probe "$HOP_URI" 20 "$VG_PID" || {
+        echo "no libvirt connection through virtgate and the pass-through; that row is skipped" >&2
+        HOP_URI=""
+    }
 fi
 
 # --- virtgate → host agent ---------------------------------------------------------------------
@@ -254,7 +264,7 @@ else
 fi
 
 # --- run ----------------------------------------------------------------------------------------
-export AG_URI AG_PID AG_UNAVAILABLE
+export AG_URI AG_PID AG_UNAVAILABLE HOP_URI
 export VG_URI VG_PID VG_UNAVAILABLE PASS_URI HA_URI HAPROXY_PID HA_LABEL DIRECT_URI LIBVIRTD_PID
 "$PY" - >"$T/paths.json" <<'EOF'
 import json, os
@@ -269,6 +279,11 @@ if e["AG_URI"]:
     ag.update(uri=e["AG_URI"], relay_pid=int(e["VG_PID"]), extra_pids=[int(e["AG_PID"])])
 else:
     ag["unavailable"] = e["AG_UNAVAILABLE"]
+hop = {"name": "hop", "label": "virtgate proxy → TCP pass-through → libvirtd TLS (host-side hop floor)"}
+if e["HOP_URI"]:
+    hop.update(uri=e["HOP_URI"], relay_pid=int(e["VG_PID"]), extra_pids=[int(e["HAPROXY_PID"])])
+else:
+    hop["unavailable"] = "needs the virtgate path"
 print(json.dumps({
     "libvirtd_pid": int(e["LIBVIRTD_PID"]),
     "paths": [
@@ -278,6 +293,7 @@ print(json.dumps({
         {"name": "haproxy", "label": e["HA_LABEL"], "uri": e["HA_URI"],
          "relay_pid": int(e["HAPROXY_PID"])},
         vg,
+        hop,
         ag,
     ],
 }))

@@ -408,6 +408,16 @@ def cmd_driver(paths_file):
         if ag_path:
             why = ag_path.get("unavailable") or "no successful round"
             print(f"agent / virtgate → libvirtd TLS: {why}")
+    hop = med.get("hop")
+    if vg and hop:
+        line = (f"Host-side hop floor: virtgate → TCP pass-through → libvirtd TLS reaches "
+                f"{ratio_of(hop, vg, 'calls_per_s')} of virtgate → libvirtd TLS on one connection: "
+                f"what any process between the network and libvirtd (an agent included) costs "
+                f"before it does any work")
+        if ag:
+            line += (f"; the agent reaches {ratio_of(ag, hop, 'calls_per_s')} of that floor "
+                     f"(relay CPU per call {ratio_of(ag, hop, 'relay_cpu_us')})")
+        print(line + ".")
     if any(errors.values()):
         return 1
     return 0

@@ -1,18 +1,9 @@
 //! The agent's own metrics, served on loopback (`agent.metrics_listen`): `/metrics`, `/healthz`.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 /// How a connection to the agent ended: the `result` label of
 /// `virtgate_agent_connections_total`.
@@ -156,67 +147,13 @@ impl AgentMetrics {
     }
 }
 
-/// Scrapes served at once.
-const CONNECTIONS: usize = 16;
-
-/// Serves `/metrics` and `/healthz` on `listener` until `shutdown`, bounded like the gateway's
-/// (header deadline, connection cap, a pause after a failed accept).
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: CancellationToken) {
-    let limit = Arc::new(Semaphore::new(CONNECTIONS));
-    let mut connections = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.expect("never closed"),
-            () = shutdown.cancelled() => break,
-        };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    warn!(error = %e, "agent metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            () = shutdown.cancelled() => break,
-        };
-        let registry = registry.clone();
-        let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (status, body) = match req.uri().path() {
-                    "/metrics" => {
-                        let mut buf = Vec::new();
-                        let _ = prometheus::Encoder::encode(
-                            &prometheus::TextEncoder::new(),
-                            &registry.gather(),
-                            &mut buf,
-                        );
-                        (200, buf)
-                    }
-                    "/healthz" => (200, b"ok\n".to_vec()),
-                    _ => (404, b"not found\n".to_vec()),
-                };
-                std::future::ready(Ok::<_, Infallible>(
-                    hyper::Response::builder()
-                        .status(status)
-                        .header("content-type", "text/plain; version=0.0.4")
-                        .body(Full::new(Bytes::from(body)))
-                        .expect("valid response"),
-                ))
-            });
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            let _permit = permit;
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = conn => {}
-                () = shutdown.cancelled() => {}
-            }
-        });
+/// The agent's metrics endpoint: a few scrapers at once, no readiness (nothing waits on it).
+pub(crate) fn endpoint(registry: Arc<Registry>) -> virtgate_listen::metrics::Endpoint {
+    virtgate_listen::metrics::Endpoint {
+        name: "agent metrics",
+        registry,
+        readiness: None,
+        connections: 16,
+        header_timeout: Duration::from_secs(5),
     }
-    connections.shutdown().await;
 }

@@ -2,7 +2,6 @@
 //! enrolled — over one listener, one announcement and one metrics server.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -27,6 +26,9 @@ use crate::AgentError;
 pub const TXT_AGENT: &str = "virtgate-agent";
 pub const TXT_SPKI: &str = "spki";
 pub const TXT_ENROLL: &str = "enroll";
+
+/// Connections the kernel queues before the agent accepts them (gateways connect a few at a time).
+const LISTEN_BACKLOG: i32 = 256;
 
 /// What the caller (the binary) adds to the configuration.
 pub struct Options {
@@ -87,7 +89,8 @@ impl Running {
         let slots = Arc::new(Semaphore::new(service.config.max_connections));
         let mut port = None;
         for &addr in &service.config.listen {
-            let listener = bind(addr).map_err(|source| AgentError::Listen { addr, source })?;
+            let listener = virtgate_listen::bind(addr, LISTEN_BACKLOG)
+                .map_err(|source| AgentError::Listen { addr, source })?;
             let local = listener
                 .local_addr()
                 .map_err(|source| AgentError::Listen { addr, source })?;
@@ -104,9 +107,9 @@ impl Running {
         let metrics = TcpListener::bind(addr)
             .await
             .map_err(|source| AgentError::Listen { addr, source })?;
-        tasks.spawn(crate::metrics::serve(
+        tasks.spawn(virtgate_listen::metrics::serve(
             metrics,
-            service.metrics.registry.clone(),
+            crate::metrics::endpoint(service.metrics.registry.clone()),
             shutdown.clone(),
         ));
         let advertiser = match (service.config.announce, options.interfaces) {
@@ -142,24 +145,6 @@ impl Running {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
     }
-}
-
-/// Binds one listener; IPv6 sockets are IPv6-only so `0.0.0.0:P` and `[::]:P` can coexist.
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let domain = if addr.is_ipv6() {
-        socket2::Domain::IPV6
-    } else {
-        socket2::Domain::IPV4
-    };
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(256)?;
-    TcpListener::from_std(socket.into())
 }
 
 async fn accept_loop(

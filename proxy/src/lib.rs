@@ -76,6 +76,9 @@ pub struct RunningProxy {
 /// dropped (the owner re-probes each host once anyway).
 const KEY_MISMATCH_QUEUE: usize = 64;
 
+/// Connections the kernel queues for a listener before the gateway accepts them.
+const LISTEN_BACKLOG: i32 = 1024;
+
 impl RunningProxy {
     /// The hook for a host that presents a key other than its approved pin: the name of every
     /// such host, as the gateway refuses it. The owner (the binary) has the broker probe it now,
@@ -226,7 +229,8 @@ pub async fn start_with_logins(
             .map(|h| (h.listen, Some(h.host.to_ascii_lowercase()))),
     );
     for (addr, host) in listeners {
-        let listener = server::bind(addr).map_err(|source| ProxyError::Listen { addr, source })?;
+        let listener = virtgate_listen::bind(addr, LISTEN_BACKLOG)
+            .map_err(|source| ProxyError::Listen { addr, source })?;
         addresses.push(
             listener
                 .local_addr()

@@ -1,7 +1,6 @@
 //! Listeners and the accept loop (Pingora's L4 service shape: each accepted stream is handed to
 //! `session::serve` with a shutdown signal, on one of the connection threads).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -11,24 +10,6 @@ use tracing::{info, warn};
 
 use crate::session::{ConnectionResult, Gateway};
 use crate::workers::{Accepted, ConnectionThreads};
-
-/// Binds one listener; IPv6 sockets are IPv6-only so `0.0.0.0:P` and `[::]:P` can coexist.
-pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let domain = if addr.is_ipv6() {
-        socket2::Domain::IPV6
-    } else {
-        socket2::Domain::IPV4
-    };
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
-}
 
 pub(crate) async fn accept_loop(
     listener: TcpListener,

@@ -5,7 +5,6 @@
 //! through a broker outage (serving the last copy; each connection still checks the host's
 //! pin), staleness on `/metrics`, and a graceful drain on SIGTERM.
 
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,10 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use http_body_util::Full;
-use hyper::body::Bytes;
 use prometheus::{IntCounter, IntGauge};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -172,10 +168,18 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<()> {
             None
         }
     };
-    tasks.spawn(serve_metrics(
-        listener,
+    // `/metrics`, `/healthz` and `/readyz`, which says why not ready: before the broker's
+    // inventory has arrived, and while draining.
+    let endpoint = virtgate_listen::metrics::Endpoint {
+        name: "metrics listener",
         registry,
-        ready,
+        readiness: Some(Arc::new(ready)),
+        connections: METRICS_CONNECTIONS,
+        header_timeout: Duration::from_secs(10),
+    };
+    tasks.spawn(virtgate_listen::metrics::serve(
+        listener,
+        endpoint,
         shutdown.child_token(),
     ));
     info!(listen = ?proxy.addresses, broker = %url, metrics = %metrics, "proxy started");
@@ -295,77 +299,4 @@ pub async fn wait_with_reload(proxy: &RunningProxy) -> anyhow::Result<()> {
             },
         }
     }
-}
-
-/// `/metrics`, `/healthz` and `/readyz` (`ready` says why not, if not: before the broker's
-/// inventory has arrived, and while draining), until `shutdown`. Bounded like the broker's API: a header deadline, a cap on connections, and a
-/// pause after a failed accept (out of descriptors) instead of a busy loop.
-async fn serve_metrics(
-    listener: tokio::net::TcpListener,
-    registry: Arc<prometheus::Registry>,
-    ready: impl Fn() -> Option<&'static str> + Clone + Send + Sync + 'static,
-    shutdown: CancellationToken,
-) {
-    let limit = Arc::new(Semaphore::new(METRICS_CONNECTIONS));
-    let mut connections = JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            permit = limit.clone().acquire_owned() => permit.expect("never closed"),
-            () = shutdown.cancelled() => break,
-        };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    warn!(error = %e, "metrics listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            () = shutdown.cancelled() => break,
-        };
-        let (registry, ready) = (registry.clone(), ready.clone());
-        let service =
-            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let (status, body) = match req.uri().path() {
-                    "/metrics" => {
-                        let mut buf = Vec::new();
-                        let _ = prometheus::Encoder::encode(
-                            &prometheus::TextEncoder::new(),
-                            &registry.gather(),
-                            &mut buf,
-                        );
-                        (200, buf)
-                    }
-                    "/healthz" => (200, b"ok\n".to_vec()),
-                    "/readyz" => match ready() {
-                        None => (200, b"ready\n".to_vec()),
-                        Some(why) => (503, why.as_bytes().to_vec()),
-                    },
-                    _ => (404, b"not found\n".to_vec()),
-                };
-                std::future::ready(Ok::<_, Infallible>(
-                    hyper::Response::builder()
-                        .status(status)
-                        .header("content-type", "text/plain; version=0.0.4")
-                        .body(Full::new(Bytes::from(body)))
-                        .expect("valid response"),
-                ))
-            });
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            let _permit = permit;
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = shutdown.cancelled() => {}
-            }
-        });
-    }
-    connections.shutdown().await;
 }

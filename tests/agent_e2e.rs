@@ -348,9 +348,10 @@ except libvirt.libvirtError as e:
     std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
     assert!(line.starts_with("open"), "{line}");
 
-    // The agent freezes with the call in flight, then dies.
+    // The agent freezes (every thread stopped) before the call is sent, then dies with the
+    // call in flight.
     let process = agent.process.as_mut().unwrap();
-    process.signal(virtgate_testlab::Signal::SIGSTOP);
+    process.freeze(Duration::from_secs(10));
     use std::io::Write;
     child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     std::thread::sleep(Duration::from_millis(500));

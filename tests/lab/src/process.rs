@@ -345,6 +345,39 @@ impl LabProcess {
         self.signal(Signal::SIGKILL);
     }
 
+    /// Freezes the child with SIGSTOP and returns once every one of its threads has stopped.
+    /// `kill` only queues the signal: a thread woken by I/O meanwhile could still run user
+    /// code (answer a call) until the group stop reaches it. Panics after `timeout`.
+    pub fn freeze(&mut self, timeout: Duration) {
+        self.signal(Signal::SIGSTOP);
+        let tasks = format!("/proc/{}/task", self.pid());
+        let deadline = Instant::now() + timeout;
+        loop {
+            let states: Vec<String> = std::fs::read_dir(&tasks)
+                .map(|dir| {
+                    dir.flatten()
+                        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+                        .filter_map(|stat| {
+                            // "pid (comm) S ...": the state follows the last ')'.
+                            stat.rsplit_once(')')
+                                .and_then(|(_, rest)| rest.split_whitespace().next())
+                                .map(str::to_string)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if !states.is_empty() && states.iter().all(|s| s == "T") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop within {timeout:?} after SIGSTOP (thread states {states:?})",
+                self.label
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Sends `sig` unless the child has already been reaped (its PID may be reused then).
     pub fn signal(&mut self, sig: Signal) {
         if self.try_exit_status().is_none() {

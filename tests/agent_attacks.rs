@@ -28,49 +28,14 @@ hosts = ["*"]
 mode = "rw"
 "#;
 
-/// Accepts any server key, as a relay in the middle would.
-#[derive(Debug)]
-struct AnyServer;
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        virtgate_pki::verify_tls12_signature(m, c, d)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        virtgate_pki::verify_tls13_signature(m, c, d)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        virtgate_pki::supported_verify_schemes()
-    }
-}
-
 /// A TLS client towards the agent presenting `cert`/`key`.
 fn client(cert: &Path, key: &Path) -> tokio_rustls::TlsConnector {
     let config = rustls::ClientConfig::builder_with_provider(virtgate_pki::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer))
+        // Any server key, as a relay in the middle would take.
+        .with_custom_certificate_verifier(virtgate_pki::ServerKeyVerifier::any_key())
         .with_client_auth_cert(
             virtgate_pki::read_certs(cert).unwrap(),
             virtgate_pki::read_key(key).unwrap(),

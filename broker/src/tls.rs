@@ -5,13 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::client::{ResolvesClientCert, Resumption, WebPkiServerVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, Error as TlsError, RootCertStore,
-    SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, Error as TlsError, RootCertStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
@@ -105,46 +102,6 @@ impl TrustAnchors {
     }
 }
 
-/// Accepts any server certificate so the chain can be recorded, but still checks that the
-/// server proves possession of the presented key (handshake signatures are verified).
-#[derive(Debug)]
-struct CaptureAnyCertificate;
-
-impl ServerCertVerifier for CaptureAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, TlsError> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        virtgate_pki::verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        virtgate_pki::verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        virtgate_pki::supported_verify_schemes()
-    }
-}
-
 /// A probe configuration whose client certificate (if any) comes from `resolver`, which also
 /// sees the CA names of the host's certificate request; no session resumption, so every
 /// connection authenticates afresh. For the bypass check.
@@ -158,7 +115,8 @@ pub(crate) fn probe_config_with_resolver(
             reason: e.to_string(),
         })?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(CaptureAnyCertificate))
+        // Any key, so the chain can be recorded; the host still proves it holds the key.
+        .with_custom_certificate_verifier(virtgate_pki::ServerKeyVerifier::any_key())
         .with_client_cert_resolver(resolver);
     config.resumption = Resumption::disabled();
     Ok(Arc::new(config))
@@ -177,7 +135,8 @@ pub fn probe_client_config(
             reason: e.to_string(),
         })?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(CaptureAnyCertificate));
+        // Any key, so the chain can be recorded; the host still proves it holds the key.
+        .with_custom_certificate_verifier(virtgate_pki::ServerKeyVerifier::any_key());
     let config = match client_identity {
         Some((chain, key)) => {
             builder

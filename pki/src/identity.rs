@@ -67,6 +67,80 @@ pub fn supported_verify_schemes() -> Vec<SignatureScheme> {
         .supported_schemes()
 }
 
+/// A TLS server accepted by its key alone: the key a pin names, or any key (the caller reads
+/// the presented key afterwards and decides). Either way the server must prove it holds the key:
+/// its handshake signature is verified. Another key than the pin fails the handshake with
+/// `CertificateError::ApplicationVerificationFailure`. For servers with no CA behind them: host
+/// agents (enrollment, attack tests) and certificate probes.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerKeyVerifier {
+    pin: Option<Pin>,
+}
+
+impl ServerKeyVerifier {
+    /// Only the key `pin` names.
+    pub fn pinned(pin: Pin) -> Arc<ServerKeyVerifier> {
+        Arc::new(ServerKeyVerifier { pin: Some(pin) })
+    }
+
+    /// Any key; the handshake still proves the server holds it.
+    pub fn any_key() -> Arc<ServerKeyVerifier> {
+        Arc::new(ServerKeyVerifier { pin: None })
+    }
+
+    /// [`Self::pinned`] with a pin, [`Self::any_key`] without.
+    pub fn new(pin: Option<Pin>) -> Arc<ServerKeyVerifier> {
+        Arc::new(ServerKeyVerifier { pin })
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for ServerKeyVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let Some(expected) = self.pin else {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        };
+        let presented = spki_pin(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        if presented == expected {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        supported_verify_schemes()
+    }
+}
+
 /// Bytes that are not a DER X.509 certificate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
@@ -147,59 +221,14 @@ mod tests {
         assert!(supported_verify_schemes().contains(&SignatureScheme::ECDSA_NISTP256_SHA256));
     }
 
-    /// A pin-checking verifier written the way broker and proxy write theirs: the three
-    /// signature methods are one line each.
-    #[derive(Debug)]
-    struct AcceptByPin(Pin);
-
-    impl rustls::client::danger::ServerCertVerifier for AcceptByPin {
-        fn verify_server_cert(
-            &self,
-            end_entity: &CertificateDer<'_>,
-            _intermediates: &[CertificateDer<'_>],
-            _server_name: &rustls::pki_types::ServerName<'_>,
-            _ocsp: &[u8],
-            _now: rustls::pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            match spki_pin(end_entity) {
-                Ok(pin) if pin == self.0 => {
-                    Ok(rustls::client::danger::ServerCertVerified::assertion())
-                }
-                _ => Err(rustls::Error::General("not the pinned key".into())),
-            }
-        }
-
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls12_signature(message, cert, dss)
-        }
-
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &CertificateDer<'_>,
-            dss: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls13_signature(message, cert, dss)
-        }
-
-        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-            supported_verify_schemes()
-        }
-    }
-
     /// Runs a TLS handshake in memory against a server presenting a fresh certificate; the
-    /// client trusts the key `pin` names (`None`: the server's own).
+    /// client trusts the key `pin_for(its certificate)` names (`None`: any key).
     fn handshake(
-        pin: Option<Pin>,
+        pin_for: impl FnOnce(&CertificateDer<'static>) -> Option<Pin>,
         version: &'static rustls::SupportedProtocolVersion,
     ) -> Result<(), rustls::Error> {
         let (cert, key) = issued(vec![dns("h1.example.com")]);
-        let pin = pin.unwrap_or_else(|| spki_pin(&cert).unwrap());
+        let pin = pin_for(&cert);
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
         let server = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[version])?
@@ -208,7 +237,7 @@ mod tests {
         let client = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[version])?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptByPin(pin)))
+            .with_custom_certificate_verifier(ServerKeyVerifier::new(pin))
             .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from("h1.example.com").unwrap();
         let mut client = rustls::ClientConnection::new(Arc::new(client), name)?;
@@ -227,11 +256,17 @@ mod tests {
     }
 
     #[test]
-    fn a_verifier_built_on_the_signature_helpers_completes_tls12_and_tls13_handshakes() {
+    fn a_server_key_verifier_takes_its_pin_or_any_key_and_refuses_another_over_tls12_and_tls13() {
         for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
-            handshake(None, version).unwrap();
+            handshake(|own| Some(spki_pin(own).unwrap()), version).unwrap();
+            handshake(|_| None, version).unwrap();
             let other = Pin::from_bytes([7; 32]);
-            assert!(handshake(Some(other), version).is_err());
+            assert!(matches!(
+                handshake(|_| Some(other), version),
+                Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure
+                ))
+            ));
         }
     }
 

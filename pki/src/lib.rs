@@ -49,7 +49,7 @@ pub use files::{
 pub use identity::{
     certificate_pem, name_is_covered, provider, read_certs, read_crls, read_key, spki_pin,
     subject_dn, supported_verify_schemes, verify_tls12_signature, verify_tls13_signature,
-    InvalidCertificate, PemError, Pin, PinError,
+    InvalidCertificate, PemError, Pin, PinError, ServerKeyVerifier,
 };
 pub use pem::format_time;
 pub use roles::{

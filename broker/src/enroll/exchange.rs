@@ -7,9 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::ClientConfig;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use virtgate_pake::{
@@ -66,51 +65,6 @@ fn is_alert(e: &std::io::Error) -> bool {
         .is_some_and(|tls| matches!(tls, rustls::Error::AlertReceived(_)))
 }
 
-/// Accepts the agent's key if it is `expected`, or any key when `None` (before enrollment).
-#[derive(Debug)]
-struct AgentVerifier {
-    expected: Option<Pin>,
-}
-
-impl ServerCertVerifier for AgentVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let presented = virtgate_pki::spki_pin(end_entity)
-            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        match self.expected {
-            Some(pin) if pin != presented => Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            )),
-            _ => Ok(ServerCertVerified::assertion()),
-        }
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        virtgate_pki::verify_tls12_signature(m, c, d)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        virtgate_pki::verify_tls13_signature(m, c, d)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        virtgate_pki::supported_verify_schemes()
-    }
-}
-
 type Agent = TlsStream<TcpStream>;
 
 /// TLS 1.3 to `addr` as `identity`; the agent's key must be `expected` (if given).
@@ -123,7 +77,8 @@ async fn connect(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| tls_error(addr, e))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AgentVerifier { expected }))
+        // The agent's key if it is known (`expected`), any key before enrollment.
+        .with_custom_certificate_verifier(virtgate_pki::ServerKeyVerifier::new(expected))
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(|e| tls_error(addr, e))?;
     let tcp = TcpStream::connect(addr)

@@ -353,10 +353,10 @@ impl LabProcess {
         let tasks = format!("/proc/{}/task", self.pid());
         let deadline = Instant::now() + timeout;
         loop {
-            let states: Vec<String> = std::fs::read_dir(&tasks)
+            let states: Vec<String> = fs::read_dir(&tasks)
                 .map(|dir| {
                     dir.flatten()
-                        .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+                        .filter_map(|t| fs::read_to_string(t.path().join("stat")).ok())
                         .filter_map(|stat| {
                             // "pid (comm) S ...": the state follows the last ')'.
                             stat.rsplit_once(')')
@@ -374,7 +374,7 @@ impl LabProcess {
                 "{} did not stop within {timeout:?} after SIGSTOP (thread states {states:?})",
                 self.label
             );
-            std::thread::sleep(Duration::from_millis(5));
+            thread::sleep(Duration::from_millis(5));
         }
     }
 

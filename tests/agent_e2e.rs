@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::agent::{enroll, enroll_cli, token_state, Agent};
-use common::gateway::{identity, python, text, virsh, Gateway};
+use common::gateway::{assert_same_results_as_direct, identity, text, virsh, Gateway};
 use common::sample;
 use common::tap::UnixTap;
 use virtgate_testlab::libvirtd::{Libvirtd, LibvirtdOptions};
@@ -29,23 +29,6 @@ fn libvirtd() -> Libvirtd {
     Libvirtd::start(LibvirtdOptions::default()).unwrap()
 }
 
-/// virsh output without the line that changes by itself (the test driver's CPU time is the clock).
-fn stable(out: &[u8]) -> String {
-    String::from_utf8_lossy(out)
-        .lines()
-        .filter(|l| !l.starts_with("CPU time:"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-const PY_SUMMARY: &str = r#"
-import libvirt, os
-libvirt.registerErrorHandler(lambda *a: None, None)
-c = libvirt.open(os.environ["URI"])
-print(c.getLibVersion(), c.getVersion(), c.getHostname(), sorted(d.name() for d in c.listAllDomains()))
-c.close()
-"#;
-
 #[test]
 #[allow(clippy::too_many_lines)] // one scenario, read top to bottom
 fn an_enrolled_agent_gives_virsh_and_python_the_same_results_as_libvirtd_directly() {
@@ -58,64 +41,9 @@ fn an_enrolled_agent_gives_virsh_and_python_the_same_results_as_libvirtd_directl
 
     let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
     let via = gw.uri("127.0.0.1", "h1", &alice);
-    for args in [
-        &["list", "--all"][..],
-        &["dominfo", "test"],
-        &["version"],
-        &["hostname"],
-    ] {
-        let direct = libvirtd.virsh(args).unwrap();
-        let through = virsh(&via, args);
-        assert!(
-            through.status.success(),
-            "virsh {args:?} via gateway and agent: {}\ngateway:\n{}",
-            text(&through),
-            gw.process.stderr_text()
-        );
-        assert_eq!(
-            stable(&through.stdout),
-            stable(&direct.stdout),
-            "virsh {args:?}"
-        );
-    }
-
-    let session = virsh(
-        &via,
-        &["suspend test; domstate test; resume test; domstate test"],
-    );
-    assert!(session.status.success(), "{}", text(&session));
-    let states: Vec<String> = String::from_utf8_lossy(&session.stdout)
-        .lines()
-        .map(str::trim)
-        .filter(|l| *l == "paused" || *l == "running")
-        .map(str::to_string)
-        .collect();
-    assert_eq!(states, vec!["paused", "running"], "{}", text(&session));
-
-    let (a, b) = (dir.path().join("direct.img"), dir.path().join("via.img"));
-    let direct = libvirtd
-        .virsh(&["screenshot", "test", a.to_str().unwrap()])
-        .unwrap();
-    let through = virsh(&via, &["screenshot", "test", b.to_str().unwrap()]);
-    assert!(
-        direct.status.success() && through.status.success(),
-        "{}\n{}",
-        text(&direct),
-        text(&through)
-    );
-    assert_eq!(
-        std::fs::read(&a).unwrap(),
-        std::fs::read(&b).unwrap(),
-        "screenshot stream relayed byte for byte"
-    );
-
-    let direct = python(&libvirtd.uri("127.0.0.1"), PY_SUMMARY);
-    let through = python(&via, PY_SUMMARY);
-    assert!(through.status.success(), "{}", text(&through));
-    assert_eq!(
-        String::from_utf8_lossy(&through.stdout),
-        String::from_utf8_lossy(&direct.stdout)
-    );
+    assert_same_results_as_direct(&libvirtd, &via, dir.path(), &|| {
+        format!("gateway:\n{}", gw.process.stderr_text())
+    });
 
     // Lifecycle events reach an event loop through gateway and agent.
     let mut cmd = std::process::Command::new("/usr/bin/virsh");

@@ -6,7 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::fake_broker::{inventory_pointing_h1_at, FakeBroker};
-use common::gateway::{identity, python, text, virsh, virsh_until, Gateway, ProxySetup};
+use common::gateway::{
+    assert_same_results_as_direct, identity, python, text, virsh, virsh_until, Gateway, ProxySetup,
+    PY_SUMMARY,
+};
 use common::raw::{raw_client, RAW_CONNECT, RAW_OPEN};
 use common::tap::Tap;
 use common::{sample, Broker, BrokerCert};
@@ -31,15 +34,6 @@ fn host(name: &str, addresses: &[&str], port: u16) -> String {
     )
 }
 
-/// virsh output without the line that changes by itself (the test driver's CPU time is the clock).
-fn stable(out: &[u8]) -> String {
-    String::from_utf8_lossy(out)
-        .lines()
-        .filter(|l| !l.starts_with("CPU time:"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// A gateway in front of `libvirtd` as host h1 (at `port`), with h1's key approved.
 fn gateway_with_h1(dir: &std::path::Path, libvirtd: &Libvirtd, port: u16) -> Gateway {
     let gw = Gateway::start(
@@ -55,14 +49,6 @@ fn gateway_with_h1(dir: &std::path::Path, libvirtd: &Libvirtd, port: u16) -> Gat
 fn libvirtd() -> Libvirtd {
     Libvirtd::start(LibvirtdOptions::default()).unwrap()
 }
-
-const PY_SUMMARY: &str = r#"
-import libvirt, os
-libvirt.registerErrorHandler(lambda *a: None, None)
-c = libvirt.open(os.environ["URI"])
-print(c.getLibVersion(), c.getVersion(), c.getHostname(), sorted(d.name() for d in c.listAllDomains()))
-c.close()
-"#;
 
 const PY_OPEN_ERROR: &str = r#"
 import libvirt, os
@@ -83,66 +69,8 @@ fn virsh_and_python_get_the_same_results_through_the_gateway_as_directly() {
     let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
     let via = gw.uri("127.0.0.1", "h1", &alice);
 
-    for args in [
-        &["list", "--all"][..],
-        &["dominfo", "test"],
-        &["version"],
-        &["hostname"],
-    ] {
-        let direct = libvirtd.virsh(args).unwrap();
-        let through = virsh(&via, args);
-        assert!(
-            through.status.success(),
-            "virsh {args:?} via the gateway: {}",
-            text(&through)
-        );
-        assert_eq!(
-            stable(&through.stdout),
-            stable(&direct.stdout),
-            "virsh {args:?}"
-        );
-    }
+    assert_same_results_as_direct(&libvirtd, &via, dir.path(), &String::new);
     assert!(String::from_utf8_lossy(&virsh(&via, &["list", "--all"]).stdout).contains("test"));
-
-    // test:///default resets when its last connection closes: change and check in one session.
-    let session = virsh(
-        &via,
-        &["suspend test; domstate test; resume test; domstate test"],
-    );
-    assert!(session.status.success(), "{}", text(&session));
-    let states: Vec<String> = String::from_utf8_lossy(&session.stdout)
-        .lines()
-        .map(str::trim)
-        .filter(|l| *l == "paused" || *l == "running")
-        .map(str::to_string)
-        .collect();
-    assert_eq!(states, vec!["paused", "running"], "{}", text(&session));
-
-    // A stream (screenshot): same bytes as directly.
-    let (a, b) = (dir.path().join("direct.img"), dir.path().join("via.img"));
-    let direct = libvirtd
-        .virsh(&["screenshot", "test", a.to_str().unwrap()])
-        .unwrap();
-    let through = virsh(&via, &["screenshot", "test", b.to_str().unwrap()]);
-    assert!(
-        direct.status.success() && through.status.success(),
-        "{}\n{}",
-        text(&direct),
-        text(&through)
-    );
-    assert_eq!(
-        std::fs::read(&a).unwrap(),
-        std::fs::read(&b).unwrap(),
-        "screenshot stream relayed byte for byte"
-    );
-
-    let direct = python(&libvirtd.uri("127.0.0.1"), PY_SUMMARY);
-    let through = python(&via, PY_SUMMARY);
-    assert!(through.status.success(), "{}", text(&through));
-    assert_eq!(
-        String::from_utf8_lossy(&through.stdout),
-        String::from_utf8_lossy(&direct.stdout)
-    );
 
     let metrics = gw.metrics();
     assert!(

@@ -343,3 +343,96 @@ pub fn virsh_until(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// virsh output without the line that changes by itself (the test driver's CPU time is the clock).
+pub fn stable(out: &[u8]) -> String {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter(|l| !l.starts_with("CPU time:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// python3-libvirt's view of a connection: versions, host name, domains.
+pub const PY_SUMMARY: &str = r#"
+import libvirt, os
+libvirt.registerErrorHandler(lambda *a: None, None)
+c = libvirt.open(os.environ["URI"])
+print(c.getLibVersion(), c.getVersion(), c.getHostname(), sorted(d.name() for d in c.listAllDomains()))
+c.close()
+"#;
+
+/// Does the same libvirt work directly against `libvirtd` and through `via`, and asserts both
+/// give the same results: virsh list, dominfo, version and hostname; suspend and resume in one
+/// session (test:///default resets when its last connection closes); a screenshot stream, byte
+/// for byte, into `scratch`; python3-libvirt's summary. `context` adds to a failure (a log).
+pub fn assert_same_results_as_direct(
+    libvirtd: &Libvirtd,
+    via: &str,
+    scratch: &Path,
+    context: &dyn Fn() -> String,
+) {
+    for args in [
+        &["list", "--all"][..],
+        &["dominfo", "test"],
+        &["version"],
+        &["hostname"],
+    ] {
+        let direct = libvirtd.virsh(args).unwrap();
+        let through = virsh(via, args);
+        assert!(
+            through.status.success(),
+            "virsh {args:?} through {via}: {}\n{}",
+            text(&through),
+            context()
+        );
+        assert_eq!(
+            stable(&through.stdout),
+            stable(&direct.stdout),
+            "virsh {args:?}"
+        );
+    }
+
+    let session = virsh(
+        via,
+        &["suspend test; domstate test; resume test; domstate test"],
+    );
+    assert!(session.status.success(), "{}", text(&session));
+    let states: Vec<String> = String::from_utf8_lossy(&session.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| *l == "paused" || *l == "running")
+        .map(str::to_string)
+        .collect();
+    assert_eq!(states, vec!["paused", "running"], "{}", text(&session));
+
+    let (a, b) = (scratch.join("direct.img"), scratch.join("via.img"));
+    let direct = libvirtd
+        .virsh(&["screenshot", "test", a.to_str().unwrap()])
+        .unwrap();
+    let through = virsh(via, &["screenshot", "test", b.to_str().unwrap()]);
+    assert!(
+        direct.status.success() && through.status.success(),
+        "{}\n{}",
+        text(&direct),
+        text(&through)
+    );
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "screenshot stream relayed byte for byte"
+    );
+
+    let direct = python(&libvirtd.uri("127.0.0.1"), PY_SUMMARY);
+    let through = python(via, PY_SUMMARY);
+    assert!(
+        through.status.success(),
+        "{}\n{}",
+        text(&through),
+        context()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&through.stdout),
+        String::from_utf8_lossy(&direct.stdout)
+    );
+}

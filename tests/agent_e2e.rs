@@ -9,7 +9,9 @@ mod common;
 use std::time::Duration;
 
 use common::agent::{enroll, enroll_cli, token_state, Agent};
-use common::gateway::{assert_same_results_as_direct, identity, text, virsh, Gateway};
+use common::gateway::{
+    assert_same_results_as_direct, identity, text, up_api_ca, virsh, Gateway, ProxySetup,
+};
 use common::sample;
 use common::tap::UnixTap;
 use virtgate_testlab::libvirtd::{Libvirtd, LibvirtdOptions};
@@ -299,6 +301,138 @@ except libvirt.libvirtError as e:
     gw.wait_trust("h1", "enrolled");
     let listed = virsh(&gw.uri("127.0.0.1", "h1", &alice), &["list", "--all"]);
     assert!(listed.status.success(), "{}", text(&listed));
+}
+
+/// How many of the agent's connections ended `result` so far.
+fn agent_connections(agent: &Agent, result: &str) -> f64 {
+    sample(
+        &agent.metrics(),
+        "virtgate_agent_connections_total",
+        &[("result", result)],
+    )
+    .unwrap_or_default()
+}
+
+/// Sets `broker.agent_gateway_pins` in `up`'s configuration file to `pins`.
+fn set_agent_gateway_pins(gw: &Gateway, pins: &[String]) {
+    let config = std::fs::read_to_string(&gw.config).unwrap();
+    let kept: Vec<&str> = config
+        .lines()
+        .filter(|l| !l.starts_with("agent_gateway_pins"))
+        .collect();
+    let listed: Vec<String> = pins.iter().map(|p| format!("{p:?}")).collect();
+    let config = kept.join("\n").replacen(
+        "[proxy]",
+        &format!("agent_gateway_pins = [{}]\n[proxy]", listed.join(", ")),
+        1,
+    );
+    std::fs::write(&gw.config, config).unwrap();
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one scenario, read top to bottom
+fn a_second_gateway_replica_is_added_and_retired_by_rotation_without_re_enrolling() {
+    let libvirtd = libvirtd();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start(dir.path(), &libvirtd, RULES);
+    let mut agent = Agent::new(dir.path(), &libvirtd);
+    agent.enroll_and_start(&gw, "h1");
+    let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
+
+    // Replica B follows the broker of `up` and reads the host secrets from the broker's
+    // directory (as a mounted Secret would give them), with a backend key of its own.
+    let backend = libvirtd
+        .issue_client_pki_dir(
+            "replica-backend",
+            &virtgate_testlab::pki::ClientCertSpec::new("O=virtgate-test,CN=gateway"),
+        )
+        .unwrap();
+    let b_cert = backend.join("clientcert.pem");
+    let b_pin = {
+        let certs = virtgate_pki::read_certs(&b_cert).unwrap();
+        format!("sha256:{}", virtgate_pki::spki_pin(&certs[0]).unwrap())
+    };
+    let secrets = gw.data_dir.join("agent-secrets");
+    let replica = ProxySetup::write(
+        dir.path(),
+        "replica",
+        &libvirtd,
+        Some((b_cert, backend.join("clientkey.pem"))),
+        &format!(
+            "agent_secret_dir = {:?}\n{RULES}",
+            secrets.display().to_string()
+        ),
+    );
+    let api = format!("https://{}", gw.api);
+    let api_ca = up_api_ca(&gw.data_dir).display().to_string();
+    let mut b = replica.start(&["--broker", &api, "--broker-ca", &api_ca]);
+    let via_b = replica.uri("h1", &alice);
+    let via_a = gw.uri("127.0.0.1", "h1", &alice);
+
+    // Not among the agent's gateway keys yet: refused at the agent's TLS handshake, with a
+    // message that says how to add it, and libvirt never reached.
+    let relayed = agent_connections(&agent, "relayed");
+    let refused = virsh(&via_b, &["list", "--all"]);
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains(
+            "virtgate: host h1 failed the agent check: the agent refused the gateway's key"
+        ) && text(&refused).contains("broker.agent_gateway_pins"),
+        "{}\nreplica:\n{}",
+        text(&refused),
+        b.stderr_text()
+    );
+    assert_eq!(agent_connections(&agent, "relayed"), relayed);
+    assert!(agent_connections(&agent, "tls_failed") >= 1.0);
+
+    // Added: listed in broker.agent_gateway_pins, then one rotation tells the agent.
+    set_agent_gateway_pins(&gw, std::slice::from_ref(&b_pin));
+    gw.restart();
+    let rotated = enroll_cli(&gw, &["--rotate", "h1"]);
+    assert!(rotated.status.success(), "{}", text(&rotated));
+    assert!(
+        String::from_utf8_lossy(&rotated.stdout).contains(
+            "rotated: h1 now proves secret generation 2; its agent accepts 2 gateway key(s)"
+        ),
+        "{}",
+        text(&rotated)
+    );
+    assert_eq!(
+        sample(&agent.metrics(), "virtgate_agent_secret_generation", &[]),
+        Some(2.0)
+    );
+    for via in [&via_a, &via_b] {
+        let listed = virsh(via, &["list", "--all"]);
+        assert!(
+            listed.status.success() && text(&listed).contains("test"),
+            "{via}: {}\nreplica:\n{}",
+            text(&listed),
+            b.stderr_text()
+        );
+    }
+
+    // Retired: taken out of the list, and the next rotation leaves it out; `up` keeps working.
+    set_agent_gateway_pins(&gw, &[]);
+    gw.restart();
+    let rotated = enroll_cli(&gw, &["--rotate", "h1"]);
+    assert!(
+        String::from_utf8_lossy(&rotated.stdout).contains(
+            "rotated: h1 now proves secret generation 3; its agent accepts 1 gateway key(s)"
+        ),
+        "{}",
+        text(&rotated)
+    );
+    let relayed = agent_connections(&agent, "relayed");
+    let refused = virsh(&via_b, &["list", "--all"]);
+    assert!(
+        !refused.status.success() && text(&refused).contains("refused the gateway's key"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(agent_connections(&agent, "relayed"), relayed);
+    let listed = virsh(&via_a, &["list", "--all"]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    b.stop(Duration::from_secs(5));
 }
 
 fn host_pin(gw: &Gateway) -> String {

@@ -63,27 +63,35 @@ impl Gateway {
             &format!("discovery = false\n{broker_toml}"),
             hosts_and_rules,
         );
-        let mut cmd = Command::new(VIRTGATE);
-        cmd.args(["--config", config.to_str().unwrap(), "up"])
-            .env("RUST_LOG", "info");
-        let process = LabProcess::spawn(cmd).unwrap();
         let gw = Gateway {
-            process,
+            process: spawn_up(&config),
             port,
             api,
             data_dir,
             config,
         };
+        gw.wait_ready();
+        gw
+    }
+
+    /// Stops `up` and starts it again on the same configuration file (read anew: an edited
+    /// file takes effect) and data.
+    pub fn restart(&mut self) {
+        self.process.stop(Duration::from_secs(10));
+        self.process = spawn_up(&self.config);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !gw.get("/readyz").is_ok_and(|(s, _)| s == 200) {
+        while !self.get("/readyz").is_ok_and(|(s, _)| s == 200) {
             assert!(
                 Instant::now() < deadline,
                 "gateway not ready:\n{}",
-                gw.process.stderr_text()
+                self.process.stderr_text()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        gw
     }
 
     /// `GET path` on the API, over HTTPS verified with `up`'s development CA.
@@ -188,6 +196,13 @@ pub fn write_up_config(
     )
     .unwrap();
     (config, data_dir)
+}
+
+fn spawn_up(config: &Path) -> LabProcess {
+    let mut cmd = Command::new(VIRTGATE);
+    cmd.args(["--config", config.to_str().unwrap(), "up"])
+        .env("RUST_LOG", "info");
+    LabProcess::spawn(cmd).unwrap()
 }
 
 /// Runs `virtgate --config CONFIG broker` alone (the broker half of a gateway's configuration)

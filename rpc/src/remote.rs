@@ -226,16 +226,22 @@ impl<'a> Xdr<'a> for SaslStartArgs {
     }
 }
 
-/// `remote_auth_sasl_start_ret`.
+/// `remote_auth_sasl_start_ret` and `remote_auth_sasl_step_ret`, which libvirt declares
+/// alike: the server's answer to a SASL message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SaslStartReply {
+pub struct SaslReply {
     /// The server considers the exchange finished.
     pub complete: bool,
-    /// The server's challenge.
+    /// The server's challenge, next message or final message.
     pub data: Option<Vec<u8>>,
 }
 
-impl<'a> Xdr<'a> for SaslStartReply {
+/// `remote_auth_sasl_start_ret`.
+pub type SaslStartReply = SaslReply;
+/// `remote_auth_sasl_step_ret`.
+pub type SaslStepReply = SaslReply;
+
+impl<'a> Xdr<'a> for SaslReply {
     fn encode(&self, out: &mut Vec<u8>) {
         put_int_bool(out, self.complete);
         put_sasl_data(out, self.data.as_deref());
@@ -261,28 +267,6 @@ impl<'a> Xdr<'a> for SaslStepArgs {
     }
     fn decode(r: &mut Reader<'a>) -> Result<Self, XdrError> {
         read_sasl_data(r).map(|data| Self { data })
-    }
-}
-
-/// `remote_auth_sasl_step_ret`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SaslStepReply {
-    /// The server considers the exchange finished.
-    pub complete: bool,
-    /// The server's next challenge or final message.
-    pub data: Option<Vec<u8>>,
-}
-
-impl<'a> Xdr<'a> for SaslStepReply {
-    fn encode(&self, out: &mut Vec<u8>) {
-        put_int_bool(out, self.complete);
-        put_sasl_data(out, self.data.as_deref());
-    }
-    fn decode(r: &mut Reader<'a>) -> Result<Self, XdrError> {
-        Ok(Self {
-            complete: read_int_bool(r)?,
-            data: read_sasl_data(r)?,
-        })
     }
 }
 

@@ -26,88 +26,85 @@ pub struct ProxyMetrics {
 
 impl ProxyMetrics {
     pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let connections_active = IntGauge::new(
-            "virtgate_proxy_connections_active",
-            "Client connections open now.",
-        )?;
-        let connections_total = IntCounterVec::new(
-            Opts::new(
+        let r = Registering(registry);
+        let metrics = Self {
+            connections_active: r.gauge(
+                "virtgate_proxy_connections_active",
+                "Client connections open now.",
+            )?,
+            connections_total: r.counters(
                 "virtgate_proxy_connections_total",
                 "Client connections by how they ended.",
-            ),
-            &["result"],
-        )?;
-        let handshake_duration = Histogram::with_opts(
-            HistogramOpts::new(
+                &["result"],
+            )?,
+            handshake_duration: r.histogram(
                 "virtgate_proxy_handshake_duration_seconds",
                 "Client TLS handshake duration.",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-            ]),
-        )?;
-        let auth_failures = IntCounterVec::new(
-            Opts::new(
+                CONNECT_BUCKETS,
+            )?,
+            auth_failures: r.counters(
                 "virtgate_proxy_auth_failures_total",
                 "Clients refused before any RPC, by stage and reason.",
-            ),
-            &["stage", "reason"],
-        )?;
-        let rpc_calls = IntCounterVec::new(
-            Opts::new(
+                &["stage", "reason"],
+            )?,
+            rpc_calls: r.counters(
                 "virtgate_proxy_rpc_calls_total",
                 "RPC calls relayed, by host, program and procedure.",
-            ),
-            &["host", "program", "procedure"],
-        )?;
-        let rpc_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "virtgate_proxy_rpc_duration_seconds",
-                "Call to reply time seen by the gateway, by host.",
-            )
-            .buckets(vec![
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5, 10.0,
-            ]),
-            &["host"],
-        )?;
-        let bytes = IntCounterVec::new(
-            Opts::new(
+                &["host", "program", "procedure"],
+            )?,
+            rpc_duration: r.register(HistogramVec::new(
+                HistogramOpts::new(
+                    "virtgate_proxy_rpc_duration_seconds",
+                    "Call to reply time seen by the gateway, by host.",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.5,
+                    10.0,
+                ]),
+                &["host"],
+            )?)?,
+            bytes: r.counters(
                 "virtgate_proxy_bytes_total",
                 "RPC bytes relayed, by host and direction (to_host, to_client).",
-            ),
-            &["host", "direction"],
-        )?;
-        let collectors: [Box<dyn prometheus::core::Collector>; 7] = [
-            Box::new(connections_active.clone()),
-            Box::new(connections_total.clone()),
-            Box::new(handshake_duration.clone()),
-            Box::new(auth_failures.clone()),
-            Box::new(rpc_calls.clone()),
-            Box::new(rpc_duration.clone()),
-            Box::new(bytes.clone()),
-        ];
-        for collector in collectors {
-            registry.register(collector)?;
-        }
-        let (backend_connect_duration, protocol_errors) = path_metrics(registry)?;
-        let (calls_refused, crl_next_update) = guard_metrics(registry)?;
-        let (secondary_checks, secondary_check_duration) = secondary_metrics(registry)?;
-        let backend_login_failures = login_metrics(registry)?;
-        let metrics = Self {
-            connections_active,
-            connections_total,
-            handshake_duration,
-            auth_failures,
-            rpc_calls,
-            rpc_duration,
-            bytes,
-            backend_connect_duration,
-            protocol_errors,
-            calls_refused,
-            crl_next_update,
-            secondary_checks,
-            secondary_check_duration,
-            backend_login_failures,
+                &["host", "direction"],
+            )?,
+            backend_connect_duration: r.histogram(
+                "virtgate_proxy_backend_connect_duration_seconds",
+                "Time to reach a host: TCP (happy eyeballs), TLS and the confirmation byte.",
+                CONNECT_BUCKETS,
+            )?,
+            protocol_errors: r.counters(
+                "virtgate_proxy_protocol_errors_total",
+                "Connections cut off for protocol violations, by side and reason.",
+                &["side", "reason"],
+            )?,
+            calls_refused: r.counters(
+                "virtgate_proxy_calls_refused_total",
+                "Calls the gateway answered itself instead of relaying, by reason (reopen, auth, identity: the connection was closed; read_only, program).",
+                &["reason"],
+            )?,
+            crl_next_update: r.register(prometheus::Gauge::new(
+                "virtgate_proxy_crl_next_update_timestamp_seconds",
+                "The earliest nextUpdate of proxy.crl_file, Unix seconds (0 without a CRL); past it the CRL is stale and revocations after it are unknown.",
+            )?)?,
+            // The agent check of hosts enrolled through `virtgate agent` (`session/secondary.rs`).
+            secondary_checks: r.counters(
+                "virtgate_proxy_secondary_checks_total",
+                "Agent checks (the PAKE bound to the TLS session) by host and result: ok, failed (a proof did not verify: wrong secret or a TLS-terminating relay), refused (by the agent), no_secret, error.",
+                &["host", "result"],
+            )?,
+            secondary_check_duration: r.histogram(
+                "virtgate_proxy_secondary_check_duration_seconds",
+                "Time of the agent check, from the gateway's hello to the agent's verdict.",
+                &[
+                    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
+                ],
+            )?,
+            backend_login_failures: r.counters(
+                "virtgate_proxy_backend_login_failures_total",
+                "The gateway's own SASL logins to hosts that demand one (auth_tls = \"sasl\") which failed, by reason (no_credentials, rejected, stale_credentials, ...); the client got an error naming `virtgate hosts credentials`.",
+                &["reason"],
+            )?,
         };
         metrics.initialise_labels();
         Ok(metrics)
@@ -149,81 +146,44 @@ impl ProxyMetrics {
     }
 }
 
-/// The gateway's own SASL logins to hosts, registered into `registry`.
-fn login_metrics(registry: &Registry) -> Result<IntCounterVec, prometheus::Error> {
-    let backend_login_failures = IntCounterVec::new(
-        Opts::new(
-            "virtgate_proxy_backend_login_failures_total",
-            "The gateway's own SASL logins to hosts that demand one (auth_tls = \"sasl\") which failed, by reason (no_credentials, rejected, stale_credentials, ...); the client got an error naming `virtgate hosts credentials`.",
-        ),
-        &["reason"],
-    )?;
-    registry.register(Box::new(backend_login_failures.clone()))?;
-    Ok(backend_login_failures)
-}
+/// Buckets for connection set-up times: handshakes and reaching a host.
+const CONNECT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
-/// The calls the gateway refuses itself, and the freshness of its CRL.
-/// The backend connect time and the protocol errors of either side.
-fn path_metrics(registry: &Registry) -> Result<(Histogram, IntCounterVec), prometheus::Error> {
-    let backend_connect_duration = Histogram::with_opts(
-        HistogramOpts::new(
-            "virtgate_proxy_backend_connect_duration_seconds",
-            "Time to reach a host: TCP (happy eyeballs), TLS and the confirmation byte.",
-        )
-        .buckets(vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-        ]),
-    )?;
-    let protocol_errors = IntCounterVec::new(
-        Opts::new(
-            "virtgate_proxy_protocol_errors_total",
-            "Connections cut off for protocol violations, by side and reason.",
-        ),
-        &["side", "reason"],
-    )?;
-    registry.register(Box::new(backend_connect_duration.clone()))?;
-    registry.register(Box::new(protocol_errors.clone()))?;
-    Ok((backend_connect_duration, protocol_errors))
-}
+/// Makes metrics and registers each into the registry as it is made.
+struct Registering<'a>(&'a Registry);
 
-fn guard_metrics(
-    registry: &Registry,
-) -> Result<(IntCounterVec, prometheus::Gauge), prometheus::Error> {
-    let calls_refused = IntCounterVec::new(
-            Opts::new(
-                "virtgate_proxy_calls_refused_total",
-                "Calls the gateway answered itself instead of relaying, by reason (reopen, auth, identity: the connection was closed; read_only, program).",
-            ),
-            &["reason"],
-        )?;
-    registry.register(Box::new(calls_refused.clone()))?;
-    let crl_next_update = prometheus::Gauge::new(
-            "virtgate_proxy_crl_next_update_timestamp_seconds",
-            "The earliest nextUpdate of proxy.crl_file, Unix seconds (0 without a CRL); past it the CRL is stale and revocations after it are unknown.",
-        )?;
-    registry.register(Box::new(crl_next_update.clone()))?;
-    Ok((calls_refused, crl_next_update))
-}
+impl Registering<'_> {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        collector: C,
+    ) -> Result<C, prometheus::Error> {
+        self.0.register(Box::new(collector.clone()))?;
+        Ok(collector)
+    }
 
-/// The agent check of hosts enrolled through `virtgate agent` (`session/secondary.rs`).
-fn secondary_metrics(registry: &Registry) -> Result<(IntCounterVec, Histogram), prometheus::Error> {
-    let checks = IntCounterVec::new(
-        Opts::new(
-            "virtgate_proxy_secondary_checks_total",
-            "Agent checks (the PAKE bound to the TLS session) by host and result: ok, failed (a proof did not verify: wrong secret or a TLS-terminating relay), refused (by the agent), no_secret, error.",
-        ),
-        &["host", "result"],
-    )?;
-    registry.register(Box::new(checks.clone()))?;
-    let duration = Histogram::with_opts(
-        HistogramOpts::new(
-            "virtgate_proxy_secondary_check_duration_seconds",
-            "Time of the agent check, from the gateway's hello to the agent's verdict.",
-        )
-        .buckets(vec![
-            0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
-        ]),
-    )?;
-    registry.register(Box::new(duration.clone()))?;
-    Ok((checks, duration))
+    fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+        self.register(IntGauge::new(name, help)?)
+    }
+
+    fn counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, prometheus::Error> {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+    ) -> Result<Histogram, prometheus::Error> {
+        self.register(Histogram::with_opts(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        )?)
+    }
 }

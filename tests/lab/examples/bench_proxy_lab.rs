@@ -17,12 +17,12 @@
 //! script closes the pipe, or dies), and then stops libvirtd by its PID and removes its scratch
 //! directory.
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use virtgate_testlab::bench::{ready_until_stdin_closes, write_relay_kit};
 use virtgate_testlab::libvirtd::{Libvirtd, LibvirtdOptions};
-use virtgate_testlab::pki::{write_file, ClientCertSpec, ServerCertSpec};
+use virtgate_testlab::pki::write_file;
 
 fn main() -> Result<()> {
     let out = PathBuf::from(
@@ -36,21 +36,7 @@ fn main() -> Result<()> {
         client_dn: "C=GB,O=virtgate-test,CN=virtgate-bench-client".to_string(),
         ..LibvirtdOptions::default()
     })?;
-    let ca = daemon.ca();
-    write_file(&out.join("ca.pem"), ca.cert_pem(), 0o644)?;
-    daemon
-        .client_cert()
-        .write_client_files(&out.join("client"), ca.cert_pem())?;
-
-    let front = ca.issue_server(&ServerCertSpec::localhost())?;
-    write_file(&out.join("relay-server-cert.pem"), &front.cert_pem, 0o644)?;
-    write_file(&out.join("relay-server-key.pem"), &front.key_pem, 0o600)?;
-    let back = ca.issue_client(&ClientCertSpec::new(
-        "C=GB,O=virtgate-test,CN=virtgate-bench-relay",
-    ))?;
-    write_file(&out.join("relay-client-cert.pem"), &back.cert_pem, 0o644)?;
-    write_file(&out.join("relay-client-key.pem"), &back.key_pem, 0o600)?;
-
+    write_relay_kit(&daemon, &out)?;
     write_file(
         &out.join("lab.env"),
         &format!(
@@ -61,12 +47,7 @@ fn main() -> Result<()> {
         ),
         0o644,
     )?;
-    println!("READY");
-    std::io::stdout().flush()?;
-
-    // Block until the script closes our stdin (or exits); then `daemon` drops and stops libvirtd.
-    let mut sink = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut sink);
+    ready_until_stdin_closes()?;
     drop(daemon);
     Ok(())
 }

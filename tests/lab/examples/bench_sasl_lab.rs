@@ -11,12 +11,12 @@
 //!
 //! prints `READY`, and keeps both daemons until its stdin reaches end of file.
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use virtgate_testlab::bench::{ready_until_stdin_closes, write_relay_kit};
 use virtgate_testlab::libvirtd::{Libvirtd, LibvirtdOptions};
-use virtgate_testlab::pki::{write_file, ClientCertSpec, ServerCertSpec};
+use virtgate_testlab::pki::write_file;
 
 const SASL_USER: &str = "nova";
 const SASL_PASSWORD: &str = "bench-sasl-password";
@@ -38,21 +38,9 @@ fn main() -> Result<()> {
         extra_client_cas: vec![ca.cert_pem().to_string()],
         ..LibvirtdOptions::with_sasl_user(SASL_USER, SASL_PASSWORD)
     })?;
-    write_file(&out.join("ca.pem"), ca.cert_pem(), 0o644)?;
-    plain
-        .client_cert()
-        .write_client_files(&out.join("client"), ca.cert_pem())?;
+    write_relay_kit(&plain, &out)?;
     std::fs::create_dir_all(out.join("client-nocert"))?;
     write_file(&out.join("client-nocert/cacert.pem"), ca.cert_pem(), 0o644)?;
-
-    let front = ca.issue_server(&ServerCertSpec::localhost())?;
-    write_file(&out.join("relay-server-cert.pem"), &front.cert_pem, 0o644)?;
-    write_file(&out.join("relay-server-key.pem"), &front.key_pem, 0o600)?;
-    let back = ca.issue_client(&ClientCertSpec::new(
-        "C=GB,O=virtgate-test,CN=virtgate-bench-relay",
-    ))?;
-    write_file(&out.join("relay-client-cert.pem"), &back.cert_pem, 0o644)?;
-    write_file(&out.join("relay-client-key.pem"), &back.key_pem, 0o600)?;
 
     write_file(
         &out.join("lab.env"),
@@ -66,11 +54,7 @@ fn main() -> Result<()> {
         ),
         0o644,
     )?;
-    println!("READY");
-    std::io::stdout().flush()?;
-
-    let mut sink = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut sink);
+    ready_until_stdin_closes()?;
     drop(sasl);
     drop(plain);
     Ok(())

@@ -3,7 +3,8 @@
 //! This crate owns the scaffolding that integration tests use to talk to *real* peers instead of
 //! mocks: network-namespace labs ([`netns`]), avahi-daemon with a private D-Bus inside a lab
 //! node ([`avahi`]), throwaway X.509 PKIs ([`pki`]) and a real libvirtd with the `test` driver
-//! over TLS on loopback ([`libvirtd`]). Spawned programs are wrapped in [`LabProcess`].
+//! over TLS on loopback ([`libvirtd`]), and what the benchmark helpers share ([`bench`]). Spawned
+//! programs are wrapped in [`LabProcess`].
 //!
 //! What it must not do (see `shared/notes/mdns-lab.md` §0 and `real-libvirtd.md`):
 //! - send traffic anywhere but loopback or namespaces that a lab itself created; avahi and every
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod avahi;
+pub mod bench;
 pub mod libvirtd;
 pub mod netns;
 pub mod pki;

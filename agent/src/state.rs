@@ -7,8 +7,7 @@
 //! - `enrollment.json`: after enrollment, the host name, the gateway keys it accepts and the
 //!   OPAQUE registration record of each per-host secret generation — never a secret itself.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -139,22 +138,7 @@ impl State {
 
     /// Writes `name` (0600) through a temporary file and a rename.
     fn write(&self, name: &str, bytes: &[u8]) -> Result<(), AgentError> {
-        let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(self.err(name))?;
-        file.write_all(bytes).map_err(self.err(name))?;
-        file.sync_all().map_err(self.err(name))?;
-        std::fs::rename(&tmp, &path).map_err(self.err(name))?;
-        if let Ok(dir) = std::fs::File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        virtgate_pki::write_private_file(&self.dir.join(name), bytes).map_err(self.err(name))
     }
 
     fn read(&self, name: &str) -> Result<Option<Vec<u8>>, AgentError> {

@@ -240,8 +240,6 @@ fn write_cache(
     snapshot: &WatchResponse,
     saved_at: i64,
 ) -> Result<(), CacheError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let error = |source| CacheError::Write {
         path: file.to_path_buf(),
         source,
@@ -252,19 +250,7 @@ fn write_cache(
         snapshot: snapshot.clone(),
     })
     .map_err(|e| error(std::io::Error::other(e)))?;
-    let mut tmp = file.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(error)?;
-    out.write_all(&body).map_err(error)?;
-    out.sync_all().map_err(error)?;
-    std::fs::rename(&tmp, file).map_err(error)
+    virtgate_pki::write_private_file(file, &body).map_err(error)
 }
 
 #[cfg(test)]

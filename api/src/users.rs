@@ -12,8 +12,7 @@
 //! - `PUT /v1/hosts/{name}/credentials` [`HostCredentialsRequest`] → [`HostCredentialsSet`];
 //!   `DELETE /v1/hosts/{name}/credentials`.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -188,23 +187,8 @@ impl CredentialsDir {
         let path = self
             .file(host)
             .ok_or_else(|| std::io::Error::other(format!("{host:?} cannot name a file")))?;
-        let tmp = self.dir.join(format!(
-            ".{}.tmp",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        ));
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(&serde_json::to_vec_pretty(credentials).map_err(std::io::Error::other)?)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        if let Ok(dir) = std::fs::File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        let json = serde_json::to_vec_pretty(credentials).map_err(std::io::Error::other)?;
+        virtgate_pki::write_private_file(&path, &json)
     }
 
     /// Removes `host`'s credentials; whether there were any.

@@ -2,10 +2,10 @@
 //! written once through a new 0600 file renamed into place, and refused when the file lets
 //! group or others read it. Tokens are never logged; only their paths are.
 
-use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use tracing::info;
 
@@ -72,30 +72,8 @@ fn read_token(path: &Path) -> Result<Option<String>, BrokerError> {
 fn create_token(path: &Path) -> Result<String, BrokerError> {
     let io = io_error(path);
     let token = random_hex(32).map_err(&io)?;
-    let temporary = temporary_beside(path).map_err(&io)?;
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(TOKEN_MODE)
-            .open(&temporary)?;
-        file.write_all(format!("{token}\n").as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(io(e));
-    }
+    virtgate_pki::write_private_file(path, format!("{token}\n").as_bytes()).map_err(io)?;
     Ok(token)
-}
-
-fn temporary_beside(path: &Path) -> std::io::Result<PathBuf> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the path names no file"))?
-        .to_string_lossy();
-    Ok(path.with_file_name(format!(".{name}.{}.tmp", random_hex(8)?)))
 }
 
 /// `bytes` random bytes from the operating system, as hex.

@@ -6,8 +6,6 @@
 //! `GET /v1/gateway/users`, or in process in `virtgate up`; a revision counter tells followers
 //! what changed.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -240,16 +238,8 @@ impl UsersStore {
 
 /// Writes `file` (0600) through a temporary file and a rename.
 fn write(path: &Path, file: &UsersFile) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    out.write_all(&serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?)?;
-    out.sync_all()?;
-    std::fs::rename(&tmp, path)
+    let json = serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?;
+    virtgate_pki::write_private_file(path, &json)
 }
 
 #[cfg(test)]

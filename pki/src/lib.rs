@@ -43,8 +43,8 @@ pub use dev::{
 };
 pub use dn::{common_name_part, dn_string, parse_dn, SUPPORTED_ATTRIBUTES};
 pub use files::{
-    CaFiles, ClientFiles, ServerFiles, CA_CERT, CA_KEY, CERT_MODE, CLIENT_CERT, CLIENT_KEY,
-    DIR_MODE, KEY_MODE, SERVER_CERT, SERVER_KEY,
+    write_private_file, CaFiles, ClientFiles, ServerFiles, CA_CERT, CA_KEY, CERT_MODE, CLIENT_CERT,
+    CLIENT_KEY, DIR_MODE, KEY_MODE, SERVER_CERT, SERVER_KEY,
 };
 pub use identity::{
     certificate_pem, name_is_covered, provider, read_certs, read_crls, read_key, spki_pin,

@@ -154,19 +154,8 @@ pub fn publish(info: &RuntimeInfo) -> Result<Published, String> {
         ));
     }
     let text = serde_json::to_string_pretty(info).map_err(|e| e.to_string())?;
-    let tmp = dir.join(format!(".{RUNTIME_FILE}.{}", info.pid));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
-    write().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    virtgate_pki::write_private_file(&path, text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(Published { path })
 }
 

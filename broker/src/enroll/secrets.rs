@@ -3,8 +3,7 @@
 //! one `v1 GENERATION HEX` line each. The gateway reads the same files (`proxy.agent_secret_dir`;
 //! in Kubernetes a Secret made from this directory). Never served by the API, never logged.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use virtgate_pake::HostSecret;
@@ -49,20 +48,7 @@ impl SecretStore {
                 "{host:?} cannot name a secret file"
             )));
         }
-        let tmp = self.dir.join(format!(".{host}.tmp"));
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(secret.to_file_text().as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(host))?;
-        if let Ok(dir) = std::fs::File::open(&self.dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        virtgate_pki::write_private_file(&self.dir.join(host), secret.to_file_text().as_bytes())
     }
 }
 

@@ -3,8 +3,6 @@
 //! record made from it when it was issued — enough to check an agent's proof, not to make one —
 //! wiped once the token is spent or revoked.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -137,18 +135,8 @@ impl TokenStore {
             path: self.path.display().to_string(),
             source,
         };
-        let tmp = self.path.with_extension("json.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
         let json = serde_json::to_vec_pretty(&self.tokens).expect("tokens serialise");
-        file.write_all(&json).map_err(err)?;
-        file.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)
+        virtgate_pki::write_private_file(&self.path, &json).map_err(err)
     }
 
     /// Issues a token for `host`, valid until `expires_at`; returns it (to be shown once).

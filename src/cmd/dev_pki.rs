@@ -28,18 +28,7 @@ fn absolute(p: &Path) -> PathBuf {
 impl Bootstrap {
     pub fn print_usage(&self, config: &Config) {
         let dev = &self.dev;
-        let port = config
-            .proxy
-            .listen
-            .first()
-            .map(|a| a.port())
-            .unwrap_or(16514);
-        let name = super::system_hostname();
-        let gateway = if name.is_empty() {
-            "localhost".to_string()
-        } else {
-            name
-        };
+        let (gateway, port) = gateway_address(config, "localhost");
         let state = if dev.created.is_empty() {
             "reused"
         } else {
@@ -79,9 +68,9 @@ impl Bootstrap {
     }
 }
 
-/// The banner's connection lines when the gateway runs on certificates of the operator's own:
-/// a `virsh` template and what hosts must trust.
-pub fn print_own_usage(config: &Config) {
+/// The name and port clients reach the gateway at, for the banner: this machine's short host
+/// name (`unnamed` when it has none) and the first `proxy.listen` port (16514 without one).
+fn gateway_address(config: &Config, unnamed: &str) -> (String, u16) {
     let port = config
         .proxy
         .listen
@@ -90,10 +79,17 @@ pub fn print_own_usage(config: &Config) {
         .unwrap_or(16514);
     let name = super::system_hostname();
     let gateway = if name.is_empty() {
-        "GATEWAY".to_string()
+        unnamed.to_string()
     } else {
         name
     };
+    (gateway, port)
+}
+
+/// The banner's connection lines when the gateway runs on certificates of the operator's own:
+/// a `virsh` template and what hosts must trust.
+pub fn print_own_usage(config: &Config) {
+    let (gateway, port) = gateway_address(config, "GATEWAY");
     println!(
         "  connect with    virsh -c 'qemu+tls://{gateway}:{port}/system?name=qemu://HOST/system&pkipath=DIR' (DIR: a client bundle from a CA of proxy.client_ca_files, allowed by [[proxy.rules]])"
     );

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::agent::{enroll, enroll_cli, token_state, Agent};
 use common::gateway::{
-    assert_same_results_as_direct, identity, text, up_api_ca, virsh, Gateway, ProxySetup,
+    assert_same_results_as_direct, identity, text, up_api_ca, virsh, CallOnCue, Gateway, ProxySetup,
 };
 use common::sample;
 use common::tap::UnixTap;
@@ -251,44 +251,16 @@ fn an_agent_killed_mid_call_gives_the_client_an_error_and_comes_back_with_its_ke
     agent.enroll_and_start(&gw, "h1");
     let pin_before = host_pin(&gw);
     let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
-    let script = r#"
-import libvirt, os, sys, time
-libvirt.registerErrorHandler(lambda *a: None, None)
-c = libvirt.open(os.environ["URI"])
-print("open", c.getLibVersion(), flush=True)
-sys.stdin.readline()
-t = time.monotonic()
-try:
-    c.getHostname()
-    print("answered")
-except libvirt.libvirtError as e:
-    print("error after %.1fs: %s" % (time.monotonic() - t, e.get_error_message()))
-"#;
-    let mut child = std::process::Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(script)
-        .env("URI", gw.uri("127.0.0.1", "h1", &alice))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-    assert!(line.starts_with("open"), "{line}");
+    let mut client = CallOnCue::open(&gw.uri("127.0.0.1", "h1", &alice));
 
     // The agent freezes (every thread stopped) before the call is sent, then dies with the
     // call in flight.
     let process = agent.process.as_mut().unwrap();
     process.freeze(Duration::from_secs(10));
-    use std::io::Write;
-    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    client.call();
     std::thread::sleep(Duration::from_millis(500));
     process.kill9();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    assert!(child.wait().unwrap().success());
+    let rest = client.outcome();
     assert!(
         rest.contains("virtgate: host h1 closed the connection while this call was in progress"),
         "{rest}"

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::fake_broker::{inventory_pointing_h1_at, FakeBroker};
 use common::gateway::{
-    assert_same_results_as_direct, identity, python, text, virsh, virsh_until, Gateway, ProxySetup,
-    PY_SUMMARY,
+    assert_same_results_as_direct, identity, python, text, virsh, virsh_until, CallOnCue, Gateway,
+    ProxySetup, PY_SUMMARY,
 };
 use common::raw::{raw_client, RAW_CONNECT, RAW_OPEN};
 use common::tap::Tap;
@@ -471,44 +471,13 @@ fn a_host_that_goes_away_mid_call_gives_the_client_an_error_not_a_hang() {
     let dir = tempfile::tempdir().unwrap();
     let gw = gateway_with_h1(dir.path(), &libvirtd, tap.addr.port());
     let alice = identity(&libvirtd, "alice", "C=GB,O=virtgate-test,CN=alice");
-    let script = r#"
-import libvirt, os, sys, time
-libvirt.registerErrorHandler(lambda *a: None, None)
-c = libvirt.open(os.environ["URI"])
-print("open", c.getLibVersion(), flush=True)
-sys.stdin.readline()
-t = time.monotonic()
-try:
-    c.getHostname()
-    print("answered")
-except libvirt.libvirtError as e:
-    print("error after %.1fs: %s" % (time.monotonic() - t, e.get_error_message()))
-"#;
-    let mut cmd = std::process::Command::new("/usr/bin/python3");
-    cmd.arg("-c")
-        .arg(script)
-        .env("URI", gw.uri("127.0.0.1", "h1", &alice))
-        .stdin(std::process::Stdio::piped());
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
-    assert!(line.starts_with("open"), "{line}");
-
+    let mut client = CallOnCue::open(&gw.uri("127.0.0.1", "h1", &alice));
     tap.swallow(); // the next call reaches nobody…
-    use std::io::Write;
-    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    client.call();
     std::thread::sleep(Duration::from_millis(500));
     tap.cut_all(); // …and then the host's connection dies.
+    let rest = client.outcome();
 
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success());
     assert!(
         rest.contains("virtgate: host h1 closed the connection while this call was in progress"),
         "{rest}"

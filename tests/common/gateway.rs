@@ -451,3 +451,65 @@ pub fn assert_same_results_as_direct(
         String::from_utf8_lossy(&direct.stdout)
     );
 }
+
+/// A python3-libvirt client holding an open connection, which makes one call (getHostname)
+/// when told to: for tests that break the host while a call is in flight.
+pub struct CallOnCue {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl CallOnCue {
+    /// Opens the connection at `uri` and waits until it is open.
+    pub fn open(uri: &str) -> CallOnCue {
+        use std::io::BufRead;
+        const SCRIPT: &str = r#"
+import libvirt, os, sys, time
+libvirt.registerErrorHandler(lambda *a: None, None)
+c = libvirt.open(os.environ["URI"])
+print("open", c.getLibVersion(), flush=True)
+sys.stdin.readline()
+t = time.monotonic()
+try:
+    c.getHostname()
+    print("answered")
+except libvirt.libvirtError as e:
+    print("error after %.1fs: %s" % (time.monotonic() - t, e.get_error_message()))
+"#;
+        let mut child = Command::new("/usr/bin/python3")
+            .arg("-c")
+            .arg(SCRIPT)
+            .env("URI", uri)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.starts_with("open"), "{line}");
+        CallOnCue { child, stdout }
+    }
+
+    /// Sends the call.
+    pub fn call(&mut self) {
+        use std::io::Write;
+        self.child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(b"go\n")
+            .unwrap();
+    }
+
+    /// What the client printed about the call ("answered", or the error and how long it took),
+    /// once it has exited; asserts it exited normally.
+    pub fn outcome(mut self) -> String {
+        use std::io::Read;
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
+        assert!(self.child.wait().unwrap().success());
+        rest
+    }
+}
